@@ -1,0 +1,5 @@
+import sys
+
+from edgeprobe_runner.runner import main
+
+sys.exit(main())

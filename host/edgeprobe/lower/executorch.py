@@ -1,0 +1,54 @@
+"""ExecuTorch target: torch.export -> EXIR edge -> (XNNPACK | portable) -> .pte (+ ETRecord)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from edgeprobe.errors import LoweringError
+from edgeprobe.lower import Lowered, translate_export_error
+from edgeprobe.models import ModelSpec
+
+FILE_NAME = "model.pte"
+ETRECORD = "etrecord.bin"
+
+
+def _partitioners(backend: str) -> list:
+    if backend == "xnnpack":
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        return [XnnpackPartitioner()]
+    if backend == "portable":
+        return []
+    raise LoweringError(f"no ExecuTorch partitioner wired for backend {backend!r}")
+
+
+def lower(spec: ModelSpec, backend: str, out_dir: Path, notes: list[str]) -> Lowered:
+    from executorch.exir import to_edge_transform_and_lower
+
+    try:
+        if spec.exported is not None:
+            ep = spec.exported
+        else:
+            assert spec.module is not None
+            with torch.no_grad():
+                ep = torch.export.export(spec.module, spec.example_inputs, strict=False)
+        edge = to_edge_transform_and_lower(ep, partitioner=_partitioners(backend), generate_etrecord=True)
+        prog = edge.to_executorch()
+    except LoweringError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch.export / EXIR raise many kinds
+        raise translate_export_error(spec, exc) from exc
+    prog.write_to_file(open(out_dir / FILE_NAME, "wb"))  # noqa: SIM115 - closed by GC below
+    etrecord_file = None
+    try:
+        prog.get_etrecord().save(str(out_dir / ETRECORD))
+        etrecord_file = ETRECORD
+    except Exception as exc:  # noqa: BLE001 - profiling aid only; the artifact stays valid
+        notes.append(f"no ETRecord written ({type(exc).__name__}: {exc}); `edgeprobe profile` cannot map operators")
+    # The sizes MethodMeta::memory_planned_buffer_size() reports at runtime: entry 0 of
+    # non_const_buffer_sizes is reserved, the rest are the planned arenas.
+    plan = prog.executorch_program.execution_plan[0]
+    planned = tuple(int(s) for s in plan.non_const_buffer_sizes[1:])
+    return Lowered(FILE_NAME, planned, etrecord_file)

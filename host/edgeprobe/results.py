@@ -1,0 +1,375 @@
+"""Result records: frozen dataclasses, JSON with ``schema_version``; importing this needs no torch.
+
+The runner reports raw samples (``iteration_ns``); every statistic is derived here, on the host,
+so a record can be re-analysed later without re-measuring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from edgeprobe.errors import ResultError
+
+SCHEMA_VERSION = 1
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def percentile(sorted_values: typing.Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default method) of already sorted values."""
+    if not sorted_values:
+        raise ValueError("percentile of no samples")
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def trimmed_mean(sorted_values: typing.Sequence[float], proportion: float = 0.1) -> float:
+    """Mean after cutting ``proportion`` of the samples from each end (scipy.stats.trim_mean)."""
+    cut = int(proportion * len(sorted_values))
+    kept = sorted_values[cut : len(sorted_values) - cut] or sorted_values
+    return sum(kept) / len(kept)
+
+
+def stability_score(cv_percent: float, max_min_ratio: float, p99_p50_ratio: float) -> float:
+    """ExecuTorch's benchmark stability score, 0..100 (.ci/scripts/benchmark_tooling).
+
+    0.5 * CV score (CV of 10 % or more scores 0) + 0.25 * max/min score (ratio 3 scores 0)
+    + 0.25 * p99/p50 score (ratio 2 scores 0).
+    """
+    cv_score = max(0.0, 100.0 - cv_percent * 10.0)
+    max_min_score = 0.0 if math.isinf(max_min_ratio) else max(0.0, 100.0 - (max_min_ratio - 1) * 50.0)
+    p99_p50_score = max(0.0, 100.0 - (p99_p50_ratio - 1) * 100.0)
+    return 0.5 * cv_score + 0.25 * max_min_score + 0.25 * p99_p50_score
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Statistics derived from raw per-iteration samples (never stored, always recomputed)."""
+
+    n: int
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    trimmed_mean_ms: float
+    cv_percent: float
+    stability_score: float
+
+    @classmethod
+    def from_ns(cls, samples_ns: typing.Sequence[int]) -> "LatencyStats":
+        if not samples_ns:
+            raise ValueError("no latency samples")
+        ms = sorted(s / 1e6 for s in samples_ns)
+        n = len(ms)
+        mean = sum(ms) / n
+        std = math.sqrt(sum((x - mean) ** 2 for x in ms) / (n - 1)) if n > 1 else 0.0
+        cv = std / mean * 100.0 if mean > 0 else 0.0
+        p50, p99 = percentile(ms, 50), percentile(ms, 99)
+        max_min = ms[-1] / ms[0] if ms[0] > 0 else math.inf
+        return cls(
+            n=n,
+            mean_ms=mean,
+            std_ms=std,
+            min_ms=ms[0],
+            max_ms=ms[-1],
+            p50_ms=p50,
+            p90_ms=percentile(ms, 90),
+            p99_ms=p99,
+            trimmed_mean_ms=trimmed_mean(ms, 0.1),
+            cv_percent=cv,
+            stability_score=stability_score(cv, max_min, p99 / p50 if p50 > 0 else math.inf),
+        )
+
+
+# ---------------------------------------------------------------- record parts
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an artifact is; written next to it as manifest.json. Nothing is parsed from names."""
+
+    model_ref: str
+    recipe: str
+    target: str  # executorch | torchscript_lite
+    backend: str  # xnnpack | portable | cpu
+    format: str  # pte | ptl
+    artifact_file: str
+    artifact_sha256: str
+    artifact_size_bytes: int
+    vectors_file: str
+    vectors_sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    rtol: float
+    atol: float
+    planned_memory_bytes: tuple[int, ...]  # ExecuTorch MethodMeta memory-planned buffers; () for ptl
+    tool_versions: dict[str, str]
+    cache_key: str
+    created_utc: str
+    etrecord_file: Optional[str] = None
+    notes: tuple[str, ...] = ()
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def planned_memory_total_bytes(self) -> int:
+        return sum(self.planned_memory_bytes)
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    code: str
+    message: str
+    stderr_tail: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class RunnerInfo:
+    flavor: str  # native | python
+    version: str
+    runtime: str
+    runtime_version: str
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    method: str
+    warmup: int
+    iterations: int
+    min_seconds: float
+    threads_requested: int
+    threads_used: Optional[int]
+    loader: str
+    etdump: bool
+
+
+@dataclass(frozen=True)
+class Verification:
+    checked: bool
+    passed: Optional[bool]
+    testsets: int = 0
+    rtol: Optional[float] = None
+    atol: Optional[float] = None
+    max_abs_error: Optional[float] = None
+    reason: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Timing:
+    load_ms: Optional[float]
+    first_inference_ms: Optional[float]
+    iteration_ns: tuple[int, ...] = ()
+
+    @property
+    def stats(self) -> Optional[LatencyStats]:
+        return LatencyStats.from_ns(self.iteration_ns) if self.iteration_ns else None
+
+
+@dataclass(frozen=True)
+class Memory:
+    baseline_rss_bytes: Optional[int]
+    baseline_hwm_bytes: Optional[int]
+    peak_rss_bytes: Optional[int]
+    swap_bytes: Optional[int]
+    source: str = "/proc/self/status VmHWM"
+
+    @property
+    def peak_rss_delta_bytes(self) -> Optional[int]:
+        """Peak resident memory above the runner's own pre-load baseline."""
+        if self.peak_rss_bytes is None or self.baseline_rss_bytes is None:
+            return None
+        return self.peak_rss_bytes - self.baseline_rss_bytes
+
+
+@dataclass(frozen=True)
+class EnergyReading:
+    available: bool
+    reason: Optional[str] = None
+    meter: Optional[str] = None
+    energy_j: Optional[float] = None
+    duration_s: Optional[float] = None
+    samples: Optional[int] = None
+    method: Optional[str] = None
+    domains: dict[str, float] = field(default_factory=dict)
+
+    def energy_per_inference_j(self, iterations: int) -> Optional[float]:
+        if not self.available or self.energy_j is None or iterations <= 0:
+            return None
+        return self.energy_j / iterations
+
+
+@dataclass(frozen=True)
+class ThermalReading:
+    available: bool
+    reason: Optional[str] = None
+    before_c: dict[str, float] = field(default_factory=dict)
+    after_c: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Environment:
+    os: Optional[str] = None
+    kernel: Optional[str] = None
+    machine: Optional[str] = None
+    cpu_model: Optional[str] = None
+    cores: Optional[int] = None
+    hostname: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    id: str
+    transport: str
+    runner_flavor: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What one runner process reports (device_runner/PROTOCOL.md)."""
+
+    status: str  # ok | error
+    error: Optional[ErrorInfo]
+    runner: Optional[RunnerInfo]
+    config: Optional[RunConfig]
+    verification: Optional[Verification]
+    timing: Optional[Timing]
+    memory: Optional[Memory]
+    energy: Optional[EnergyReading]
+    thermal: Optional[ThermalReading]
+    environment: Optional[Environment]
+    artifact_size_bytes: Optional[int] = None
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def from_runner_json(cls, data: dict[str, Any]) -> "RunRecord":
+        """Parse the runner's JSON (PROTOCOL.md), which nests the artifact size under 'artifact'."""
+        if not isinstance(data, dict):
+            raise ResultError("runner record is not a JSON object")
+        data = dict(data)
+        artifact = data.pop("artifact", None) or {}
+        data["artifact_size_bytes"] = artifact.get("size_bytes")
+        return from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One measurement of one artifact on one device: the record edgeprobe stores and shows."""
+
+    model_ref: str
+    device: DeviceInfo
+    manifest: Manifest
+    run: RunRecord
+    host_versions: dict[str, str]
+    created_utc: str
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def ok(self) -> bool:
+        return self.run.status == "ok"
+
+    @property
+    def stats(self) -> Optional[LatencyStats]:
+        return self.run.timing.stats if self.run.timing else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BenchResult":
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if version != SCHEMA_VERSION:
+            raise ResultError(
+                f"result has schema_version {version!r}; this edgeprobe reads version {SCHEMA_VERSION}"
+            )
+        return from_dict(cls, data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "BenchResult":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ResultError(f"result is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    def save(self, path: Union[str, Path]) -> Path:
+        path = Path(path)
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "BenchResult":
+        path = Path(path)
+        if not path.is_file():
+            raise ResultError(f"no result file at {path}")
+        return cls.from_json(path.read_text())
+
+
+# ---------------------------------------------------------------- (de)serialisation
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(args[0], value, where) if len(args) == 1 else value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ResultError(f"{where}: expected a list, got {type(value).__name__}")
+        return tuple(_convert(args[0], v, f"{where}[]") for v in value)
+    if origin is dict:
+        _, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ResultError(f"{where}: expected an object, got {type(value).__name__}")
+        return {str(k): _convert(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
+        raise ResultError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build a (nested) frozen dataclass from plain JSON data, checking types on the way."""
+    where = where or cls.__name__
+    if not isinstance(data, dict):
+        raise ResultError(f"{where}: expected an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _convert(hints[f.name], data[f.name], f"{where}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ResultError(f"{where}: missing field {f.name!r}")
+    return cls(**kwargs)
