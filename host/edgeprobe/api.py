@@ -1,0 +1,158 @@
+"""The Python API; the CLI is a thin layer over these functions, with the same words."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+from edgeprobe.devices import MeasureConfig, default_runner, measure, open_device
+from edgeprobe.errors import ArtifactError, UsageError
+from edgeprobe.lower import Artifact, capabilities, load_artifact, lower
+from edgeprobe.results import BenchResult
+
+Progress = Callable[[str], None]
+
+
+def export(
+    model,
+    *,
+    format: str = "pte",
+    backend: Optional[str] = None,
+    input_shape: Optional[Sequence[int]] = None,
+    example_inputs=None,
+    weights: Optional[Union[str, Path]] = None,
+    out_dir: Optional[Union[str, Path]] = None,
+    use_cache: bool = True,
+    progress: Optional[Progress] = None,
+) -> Artifact:
+    """Lower ``model`` to an artifact directory (model file + test vectors + manifest)."""
+    capabilities.resolve(format, backend)  # unsupported combinations fail before any work
+    from edgeprobe.models import load_model
+
+    spec = load_model(model, example_inputs=example_inputs, input_shape=input_shape, weights=weights)
+    return lower(spec, format=format, backend=backend, use_cache=use_cache,
+                 out_dir=Path(out_dir) if out_dir else None, progress=progress)
+
+
+def _artifact_for(model, format: str, backend: Optional[str], input_shape, example_inputs, weights,
+                  use_cache: bool, progress: Optional[Progress]) -> Artifact:
+    if isinstance(model, Artifact):
+        return model
+    if isinstance(model, (str, Path)) and Path(model).is_dir():
+        return load_artifact(Path(model))
+    if isinstance(model, (str, Path)) and str(model).endswith((".pte", ".ptl")):
+        raise UsageError(
+            f"{model}: bench an artifact directory from `edgeprobe export` (it carries the manifest "
+            "and test vectors), or pass the model itself"
+        )
+    return export(model, format=format, backend=backend, input_shape=input_shape, example_inputs=example_inputs,
+                  weights=weights, use_cache=use_cache, progress=progress)
+
+
+def bench(
+    model,
+    *,
+    device: str = "local",
+    format: str = "pte",
+    backend: Optional[str] = None,
+    runner: Optional[str] = None,
+    iterations: int = 20,
+    warmup: int = 3,
+    min_seconds: float = 0.0,
+    threads: int = 0,
+    timeout_s: float = 300.0,
+    input_shape: Optional[Sequence[int]] = None,
+    example_inputs=None,
+    weights: Optional[Union[str, Path]] = None,
+    use_cache: bool = True,
+    progress: Optional[Progress] = None,
+) -> BenchResult:
+    """Lower (or reuse) ``model`` and measure it on ``device``; returns the result record.
+
+    A runner crash, hang or output mismatch comes back as a record with ``ok == False``.
+    """
+    config = MeasureConfig(warmup=warmup, iterations=iterations, min_seconds=min_seconds,
+                           threads=threads, timeout_s=timeout_s)
+    capabilities.resolve(format, backend)
+    runner = runner or default_runner(format)
+    with open_device(device, runner=runner) as dev:
+        artifact = _artifact_for(model, format, backend, input_shape, example_inputs, weights, use_cache, progress)
+        dev.runner_argv(artifact)  # a missing runner binary fails here, before measuring
+        if progress:
+            progress(f"measuring on {dev.id} ({runner} runner): {warmup} warm-up + {iterations} iterations")
+        return measure(dev, artifact, config)
+
+
+@dataclass(frozen=True)
+class OperatorRow:
+    name: str
+    delegated: bool
+    backend: Optional[str]
+    count: int
+    mean_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class ProfileReport:
+    result: BenchResult
+    operators: tuple[OperatorRow, ...]
+    etdump_path: Optional[Path]
+
+    @property
+    def total_ms(self) -> float:
+        return sum(r.total_ms for r in self.operators)
+
+
+def profile(
+    model,
+    *,
+    device: str = "local",
+    backend: Optional[str] = None,
+    iterations: int = 5,
+    warmup: int = 1,
+    threads: int = 0,
+    timeout_s: float = 300.0,
+    input_shape: Optional[Sequence[int]] = None,
+    weights: Optional[Union[str, Path]] = None,
+    etdump_path: Optional[Union[str, Path]] = None,
+    progress: Optional[Progress] = None,
+) -> ProfileReport:
+    """Run the native runner with ETDump and return per-operator times from the Inspector.
+
+    Timings from a profiled run include the tracer's overhead; use ``bench`` for latency.
+    """
+    config = MeasureConfig(warmup=warmup, iterations=iterations, threads=threads, timeout_s=timeout_s)
+    with open_device(device, runner="native") as dev:
+        artifact = _artifact_for(model, "pte", backend, input_shape, None, weights, True, progress)
+        if artifact.etrecord_path is None or not artifact.etrecord_path.is_file():
+            raise ArtifactError(f"{artifact.dir} has no ETRecord; export it again to profile it")
+        dev.runner_argv(artifact)
+        keep = Path(etdump_path) if etdump_path else Path(tempfile.mkdtemp(prefix="edgeprobe-profile-")) / "run.etdump"
+        if progress:
+            progress(f"profiling on {dev.id}: {iterations} iterations with ETDump")
+        result = measure(dev, artifact, config, etdump_local=keep)
+    if not result.ok:
+        return ProfileReport(result, (), None)
+    return ProfileReport(result, operator_table(keep, artifact.etrecord_path), keep)
+
+
+def operator_table(etdump: Path, etrecord: Path) -> tuple[OperatorRow, ...]:
+    """Per-operator rows (slowest first) from an ETDump + ETRecord, via executorch's Inspector."""
+    from executorch.devtools import Inspector
+
+    inspector = Inspector(etdump_path=str(etdump), etrecord=str(etrecord))
+    rows: dict[tuple[str, bool, Optional[str]], list[float]] = {}
+    for block in inspector.event_blocks:
+        if block.name != "Execute":
+            continue
+        for event in block.events:
+            if event.perf_data is None or not event.name or event.name in ("Method::execute", "Program::load_method"):
+                continue
+            key = (event.name, bool(event.is_delegated_op), event.delegate_backend_name)
+            rows.setdefault(key, []).extend(event.perf_data.raw)
+    out = [OperatorRow(name, delegated, backend_name, len(raw), sum(raw) / len(raw), sum(raw))
+           for (name, delegated, backend_name), raw in rows.items() if raw]
+    return tuple(sorted(out, key=lambda r: r.total_ms, reverse=True))

@@ -1,0 +1,250 @@
+"""`edgeprobe` command line: a thin layer over edgeprobe.api, with the same words for flags."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from edgeprobe.errors import EdgeprobeError
+from edgeprobe.results import BenchResult
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _quiet_libraries() -> None:
+    """torch/executorch print deprecation chatter at import; a CLI user cannot act on it."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    logging.getLogger("torch").setLevel(logging.ERROR)
+
+
+def _fmt_bytes(n: Optional[int]) -> str:
+    if n is None:
+        return "n/a"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _fmt_ms(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{x:.3f} ms"
+
+
+def render_result(r: BenchResult) -> Table:
+    m, run = r.manifest, r.run
+    t = Table(title=f"edgeprobe · {r.model_ref} on {r.device.id}", show_header=False, title_justify="left")
+    t.add_column("what", style="bold")
+    t.add_column("value")
+    t.add_row("artifact", f"{m.format} · {m.target}/{m.backend} · {_fmt_bytes(m.artifact_size_bytes)} · sha256 {m.artifact_sha256[:12]}")
+    t.add_row("planned memory", f"{_fmt_bytes(m.planned_memory_total_bytes)} ({len(m.planned_memory_bytes)} buffers)"
+              if m.planned_memory_bytes else "n/a (not reported for this format)")
+    if run.runner:
+        t.add_row("runner", f"{run.runner.flavor} {run.runner.version} · {run.runner.runtime} {run.runner.runtime_version}")
+    if run.config:
+        t.add_row("config", f"threads {run.config.threads_used} (asked {run.config.threads_requested or 'default'}) · "
+                  f"warm-up {run.config.warmup} · loader {run.config.loader}")
+    if not r.ok:
+        assert run.error is not None
+        t.add_row("[red]status[/red]", f"[red]{run.error.code}: {run.error.message}[/red]")
+        if run.error.stderr_tail:
+            t.add_row("stderr (tail)", run.error.stderr_tail)
+        return t
+    v = run.verification
+    if v:
+        t.add_row("outputs", (f"checked against {v.testsets} bundled test set(s): max |err| {v.max_abs_error:.3g}"
+                              if v.checked else f"[yellow]not checked: {v.reason}[/yellow]"))
+    if run.timing:
+        t.add_row("load", _fmt_ms(run.timing.load_ms))
+        t.add_row("first inference", _fmt_ms(run.timing.first_inference_ms))
+    s = r.stats
+    if s:
+        t.add_row("latency", f"p50 {_fmt_ms(s.p50_ms)} · p90 {_fmt_ms(s.p90_ms)} · p99 {_fmt_ms(s.p99_ms)} (n={s.n})")
+        t.add_row("", f"trimmed mean {_fmt_ms(s.trimmed_mean_ms)} · mean {_fmt_ms(s.mean_ms)} · min {_fmt_ms(s.min_ms)}")
+        t.add_row("stability", f"{s.stability_score:.1f}/100 (CV {s.cv_percent:.2f} %)")
+    if run.memory:
+        mem = run.memory
+        t.add_row("peak memory", f"{_fmt_bytes(mem.peak_rss_delta_bytes)} above baseline "
+                  f"(peak {_fmt_bytes(mem.peak_rss_bytes)}, runner baseline {_fmt_bytes(mem.baseline_rss_bytes)}, "
+                  f"swap {_fmt_bytes(mem.swap_bytes)})")
+    e = run.energy
+    if e:
+        if e.available and s:
+            per = e.energy_per_inference_j(s.n)
+            t.add_row("energy", f"{e.energy_j:.4f} J over {e.duration_s:.3f} s ({e.meter}; {e.method})"
+                      + (f" · {per * 1e3:.3f} mJ/inference" if per is not None else ""))
+        else:
+            t.add_row("energy", f"unavailable: {e.reason}")
+    th = run.thermal
+    if th:
+        t.add_row("thermal", (", ".join(f"{k} {th.before_c.get(k, float('nan')):.1f}→{v:.1f} °C" for k, v in th.after_c.items())
+                              if th.available else f"unavailable: {th.reason}"))
+    if run.environment:
+        env = run.environment
+        t.add_row("device", f"{env.cpu_model} · {env.cores} cores · {env.os} {env.kernel} {env.machine}")
+    for note in m.notes:
+        t.add_row("note", note)
+    return t
+
+
+def _progress(msg: str) -> None:
+    err_console.print(f"[dim]· {msg}[/dim]")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="torchvision name, zoo name, path/file.py:factory, file.pt2, or an artifact dir")
+    p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224")
+    p.add_argument("--weights", help="state_dict file (loaded with weights_only=True)")
+
+
+def _add_measure_args(p: argparse.ArgumentParser, iterations: int, warmup: int) -> None:
+    p.add_argument("--device", default="local")
+    p.add_argument("--backend", help="xnnpack (default for pte) | portable | cpu (ptl)")
+    p.add_argument("--iterations", type=int, default=iterations)
+    p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--threads", type=int, default=0, help="0 = the runtime's default")
+    p.add_argument("--timeout-s", type=float, default=300.0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeprobe", description="Lower PyTorch models and measure them on devices.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("bench", help="lower a model and measure it on a device")
+    _add_model_args(b)
+    _add_measure_args(b, iterations=20, warmup=3)
+    b.add_argument("--format", default="pte", choices=["pte", "ptl"])
+    b.add_argument("--runner", choices=["native", "python"], help="default: native for pte, python for ptl")
+    b.add_argument("--min-seconds", type=float, default=0.0)
+    b.add_argument("--no-cache", action="store_true", help="lower again even if a cached artifact exists")
+    b.add_argument("--json", help="also write the result record to this file")
+
+    e = sub.add_parser("export", help="lower a model to an artifact directory")
+    _add_model_args(e)
+    e.add_argument("--format", default="pte", choices=["pte", "ptl"])
+    e.add_argument("--backend")
+    e.add_argument("--out", help="artifact directory (default: the cache)")
+
+    pr = sub.add_parser("profile", help="per-operator times from an ETDump run (ExecuTorch Inspector)")
+    _add_model_args(pr)
+    _add_measure_args(pr, iterations=5, warmup=1)
+    pr.add_argument("--top", type=int, default=15)
+    pr.add_argument("--etdump", help="keep the ETDump at this path")
+
+    sub.add_parser("devices", help="list the devices edgeprobe can reach")
+    s = sub.add_parser("show", help="print a saved result record")
+    s.add_argument("result", help="result.json written by `bench --json`")
+    sub.add_parser("models", help="list the model names edgeprobe knows")
+
+    r = sub.add_parser("runner", help="manage the device runners")
+    rsub = r.add_subparsers(dest="runner_command", required=True)
+    rb = rsub.add_parser("build", help="build and install the native runner for this host")
+    rb.add_argument("--dest", help="install prefix (default: the user data dir)")
+    rb.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    return parser
+
+
+def _shape(text: Optional[str]):
+    if not text:
+        return None
+    from edgeprobe.models import parse_input_shape
+
+    return parse_input_shape(text)
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "show":
+        console.print(render_result(BenchResult.load(args.result)))
+        return 0
+
+    _quiet_libraries()
+    from edgeprobe import api
+
+    if args.command == "bench":
+        result = api.bench(
+            args.model, device=args.device, format=args.format, backend=args.backend, runner=args.runner,
+            iterations=args.iterations, warmup=args.warmup, min_seconds=args.min_seconds, threads=args.threads,
+            timeout_s=args.timeout_s, input_shape=_shape(args.input_shape), weights=args.weights,
+            use_cache=not args.no_cache, progress=_progress,
+        )
+        console.print(render_result(result))
+        if args.json:
+            result.save(args.json)
+            _progress(f"result written to {args.json}")
+        return 0 if result.ok else 1
+    if args.command == "export":
+        art = api.export(args.model, format=args.format, backend=args.backend, input_shape=_shape(args.input_shape),
+                         weights=args.weights, out_dir=args.out, progress=_progress)
+        m = art.manifest
+        console.print(f"{art.dir}  {m.artifact_file} {_fmt_bytes(m.artifact_size_bytes)} ({m.target}/{m.backend})"
+                      + ("  [dim](cached)[/dim]" if art.cached else ""))
+        return 0
+    if args.command == "profile":
+        rep = api.profile(args.model, device=args.device, backend=args.backend, iterations=args.iterations,
+                          warmup=args.warmup, threads=args.threads, timeout_s=args.timeout_s,
+                          input_shape=_shape(args.input_shape), weights=args.weights, etdump_path=args.etdump,
+                          progress=_progress)
+        if not rep.result.ok:
+            console.print(render_result(rep.result))
+            return 1
+        t = Table(title=f"top operators · {rep.result.model_ref} on {rep.result.device.id} "
+                        f"(ETDump run; times include tracer overhead)", title_justify="left")
+        for col in ("operator", "delegated", "calls", "mean ms", "total ms", "share"):
+            t.add_column(col, justify="right" if col not in ("operator", "delegated") else "left")
+        total = rep.total_ms or 1.0
+        for row in rep.operators[: args.top]:
+            t.add_row(row.name, f"yes ({row.backend})" if row.delegated else "no", str(row.count),
+                      f"{row.mean_ms:.4f}", f"{row.total_ms:.3f}", f"{100 * row.total_ms / total:.1f} %")
+        console.print(t)
+        return 0
+    if args.command == "devices":
+        from edgeprobe.devices import list_devices
+
+        t = Table(title="devices")
+        for col in ("id", "transport", "runner", "description"):
+            t.add_column(col)
+        for d in list_devices():
+            t.add_row(d.id, d.transport, d.runner_flavor, d.description)
+        console.print(t)
+        return 0
+    if args.command == "models":
+        from edgeprobe.models import known_names
+
+        console.print(" ".join(known_names()))
+        return 0
+    if args.command == "runner" and args.runner_command == "build":
+        from edgeprobe.native import build_native_runner
+
+        path = build_native_runner(Path(args.dest) if args.dest else None, jobs=args.jobs,
+                                   log=lambda m: err_console.print(f"[dim]{m}[/dim]"))
+        console.print(f"native runner installed: {path}")
+        return 0
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        return run(argv)
+    except EdgeprobeError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("[red]interrupted[/red]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

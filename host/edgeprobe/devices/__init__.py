@@ -1,0 +1,173 @@
+"""Devices: a ``Transport`` plus a runner flavor, and the one measurement flow over them.
+
+push artifact -> run the runner in a fresh process with a timeout -> pull the record. A runner
+that crashes or hangs becomes an error record with its stderr tail, never a hang or a number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from edgeprobe import versions
+from edgeprobe.devices.base import RunResult, Transport
+from edgeprobe.devices.local import LocalTransport
+from edgeprobe.errors import DeviceNotFoundError, ResultError, UsageError
+from edgeprobe.lower import Artifact
+from edgeprobe.results import BenchResult, DeviceInfo, ErrorInfo, RunRecord
+
+FLAVORS = ("native", "python")
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    warmup: int = 3
+    iterations: int = 20
+    min_seconds: float = 0.0
+    threads: int = 0
+    timeout_s: float = 300.0
+    method: str = "forward"
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.iterations < 1 or self.min_seconds < 0 or self.threads < 0:
+            raise UsageError("need --warmup >= 0, --iterations >= 1, --min-seconds >= 0, --threads >= 0")
+        if self.timeout_s <= 0:
+            raise UsageError("--timeout-s must be positive")
+
+
+class Device:
+    """A place to measure: how to reach it (transport) and which runner to use there."""
+
+    def __init__(self, device_id: str, transport: Transport, runner: str) -> None:
+        if runner not in FLAVORS:
+            raise UsageError(f"unknown runner {runner!r}; choose one of: {', '.join(FLAVORS)}")
+        self.id, self.transport, self.runner = device_id, transport, runner
+
+    def info(self) -> DeviceInfo:
+        i = self.transport.info()
+        desc = f"{i.get('os', '?')} {i.get('machine', '?')} {i.get('hostname', '')}".strip()
+        return DeviceInfo(id=self.id, transport=self.transport.kind, runner_flavor=self.runner, description=desc)
+
+    def runner_argv(self, artifact: Artifact) -> list[str]:
+        if self.runner == "python":
+            return [sys.executable, "-m", "edgeprobe_runner"]
+        if artifact.manifest.format != "pte":
+            raise UsageError(
+                f"the native runner runs .pte only; a .{artifact.manifest.format} needs --runner python"
+            )
+        from edgeprobe.native import find_native_runner
+
+        return [str(find_native_runner())]
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> "Device":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def default_runner(format: str) -> str:
+    return "native" if format == "pte" else "python"
+
+
+def open_device(device_id: str = "local", *, runner: str = "native") -> Device:
+    if device_id == "local":
+        return Device("local", LocalTransport(), runner)
+    raise DeviceNotFoundError(
+        f"unknown device {device_id!r}; available: local (see `edgeprobe devices`)"
+    )
+
+
+def list_devices() -> list[DeviceInfo]:
+    """Every device edgeprobe can reach now, with the runner it would use."""
+    from edgeprobe.errors import RunnerNotBuiltError
+    from edgeprobe.native import find_native_runner
+
+    try:
+        find_native_runner()
+        flavor = "native"
+    except RunnerNotBuiltError as exc:
+        flavor = f"python (native not built: {exc})"
+    with open_device("local", runner="python") as dev:
+        info = dev.info()
+    return [DeviceInfo(info.id, info.transport, flavor, info.description)]
+
+
+def _error_record(code: str, message: str, stderr_tail: Optional[str] = None) -> RunRecord:
+    return RunRecord(status="error", error=ErrorInfo(code, message, stderr_tail), runner=None, config=None,
+                     verification=None, timing=None, memory=None, energy=None, thermal=None, environment=None)
+
+
+def _record_from(res: RunResult, out_path: Path, timeout_s: float) -> RunRecord:
+    tail = res.stderr_tail()
+    if res.timed_out:
+        return _error_record("runner_timeout", f"runner did not finish within {timeout_s:g} s and was killed; "
+                             "raise --timeout-s or lower --iterations", tail)
+    if res.exit_code != 0:
+        how = f"signal {-res.exit_code}" if res.exit_code is not None and res.exit_code < 0 else f"exit code {res.exit_code}"
+        return _error_record("runner_crashed", f"runner ended with {how} before writing a record", tail)
+    try:
+        data = json.loads(out_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return _error_record("bad_record", f"runner exited 0 but its record is unreadable: {exc}", tail)
+    try:
+        record = RunRecord.from_runner_json(data)
+    except ResultError as exc:
+        return _error_record("bad_record", f"runner record does not match the schema: {exc}", tail)
+    if record.error is not None and tail:
+        record = dataclasses.replace(record, error=dataclasses.replace(record.error, stderr_tail=tail))
+    return record
+
+
+def measure(
+    device: Device,
+    artifact: Artifact,
+    config: MeasureConfig = MeasureConfig(),
+    *,
+    etdump_local: Optional[Path] = None,
+    extra_args: Sequence[str] = (),
+) -> BenchResult:
+    """Measure ``artifact`` on ``device`` in one fresh runner process; returns the full record."""
+    m = artifact.manifest
+    runner_argv = device.runner_argv(artifact)
+    t = device.transport
+    remote = f"{t.workdir}/{m.cache_key}"
+    remote_model, remote_vectors = f"{remote}/{m.artifact_file}", f"{remote}/{m.vectors_file}"
+    remote_out, remote_etdump = f"{remote}/result.json", f"{remote}/run.etdump"
+    t.push(artifact.model_path, remote_model)
+    t.push(artifact.vectors_path, remote_vectors)
+    argv = [*runner_argv, "--model", remote_model, "--vectors", remote_vectors,
+            "--warmup", str(config.warmup), "--iterations", str(config.iterations),
+            "--min-seconds", repr(config.min_seconds), "--threads", str(config.threads),
+            "--rtol", repr(m.rtol), "--atol", repr(m.atol), "--method", config.method,
+            "--output", remote_out, *extra_args]
+    if etdump_local is not None:
+        argv += ["--etdump", remote_etdump]
+    res = t.run(argv, config.timeout_s)
+    with tempfile.TemporaryDirectory(prefix="edgeprobe-pull-") as tmp:
+        local_out = Path(tmp) / "result.json"
+        if res.exit_code == 0 and not res.timed_out:
+            try:
+                t.pull(remote_out, local_out)
+            except Exception:  # noqa: BLE001 - a missing record is reported as bad_record below
+                pass
+        record = _record_from(res, local_out, config.timeout_s)
+    if etdump_local is not None and record.status == "ok":
+        t.pull(remote_etdump, etdump_local)
+    return BenchResult(
+        model_ref=m.model_ref,
+        device=device.info(),
+        manifest=m,
+        run=record,
+        host_versions=versions.tool_versions(),
+        created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
