@@ -1,0 +1,32 @@
+# edgeprobe: `make demo` installs and measures mobilenet_v2 on this machine; `make test` runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.edgeprobe-installed
+
+.PHONY: install runner demo test bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip >/dev/null
+	$(PIP) install -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP) runner
+
+# Build the native C++ runner against the executorch wheel and install it in the user data dir.
+runner: $(STAMP)
+	$(VENV)/bin/edgeprobe runner build
+
+demo: install
+	$(VENV)/bin/edgeprobe bench mobilenet_v2 --device local
+
+test: install
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+bench: install
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build .pytest_cache
