@@ -1,0 +1,122 @@
+"""`make bench`: speed measurements as ratios against baselines measured in the same run.
+
+1. Runner overhead: the native runner's p50 vs a raw in-process ``Method.execute`` loop
+   (executorch.runtime, same .pte, same inputs, same thread count). Goal: within +-2 %.
+2. MobileNetV2, ResNet18, EfficientNet-B0 on this CPU: edgeprobe's .pte (XNNPACK, native runner)
+   vs torch eager (in-process) vs TorchScript-Lite (.ptl, Python runner), at 1 and 2 threads.
+
+Prints a Markdown report (paste into docs/benchmarks.md with the command line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+
+warnings.filterwarnings("ignore")
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+import torch  # noqa: E402
+
+import edgeprobe  # noqa: E402
+from edgeprobe.models import load_model  # noqa: E402
+from edgeprobe.versions import tool_versions  # noqa: E402
+
+
+def p50_ms(samples_ns) -> float:
+    return statistics.median(samples_ns) / 1e6
+
+
+def eager_p50(spec, threads: int, warmup: int, iterations: int) -> float:
+    torch.set_num_threads(threads)
+    samples = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            spec.module(*spec.example_inputs)
+        for _ in range(iterations):
+            t0 = time.monotonic_ns()
+            spec.module(*spec.example_inputs)
+            samples.append(time.monotonic_ns() - t0)
+    return p50_ms(samples)
+
+
+def inprocess_execute_p50(pte_path: str, inputs, threads: int, warmup: int, iterations: int) -> float:
+    """A raw executorch.runtime Method.execute loop in this process: the no-runner baseline."""
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime
+
+    portable_lib._unsafe_reset_threadpool(threads)
+    method = Runtime.get().load_program(pte_path).load_method("forward")
+    inputs = list(inputs)
+    for _ in range(warmup):
+        method.execute(inputs)
+    samples = []
+    for _ in range(iterations):
+        t0 = time.monotonic_ns()
+        method.execute(inputs)
+        samples.append(time.monotonic_ns() - t0)
+    return p50_ms(samples)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="mobilenet_v2,resnet18,efficientnet_b0")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--iterations", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    args = ap.parse_args()
+    threads_list = [int(t) for t in args.threads.split(",")]
+    models = args.models.split(",")
+    say = lambda m: print(f"  .. {m}", file=sys.stderr, flush=True)  # noqa: E731
+
+    print(f"# edgeprobe benchmarks\n\nmachine: {platform.machine()}, {os.cpu_count()} cores, "
+          f"{platform.platform()}\n\nversions: {tool_versions()}\n")
+    print(f"iterations {args.iterations}, warm-up {args.warmup}; every number is a p50 of that run.\n")
+
+    # 1. runner overhead
+    print("## Runner overhead (native runner vs in-process Method.execute, same .pte)\n")
+    print("| model | threads | native runner p50 ms | in-process execute p50 ms | ratio native/in-process |")
+    print("|---|---|---|---|---|")
+    rows = []
+    for name in models:
+        spec = load_model(name)
+        art = edgeprobe.export(name, progress=say)
+        for th in threads_list:
+            r = edgeprobe.bench(art, iterations=args.iterations, warmup=args.warmup, threads=th)
+            if not r.ok:
+                print(f"| {name} | {th} | error: {r.run.error.code} | | |")
+                continue
+            native = r.stats.p50_ms
+            inproc = inprocess_execute_p50(str(art.model_path), spec.example_inputs, th, args.warmup, args.iterations)
+            rows.append((name, th, native, inproc))
+            print(f"| {name} | {th} | {native:.3f} | {inproc:.3f} | {native / inproc:.3f} |", flush=True)
+
+    # 2. edgeprobe .pte vs eager vs TorchScript-Lite
+    print("\n## .pte (XNNPACK, native runner) vs torch eager vs TorchScript-Lite (.ptl, Python runner)\n")
+    print("| model | threads | pte p50 ms | eager p50 ms | ptl p50 ms | eager/pte | ptl/pte |")
+    print("|---|---|---|---|---|---|---|")
+    native_by = {(n, t): v for n, t, v, _ in rows}
+    for name in models:
+        spec = load_model(name)
+        ptl = edgeprobe.export(name, format="ptl", progress=say)
+        for th in threads_list:
+            pte_ms = native_by.get((name, th))
+            eager = eager_p50(spec, th, args.warmup, args.iterations)
+            r = edgeprobe.bench(ptl, iterations=args.iterations, warmup=args.warmup, threads=th)
+            ptl_ms = r.stats.p50_ms if r.ok else None
+            if pte_ms is None or ptl_ms is None:
+                print(f"| {name} | {th} | {pte_ms} | {eager:.3f} | {ptl_ms} | | |")
+                continue
+            print(f"| {name} | {th} | {pte_ms:.3f} | {eager:.3f} | {ptl_ms:.3f} | {eager / pte_ms:.2f} | "
+                  f"{ptl_ms / pte_ms:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
