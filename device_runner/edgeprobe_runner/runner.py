@@ -39,6 +39,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--atol", type=float, default=1e-3)
     p.add_argument("--etdump")
     p.add_argument("--method", default="forward")
+    p.add_argument("--save-outputs")
     p.add_argument("--output")
     args = p.parse_args(argv)
     if args.warmup < 0 or args.iterations < 1 or args.min_seconds < 0 or args.threads < 0:
@@ -59,6 +60,14 @@ def _to_tensor(raw: epv.RawTensor):
         return torch.empty(raw.shape, dtype=_torch_dtype(raw.dtype))
     flat = torch.frombuffer(bytearray(raw.data), dtype=torch.uint8)
     return flat.view(_torch_dtype(raw.dtype)).reshape(raw.shape).clone()
+
+
+def _to_raw(t) -> epv.RawTensor:
+    import torch
+
+    t = t.detach().contiguous()
+    return epv.RawTensor(str(t.dtype).removeprefix("torch."), tuple(t.shape),
+                         t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
 def _compare(actual: Sequence[Any], expected: Sequence[epv.RawTensor], rtol: float, atol: float) -> tuple[Optional[str], float]:
@@ -206,6 +215,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 raise RunError("execute_failed", f"execute failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
             first_ms = (time.monotonic_ns() - t0) / 1e6
             record["timing"] = {"load_ms": load_ms, "first_inference_ms": first_ms, "iteration_ns": []}
+            if args.save_outputs:
+                with open(args.save_outputs, "wb") as f:
+                    epv.write(f, [epv.TestSet(tuple(_to_raw(t) for t in inputs), tuple(_to_raw(t) for t in outputs))])
 
             if testsets:
                 worst_all = 0.0

@@ -134,6 +134,7 @@ def measure(
     config: MeasureConfig = MeasureConfig(),
     *,
     etdump_local: Optional[Path] = None,
+    save_outputs_local: Optional[Path] = None,
     extra_args: Sequence[str] = (),
 ) -> BenchResult:
     """Measure ``artifact`` on ``device`` in one fresh runner process; returns the full record."""
@@ -143,6 +144,7 @@ def measure(
     remote = f"{t.workdir}/{m.cache_key}"
     remote_model, remote_vectors = f"{remote}/{m.artifact_file}", f"{remote}/{m.vectors_file}"
     remote_out, remote_etdump = f"{remote}/result.json", f"{remote}/run.etdump"
+    remote_outputs = f"{remote}/outputs.epv"
     t.push(artifact.model_path, remote_model)
     t.push(artifact.vectors_path, remote_vectors)
     argv = [*runner_argv, "--model", remote_model, "--vectors", remote_vectors,
@@ -152,6 +154,8 @@ def measure(
             "--output", remote_out, *extra_args]
     if etdump_local is not None:
         argv += ["--etdump", remote_etdump]
+    if save_outputs_local is not None:
+        argv += ["--save-outputs", remote_outputs]
     res = t.run(argv, config.timeout_s)
     with tempfile.TemporaryDirectory(prefix="edgeprobe-pull-") as tmp:
         local_out = Path(tmp) / "result.json"
@@ -163,6 +167,8 @@ def measure(
         record = _record_from(res, local_out, config.timeout_s)
     if etdump_local is not None and record.status == "ok":
         t.pull(remote_etdump, etdump_local)
+    if save_outputs_local is not None and record.status == "ok":
+        t.pull(remote_outputs, save_outputs_local)
     return BenchResult(
         model_ref=m.model_ref,
         device=device.info(),
