@@ -49,7 +49,7 @@ def render_result(r: BenchResult) -> Table:
     t.add_column("what", style="bold")
     t.add_column("value")
     t.add_row("artifact", f"{m.format} · {m.target}/{m.backend} · {_fmt_bytes(m.artifact_size_bytes)} · sha256 {m.artifact_sha256[:12]}")
-    t.add_row("planned memory", f"{_fmt_bytes(m.planned_memory_total_bytes)} ({len(m.planned_memory_bytes)} buffers)"
+    t.add_row("planned memory", f"{_fmt_bytes(m.planned_memory_total_bytes)} ({len(m.planned_memory_bytes)} planned buffer(s))"
               if m.planned_memory_bytes else "n/a (not reported for this format)")
     if run.runner:
         t.add_row("runner", f"{run.runner.flavor} {run.runner.version} · {run.runner.runtime} {run.runner.runtime_version}")
