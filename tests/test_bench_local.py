@@ -138,3 +138,9 @@ def test_cli_bench_json_and_show(tmp_path):
     assert data["schema_version"] == 1 and len(data["run"]["timing"]["iteration_ns"]) == 4
     p = subprocess.run([sys.executable, "-m", "edgeprobe.cli", "show", str(out)], capture_output=True, text=True)
     assert p.returncode == 0 and "tiny_cnn" in p.stdout and "p50" in p.stdout
+
+
+def test_cli_devices_lists_local():
+    p = subprocess.run([sys.executable, "-m", "edgeprobe", "devices"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "local" in p.stdout

@@ -1,0 +1,5 @@
+import sys
+
+from edgeprobe.cli import main
+
+sys.exit(main())
