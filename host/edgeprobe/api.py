@@ -58,6 +58,7 @@ def bench(
     format: str = "pte",
     backend: Optional[str] = None,
     runner: Optional[str] = None,
+    token: Optional[str] = None,
     iterations: int = 20,
     warmup: int = 3,
     min_seconds: float = 0.0,
@@ -76,9 +77,9 @@ def bench(
     config = MeasureConfig(warmup=warmup, iterations=iterations, min_seconds=min_seconds,
                            threads=threads, timeout_s=timeout_s)
     capabilities.resolve(format, backend)
-    runner = runner or default_runner(format)
-    with open_device(device, runner=runner) as dev:
-        artifact = _artifact_for(model, format, backend, input_shape, example_inputs, weights, use_cache, progress)
+    artifact = _artifact_for(model, format, backend, input_shape, example_inputs, weights, use_cache, progress)
+    runner = runner or default_runner(artifact.manifest.format)
+    with open_device(device, runner=runner, token=token) as dev:
         dev.runner_argv(artifact)  # a missing runner binary fails here, before measuring
         if progress:
             progress(f"measuring on {dev.id} ({runner} runner): {warmup} warm-up + {iterations} iterations")

@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_measure_args(b, iterations=20, warmup=3)
     b.add_argument("--format", default="pte", choices=["pte", "ptl"])
     b.add_argument("--runner", choices=["native", "python"], help="default: native for pte, python for ptl")
+    b.add_argument("--token", help="token of a tcp runner (default: $EDGEPROBE_TOKEN)")
     b.add_argument("--min-seconds", type=float, default=0.0)
     b.add_argument("--no-cache", action="store_true", help="lower again even if a cached artifact exists")
     b.add_argument("--json", help="also write the result record to this file")
@@ -153,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     rb = rsub.add_parser("build", help="build and install the native runner for this host")
     rb.add_argument("--dest", help="install prefix (default: the user data dir)")
     rb.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    rsub.add_parser("serve", help="serve this machine's runners over TCP (+ zeroconf); options: --help",
+                    add_help=False)
     return parser
 
 
@@ -165,6 +168,18 @@ def _shape(text: Optional[str]):
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["runner", "serve"]:
+        from edgeprobe_runner.server import main as serve
+
+        if "--native-runner" not in argv and not os.environ.get("EDGEPROBE_NATIVE_RUNNER"):
+            from edgeprobe.native import find_native_runner
+
+            try:
+                os.environ["EDGEPROBE_NATIVE_RUNNER"] = str(find_native_runner())
+            except EdgeprobeError:
+                err_console.print("[yellow]native runner not built: serving the python runner only[/yellow]")
+        return serve(argv[2:])
     args = build_parser().parse_args(argv)
     if args.command == "show":
         console.print(render_result(BenchResult.load(args.result)))
@@ -176,7 +191,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "bench":
         result = api.bench(
             args.model, device=args.device, format=args.format, backend=args.backend, runner=args.runner,
-            iterations=args.iterations, warmup=args.warmup, min_seconds=args.min_seconds, threads=args.threads,
+            token=args.token, iterations=args.iterations, warmup=args.warmup, min_seconds=args.min_seconds,
+            threads=args.threads,
             timeout_s=args.timeout_s, input_shape=_shape(args.input_shape), weights=args.weights,
             use_cache=not args.no_cache, progress=_progress,
         )

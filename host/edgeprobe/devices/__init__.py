@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -55,12 +56,17 @@ class Device:
         return DeviceInfo(id=self.id, transport=self.transport.kind, runner_flavor=self.runner, description=desc)
 
     def runner_argv(self, artifact: Artifact) -> list[str]:
-        if self.runner == "python":
-            return [sys.executable, "-m", "edgeprobe_runner"]
-        if artifact.manifest.format != "pte":
+        if self.runner == "native" and artifact.manifest.format != "pte":
             raise UsageError(
                 f"the native runner runs .pte only; a .{artifact.manifest.format} needs --runner python"
             )
+        if self.transport.kind == "tcp":
+            runtimes = self.transport.info().get("runtimes", "").split(",")
+            if self.runner not in runtimes:
+                raise UsageError(f"runner {self.id} offers {','.join(runtimes)}, not the {self.runner} runner")
+            return [f"@{self.runner}"]  # the server maps these to its own runners
+        if self.runner == "python":
+            return [sys.executable, "-m", "edgeprobe_runner"]
         from edgeprobe.native import find_native_runner
 
         return [str(find_native_runner())]
@@ -79,11 +85,31 @@ def default_runner(format: str) -> str:
     return "native" if format == "pte" else "python"
 
 
-def open_device(device_id: str = "local", *, runner: str = "native") -> Device:
+def _zeroconf_interfaces() -> Optional[list[str]]:
+    env = os.environ.get("EDGEPROBE_ZEROCONF_INTERFACES")
+    return env.split(",") if env else None
+
+
+def open_device(device_id: str = "local", *, runner: str = "native", token: Optional[str] = None) -> Device:
+    """``local``, ``tcp:HOST:PORT``, or the name of a runner advertised over zeroconf."""
+    token = token or os.environ.get("EDGEPROBE_TOKEN")
     if device_id == "local":
         return Device("local", LocalTransport(), runner)
+    if device_id.startswith("tcp:"):
+        host, _, port = device_id[4:].rpartition(":")
+        if not host or not port.isdigit():
+            raise DeviceNotFoundError(f"device id {device_id!r} must look like tcp:HOST:PORT")
+        from edgeprobe.devices.tcp import TcpTransport
+
+        return Device(device_id, TcpTransport(host, int(port), token), runner)
+    if ":" not in device_id:
+        from edgeprobe.devices.tcp import discover
+
+        for found in discover(interfaces=_zeroconf_interfaces()):
+            if found["name"] == device_id:
+                return open_device(f"tcp:{found['host']}:{found['port']}", runner=runner, token=token)
     raise DeviceNotFoundError(
-        f"unknown device {device_id!r}; available: local (see `edgeprobe devices`)"
+        f"unknown device {device_id!r}; use local, tcp:HOST:PORT or a runner name from `edgeprobe devices`"
     )
 
 
@@ -99,7 +125,13 @@ def list_devices() -> list[DeviceInfo]:
         flavor = f"python (native not built: {exc})"
     with open_device("local", runner="python") as dev:
         info = dev.info()
-    return [DeviceInfo(info.id, info.transport, flavor, info.description)]
+    out = [DeviceInfo(info.id, info.transport, flavor, info.description)]
+    from edgeprobe.devices.tcp import discover
+
+    for f in discover(interfaces=_zeroconf_interfaces()):
+        out.append(DeviceInfo(f["name"], "tcp", f["runtimes"],
+                              f"tcp:{f['host']}:{f['port']} · {f['abi']} · edgeprobe_runner {f['version']} (zeroconf)"))
+    return out
 
 
 def _error_record(code: str, message: str, stderr_tail: Optional[str] = None) -> RunRecord:
