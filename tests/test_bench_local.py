@@ -123,9 +123,12 @@ def test_cli_errors_are_one_line():
     p = subprocess.run([sys.executable, "-m", "edgeprobe.cli", "bench", "resnet_18"], capture_output=True, text=True, env=env)
     assert p.returncode == 2
     assert "unknown model 'resnet_18'" in p.stderr and "resnet18" in p.stderr and "Traceback" not in p.stderr
-    p = subprocess.run([sys.executable, "-m", "edgeprobe.cli", "bench", "tiny_cnn", "--device", "adb:nothing"],
+    p = subprocess.run([sys.executable, "-m", "edgeprobe.cli", "bench", "tiny_cnn", "--device", "bogus:nothing"],
                        capture_output=True, text=True, env=env)
     assert p.returncode == 2 and "unknown device" in p.stderr
+    p = subprocess.run([sys.executable, "-m", "edgeprobe.cli", "bench", "tiny_cnn", "--device", "adb:SERIAL123"],
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 2 and "adb-shell[usb]" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_cli_bench_json_and_show(tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgeprobe.errors import EdgeprobeError
@@ -58,9 +59,9 @@ def render_result(r: BenchResult) -> Table:
                   f"warm-up {run.config.warmup} · loader {run.config.loader}")
     if not r.ok:
         assert run.error is not None
-        t.add_row("[red]status[/red]", f"[red]{run.error.code}: {run.error.message}[/red]")
+        t.add_row("[red]status[/red]", f"[red]{escape(run.error.code)}: {escape(run.error.message)}[/red]")
         if run.error.stderr_tail:
-            t.add_row("stderr (tail)", run.error.stderr_tail)
+            t.add_row("stderr (tail)", escape(run.error.stderr_tail))
         return t
     v = run.verification
     if v:
@@ -100,7 +101,7 @@ def render_result(r: BenchResult) -> Table:
 
 
 def _progress(msg: str) -> None:
-    err_console.print(f"[dim]· {msg}[/dim]")
+    err_console.print(f"[dim]· {escape(msg)}[/dim]")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -255,7 +256,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return run(argv)
     except EdgeprobeError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         return 2
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/red]")

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 from edgeprobe import versions
 from edgeprobe.devices.base import RunResult, Transport
 from edgeprobe.devices.local import LocalTransport
-from edgeprobe.errors import DeviceNotFoundError, ResultError, UsageError
+from edgeprobe.errors import DeviceNotFoundError, ResultError, TransportError, UsageError
 from edgeprobe.lower import Artifact
 from edgeprobe.results import BenchResult, DeviceInfo, ErrorInfo, RunRecord
 
@@ -65,6 +65,10 @@ class Device:
             if self.runner not in runtimes:
                 raise UsageError(f"runner {self.id} offers {','.join(runtimes)}, not the {self.runner} runner")
             return [f"@{self.runner}"]  # the server maps these to its own runners
+        if self.transport.kind == "adb":
+            if self.runner != "native":
+                raise UsageError("over ADB only the native runner is deployed; drop --runner python")
+            return deploy_native_runner(self.transport)  # type: ignore[arg-type]
         if self.runner == "python":
             return [sys.executable, "-m", "edgeprobe_runner"]
         from edgeprobe.native import find_native_runner
@@ -79,6 +83,35 @@ class Device:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+ABI_TO_MACHINE = {"arm64-v8a": "aarch64", "aarch64": "aarch64", "x86_64": "x86_64"}
+
+
+def deploy_native_runner(transport) -> list[str]:
+    """Push the native runner bundle for the device's ABI (skipping files already there by
+    sha256) and return the command that starts it."""
+    from edgeprobe.errors import RunnerNotBuiltError
+    from edgeprobe.native import BINARY, install_dir
+
+    abi = transport.info().get("abi", "")
+    machine = ABI_TO_MACHINE.get(abi)
+    if machine is None:
+        raise RunnerNotBuiltError(f"no native runner for device ABI {abi!r}; edgeprobe builds x86_64 and aarch64")
+    bundle = install_dir(machine)
+    binary = bundle / "bin" / BINARY
+    if not binary.is_file():
+        raise RunnerNotBuiltError(f"no native runner bundle for {machine} at {bundle}; build it with "
+                                  f"`edgeprobe runner build`{'' if machine == os.uname().machine else ' (cross build)'}")
+    remote = f"{transport.workdir}/runner/{machine}"
+    from edgeprobe.lower import sha256_file
+
+    for local in [binary, *sorted((bundle / "lib").glob("*.so*"))]:
+        dest = f"{remote}/{local.parent.name}/{local.name}"
+        if transport.sha256(dest) != sha256_file(local):
+            transport.push(local, dest)
+    transport.shell(f"chmod 755 {remote}/bin/{BINARY}")
+    return ["env", f"LD_LIBRARY_PATH={remote}/lib", f"{remote}/bin/{BINARY}"]
 
 
 def default_runner(format: str) -> str:
@@ -102,6 +135,10 @@ def open_device(device_id: str = "local", *, runner: str = "native", token: Opti
         from edgeprobe.devices.tcp import TcpTransport
 
         return Device(device_id, TcpTransport(host, int(port), token), runner)
+    if device_id.startswith("adb:"):
+        from edgeprobe.devices.adb import AdbTransport
+
+        return Device(device_id, AdbTransport(device_id[4:]), runner)
     if ":" not in device_id:
         from edgeprobe.devices.tcp import discover
 
@@ -179,6 +216,9 @@ def measure(
     remote_outputs = f"{remote}/outputs.epv"
     t.push(artifact.model_path, remote_model)
     t.push(artifact.vectors_path, remote_vectors)
+    device_sha256 = getattr(t, "sha256", None)  # transports that can hash on the device verify the push
+    if device_sha256 is not None and device_sha256(remote_model) != m.artifact_sha256:
+        raise TransportError(f"{device.id}: the pushed {m.artifact_file} does not match its sha256; not running it")
     argv = [*runner_argv, "--model", remote_model, "--vectors", remote_vectors,
             "--warmup", str(config.warmup), "--iterations", str(config.iterations),
             "--min-seconds", repr(config.min_seconds), "--threads", str(config.threads),

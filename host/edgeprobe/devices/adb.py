@@ -1,0 +1,179 @@
+"""ADB transport on the pure-Python adb-shell library (no adb binary, no adb server).
+
+Device ids: ``adb:HOST:PORT`` (ADB over TCP, e.g. `adb tcpip` or a test adbd) and
+``adb:SERIAL`` (USB, needs adb-shell's ``usb`` extra / libusb1). adb-shell 0.4.4 speaks no shell
+protocol v2, so exit codes come from a sentinel echoed after the command, and stderr is sent to
+a file on the device and read back.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from edgeprobe.devices.base import RunResult
+from edgeprobe.errors import TransportError
+
+WORKDIR = "/data/local/tmp/edgeprobe"
+AUTH_TIMEOUT_S = 30.0  # long enough to tap "Allow USB debugging" on the phone
+SENTINEL = "__EDGEPROBE_EXIT__"
+MIN_BYTES_PER_S = 1e6  # timeouts scale with file size at no less than this rate
+
+
+def key_path() -> Path:
+    env = os.environ.get("EDGEPROBE_ADB_KEY")
+    if env:
+        return Path(env)
+    android = Path.home() / ".android" / "adbkey"
+    if android.is_file():
+        return android
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("edgeprobe")) / "adbkey"
+
+
+def load_signer(path: Optional[Path] = None):
+    """The RSA key adb authenticates with; created (mode 0600) on first use."""
+    from adb_shell.auth.keygen import keygen
+    from adb_shell.auth.sign_pythonrsa import PythonRSASigner
+
+    path = Path(path) if path else key_path()
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        old = os.umask(0o077)
+        try:
+            keygen(str(path))
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+    return PythonRSASigner(Path(f"{path}.pub").read_text(), path.read_text())
+
+
+def _translate(exc: BaseException, what: str, target: str) -> TransportError:
+    name = type(exc).__name__
+    if name == "DeviceAuthError" or "auth" in str(exc).lower():
+        return TransportError(f"{target}: not authorized ({exc}); accept the 'Allow USB debugging' prompt on the "
+                              "phone, then retry")
+    if isinstance(exc, (ConnectionRefusedError, socket.gaierror)):
+        return TransportError(f"{target}: not found or offline ({exc}); check the address and `adb tcpip`")
+    if name in ("UsbDeviceNotFoundError",):
+        return TransportError(f"{target}: no such USB device; is it plugged in with USB debugging on?")
+    if "LIBUSB_ERROR_BUSY" in str(exc) or "Resource busy" in str(exc):
+        return TransportError(f"{target}: USB interface busy, probably held by an adb server: run `adb kill-server`")
+    return TransportError(f"{target}: {what} failed ({name}: {exc}); the device may have disconnected")
+
+
+class AdbTransport:
+    kind = "adb"
+    workdir = WORKDIR
+
+    def __init__(self, address: str, *, key: Optional[Path] = None, auth_timeout_s: float = AUTH_TIMEOUT_S,
+                 transport_timeout_s: float = 10.0, on_auth_prompt: Optional[Callable[[], None]] = None) -> None:
+        from adb_shell.adb_device import AdbDeviceTcp
+
+        self.target = f"adb:{address}"
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            # USB serials need adb-shell[usb]; kept out of the default install (libusb).
+            try:
+                from adb_shell.adb_device import AdbDeviceUsb
+
+                self._dev: Any = AdbDeviceUsb(serial=address, default_transport_timeout_s=transport_timeout_s)
+            except Exception:  # noqa: BLE001 - ImportError / InvalidTransportError without libusb1
+                raise TransportError(f"{self.target}: ADB over USB needs `pip install adb-shell[usb]` (libusb1); "
+                                     "for ADB over TCP use adb:HOST:PORT") from None
+        else:
+            self._dev = AdbDeviceTcp(host, int(port), default_transport_timeout_s=transport_timeout_s)
+        signer = load_signer(key)
+        try:
+            self._dev.connect(rsa_keys=[signer], auth_timeout_s=auth_timeout_s,
+                              auth_callback=(lambda _d: on_auth_prompt()) if on_auth_prompt else None)
+        except Exception as exc:  # noqa: BLE001 - adb-shell, socket and libusb errors
+            raise _translate(exc, "connect", self.target) from None
+        self._nodelay()
+        self._info: Optional[dict[str, str]] = None
+
+    def _nodelay(self) -> None:
+        """Without TCP_NODELAY adb-shell's small writes stall on Nagle + delayed ACK (< 1 MB/s)."""
+        conn = getattr(getattr(getattr(self._dev, "_io_manager", None), "_transport", None), "_connection", None)
+        if isinstance(conn, socket.socket):
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _size_timeout(self, nbytes: int) -> float:
+        return 30.0 + nbytes / MIN_BYTES_PER_S
+
+    def shell(self, command: str, timeout_s: float = 30.0) -> str:
+        try:
+            return self._dev.shell(command, timeout_s=timeout_s, read_timeout_s=timeout_s)
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc, f"shell {command!r}", self.target) from None
+
+    def push(self, local: Path, remote: str, progress: Optional[Callable[[int, int], None]] = None) -> None:
+        """Push to a temporary name, then rename: a broken push never leaves a runnable file."""
+        size = Path(local).stat().st_size
+        parent = remote.rsplit("/", 1)[0]
+        tmp = f"{remote}.part-{uuid.uuid4().hex[:8]}"
+        self.shell(f"mkdir -p {shlex.quote(parent)}")
+        cb = (lambda _path, done, total: progress(done, total)) if progress else None
+        try:
+            self._dev.push(str(local), tmp, progress_callback=cb, read_timeout_s=self._size_timeout(size))
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc, f"push of {local} ({size} bytes)", self.target) from None
+        self.shell(f"mv -f {shlex.quote(tmp)} {shlex.quote(remote)}")
+
+    def pull(self, remote: str, local: Path) -> None:
+        try:
+            self._dev.pull(remote, str(local), read_timeout_s=self._size_timeout(0))
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc, f"pull of {remote}", self.target) from None
+
+    def sha256(self, remote: str) -> Optional[str]:
+        out = self.shell(f"sha256sum {shlex.quote(remote)} 2>/dev/null || true").strip()
+        return out.split()[0] if out else None
+
+    def run(self, argv: Sequence[str], timeout_s: float, env: Optional[dict[str, str]] = None) -> RunResult:
+        """Run with a device-side kill timer; exit code via a sentinel line, stderr via a file."""
+        err = f"{WORKDIR}/.stderr-{uuid.uuid4().hex[:8]}"
+        prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
+        cmd = (f"mkdir -p {WORKDIR}; cd {WORKDIR}; {prefix} timeout -s KILL {int(timeout_s) + 1} "
+               f"{shlex.join(argv)} 2>{err}; echo; echo {SENTINEL}$?")
+        t0 = time.monotonic()
+        out = self.shell(cmd, timeout_s=timeout_s + 30)
+        duration = time.monotonic() - t0
+        stderr = self.shell(f"cat {err} 2>/dev/null; rm -f {err}")
+        body, _, code = out.rpartition(SENTINEL)
+        try:
+            exit_code: Optional[int] = int(code.strip())
+        except ValueError:
+            exit_code = None
+        body = body[:-1] if body.endswith("\n") else body
+        if exit_code is not None and exit_code >= 128:  # killed by a signal (137 = the timeout's KILL)
+            timed_out = exit_code == 137 and duration >= timeout_s
+            return RunResult(None if timed_out else -(exit_code - 128), body, stderr, duration, timed_out)
+        return RunResult(exit_code, body, stderr, duration)
+
+    def info(self) -> dict[str, str]:
+        if self._info is None:
+            props = {}
+            for key, prop in (("manufacturer", "ro.product.manufacturer"), ("model", "ro.product.model"),
+                              ("soc", "ro.soc.model"), ("abi", "ro.product.cpu.abi"), ("sdk", "ro.build.version.sdk")):
+                props[key] = self.shell(f"getprop {prop} 2>/dev/null || true").strip()
+            uname = self.shell("uname -srm").split()
+            props.update({"os": uname[0] if uname else "", "kernel": uname[1] if len(uname) > 1 else "",
+                          "machine": uname[2] if len(uname) > 2 else ""})
+            props["abi"] = props["abi"] or props["machine"]
+            props["cores"] = self.shell("nproc 2>/dev/null || true").strip()
+            props["hostname"] = props["model"] or self.target
+            self._info = props
+        return dict(self._info)
+
+    def close(self) -> None:
+        try:
+            self._dev.close()
+        except Exception:  # noqa: BLE001
+            pass
