@@ -94,6 +94,11 @@ class AdbTransport:
             self._dev.connect(rsa_keys=[signer], auth_timeout_s=auth_timeout_s,
                               auth_callback=(lambda _d: on_auth_prompt()) if on_auth_prompt else None)
         except Exception as exc:  # noqa: BLE001 - adb-shell, socket and libusb errors
+            if type(exc).__name__ in ("TcpTimeoutException", "AdbTimeoutError"):
+                # The device took the connection but sent no CNXN: it waits for the user to allow the key.
+                raise TransportError(
+                    f"{self.target}: not authorized within {auth_timeout_s:g} s; accept the 'Allow USB debugging' "
+                    "prompt on the phone, then retry") from None
             raise _translate(exc, "connect", self.target) from None
         self._nodelay()
         self._info: Optional[dict[str, str]] = None
@@ -141,7 +146,7 @@ class AdbTransport:
         err = f"{WORKDIR}/.stderr-{uuid.uuid4().hex[:8]}"
         prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
         cmd = (f"mkdir -p {WORKDIR}; cd {WORKDIR}; {prefix} timeout -s KILL {int(timeout_s) + 1} "
-               f"{shlex.join(argv)} 2>{err}; echo; echo {SENTINEL}$?")
+               f"{shlex.join(argv)} 2>{err}; rc=$?; echo; echo {SENTINEL}$rc")
         t0 = time.monotonic()
         out = self.shell(cmd, timeout_s=timeout_s + 30)
         duration = time.monotonic() - t0
