@@ -79,9 +79,11 @@ def test_bench_over_adb_deploys_the_native_runner_once(tmp_path, adb_key, native
         assert r.device.transport == "adb" and r.run.runner.flavor == "native"
         assert r.run.verification.passed and len(r.run.timing.iteration_ns) == 4
         deployed = d.root / "data/local/tmp/edgeprobe/runner" / os.uname().machine / "bin/edgeprobe_runner"
-        first = deployed.stat().st_mtime_ns
+        model = d.root / "data/local/tmp/edgeprobe" / tiny_pte.manifest.cache_key / "model.pte"
+        first, first_model = deployed.stat().st_mtime_ns, model.stat().st_mtime_ns
         r = edgeprobe.bench(tiny_pte, device=dev, iterations=2, warmup=0)
-        assert r.ok and deployed.stat().st_mtime_ns == first  # same sha256 on the device: not pushed again
+        assert r.ok  # same sha256 on the device: neither the runner nor the artifact is pushed again
+        assert deployed.stat().st_mtime_ns == first and model.stat().st_mtime_ns == first_model
 
 
 @pytest.mark.skipif(shutil.which("adb") is None, reason="Debian's adb client is not installed (apt-get install adb)")

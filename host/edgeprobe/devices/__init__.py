@@ -107,11 +107,16 @@ def deploy_native_runner(transport) -> list[str]:
     from edgeprobe.lower import sha256_file
 
     for local in [binary, *sorted((bundle / "lib").glob("*.so*"))]:
-        dest = f"{remote}/{local.parent.name}/{local.name}"
-        if transport.sha256(dest) != sha256_file(local):
-            transport.push(local, dest)
+        push_if_changed(transport, local, f"{remote}/{local.parent.name}/{local.name}", sha256_file(local))
     transport.shell(f"chmod 755 {remote}/bin/{BINARY}")
     return ["env", f"LD_LIBRARY_PATH={remote}/lib", f"{remote}/bin/{BINARY}"]
+
+
+def push_if_changed(transport, local: Path, remote: str, sha256: str) -> None:
+    """Push unless the device already holds a file with this sha256 (transports that can hash)."""
+    device_sha256 = getattr(transport, "sha256", None)
+    if device_sha256 is None or device_sha256(remote) != sha256:
+        transport.push(local, remote)
 
 
 def default_runner(format: str) -> str:
@@ -214,8 +219,8 @@ def measure(
     remote_model, remote_vectors = f"{remote}/{m.artifact_file}", f"{remote}/{m.vectors_file}"
     remote_out, remote_etdump = f"{remote}/result.json", f"{remote}/run.etdump"
     remote_outputs = f"{remote}/outputs.epv"
-    t.push(artifact.model_path, remote_model)
-    t.push(artifact.vectors_path, remote_vectors)
+    push_if_changed(t, artifact.model_path, remote_model, m.artifact_sha256)
+    push_if_changed(t, artifact.vectors_path, remote_vectors, m.vectors_sha256)
     device_sha256 = getattr(t, "sha256", None)  # transports that can hash on the device verify the push
     if device_sha256 is not None and device_sha256(remote_model) != m.artifact_sha256:
         raise TransportError(f"{device.id}: the pushed {m.artifact_file} does not match its sha256; not running it")
