@@ -40,7 +40,8 @@ def lower(spec: ModelSpec, backend: str, out_dir: Path, notes: list[str]) -> Low
         raise
     except Exception as exc:  # noqa: BLE001 - torch.export / EXIR raise many kinds
         raise translate_export_error(spec, exc) from exc
-    prog.write_to_file(open(out_dir / FILE_NAME, "wb"))  # noqa: SIM115 - closed by GC below
+    with open(out_dir / FILE_NAME, "wb") as f:
+        prog.write_to_file(f)
     etrecord_file = None
     try:
         prog.get_etrecord().save(str(out_dir / ETRECORD))
