@@ -72,7 +72,8 @@ def bench(
 ) -> BenchResult:
     """Lower (or reuse) ``model`` and measure it on ``device``; returns the result record.
 
-    A runner crash, hang or output mismatch comes back as a record with ``ok == False``.
+    A runner crash, hang or output mismatch comes back as a record with ``ok == False``; a missing
+    runner raises before anything is pushed (``measure`` resolves the runner first).
     """
     config = MeasureConfig(warmup=warmup, iterations=iterations, min_seconds=min_seconds,
                            threads=threads, timeout_s=timeout_s)
@@ -80,7 +81,6 @@ def bench(
     artifact = _artifact_for(model, format, backend, input_shape, example_inputs, weights, use_cache, progress)
     runner = runner or default_runner(artifact.manifest.format)
     with open_device(device, runner=runner, token=token) as dev:
-        dev.runner_argv(artifact)  # a missing runner binary fails here, before measuring
         if progress:
             progress(f"measuring on {dev.id} ({runner} runner): {warmup} warm-up + {iterations} iterations")
         return measure(dev, artifact, config)
@@ -130,7 +130,6 @@ def profile(
         artifact = _artifact_for(model, "pte", backend, input_shape, None, weights, True, progress)
         if artifact.etrecord_path is None or not artifact.etrecord_path.is_file():
             raise ArtifactError(f"{artifact.dir} has no ETRecord; export it again to profile it")
-        dev.runner_argv(artifact)
         keep = Path(etdump_path) if etdump_path else Path(tempfile.mkdtemp(prefix="edgeprobe-profile-")) / "run.etdump"
         if progress:
             progress(f"profiling on {dev.id}: {iterations} iterations with ETDump")
