@@ -3,10 +3,14 @@
 No phone can be attached here, so edgeprobe's ADB transport is proven against this server. It
 speaks the protocol adb clients speak (24-byte headers, CNXN, AUTH with token/signature and the
 public-key path, OPEN/OKAY/WRTE/CLSE with one outstanding WRTE per stream, ``shell:``,
-``exec:`` and ``sync:`` STAT/SEND/RECV/DONE/QUIT). What it is not: Android. Shell commands run
-with /bin/sh on this machine, with the device path ``/data/local/tmp`` mapped into a sandbox
-directory (``root``) by rewriting that prefix in the command line; ``getprop`` answers from the
-``props`` given. Fault injection: ``drop_after_send_bytes`` closes the connection mid-push.
+``shell,v2:`` (stdout/stderr/exit packets; advertised as the ``shell_v2`` feature), ``exec:`` and
+``sync:`` STAT/LIST/SEND/RECV/DONE/QUIT). What it is not: Android. Shell commands run with /bin/sh
+on this machine, with the device path ``/data/local/tmp`` mapped into a sandbox directory
+(``root``) by rewriting that prefix in the command line; ``getprop`` answers from the ``props``
+given, ``dumpsys SERVICE`` and ``cmd`` from the ``dumpsys`` texts given (absent = "not found"),
+and ``env`` is added to the shell's environment (e.g. ``EDGEPROBE_SYSFS_ROOT`` for a fake sysfs).
+Fault injection: ``drop_after_send_bytes`` closes the connection mid-push; ``drop_on_shell`` closes
+it while a shell command containing that text runs (mid-run), ``drop_times`` times.
 """
 
 from __future__ import annotations
@@ -54,19 +58,36 @@ class TestAdbd:
     __test__ = False
 
     def __init__(self, root: Path, *, accept_any_key: bool = True, props: Optional[dict[str, str]] = None,
-                 maxdata: int = 1 << 20, drop_after_send_bytes: Optional[int] = None) -> None:
+                 maxdata: int = 1 << 20, drop_after_send_bytes: Optional[int] = None,
+                 dumpsys: Optional[dict[str, str]] = None, env: Optional[dict[str, str]] = None,
+                 drop_on_shell: Optional[str] = None, drop_times: int = 1, shell_v2: bool = True) -> None:
         self.root = Path(root)
         (self.root / DEVICE_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
         self.accept_any_key, self.maxdata = accept_any_key, maxdata
         self.props = props or {"ro.product.manufacturer": "edgeprobe", "ro.product.model": "test-adbd",
                                "ro.product.cpu.abi": os.uname().machine, "ro.build.version.sdk": "34"}
         self.drop_after_send_bytes = drop_after_send_bytes
+        self.drop_on_shell, self.drop_times, self.shell_v2 = drop_on_shell, drop_times, shell_v2
+        self.env = env or {}
+        self.shell_log: list[str] = []
         self.authorized: list[rsa.RSAPublicKey] = []
         self.bin = self.root / ".adbd-bin"
         self.bin.mkdir(exist_ok=True)
         lines = "\n".join(f'  {k}) echo "{v}";;' for k, v in self.props.items())
         (self.bin / "getprop").write_text(f'#!/bin/sh\ncase "$1" in\n{lines}\n  *) echo "";;\nesac\n')
         (self.bin / "getprop").chmod(0o755)
+        if dumpsys is not None:
+            ddir = self.bin / "dumpsys.d"
+            ddir.mkdir(exist_ok=True)
+            for service, text in dumpsys.items():
+                (ddir / service).write_text(text)
+            (self.bin / "dumpsys").write_text(
+                f'#!/bin/sh\nf="{ddir}/$1"\n[ -f "$f" ] && exec cat "$f"\n'
+                'echo "Can\'t find service: $1" >&2; exit 1\n')
+            (self.bin / "dumpsys").chmod(0o755)
+            (self.bin / "cmd").write_text(f'#!/bin/sh\necho "$*" >> "{ddir}/cmd.log"\n'
+                                          f'[ -f "{ddir}/cmd-ok" ] && exit 0\necho "Unknown command: $2"; exit 255\n')
+            (self.bin / "cmd").chmod(0o755)
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self._stop = threading.Event()
@@ -132,7 +153,7 @@ class TestAdbd:
                     if kind == 2:
                         token = os.urandom(20)
                         conn.sendall(pack(A_AUTH, 1, 0, token))
-                banner = "device::" + ";".join(f"{k}={v}" for k, v in self.props.items()) + ";features=cmd\0"
+                banner = "device::" + ";".join(f"{k}={v}" for k, v in self.props.items()) + ";features=cmd" + (",shell_v2" if self.shell_v2 else "") + "\0"
                 conn.sendall(pack(A_CNXN, VERSION, self.maxdata, banner.encode()))
                 next_id = 1
                 while True:
@@ -175,12 +196,24 @@ class TestAdbd:
             pass
 
     def _run_service(self, conn: socket.socket, local: int, remote: int, service: str) -> None:
-        if service.startswith(("shell:", "exec:")):
+        if service.startswith(("shell:", "exec:", "shell,v2:")):
             conn.sendall(pack(A_OKAY, local, remote))
-            command = service.split(":", 1)[1].replace(DEVICE_DIR, str(self.root) + DEVICE_DIR)
-            env = {**os.environ, "PATH": f"{self.bin}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+            command = service.split(":", 1)[1]
+            self.shell_log.append(command)
+            command = command.replace(DEVICE_DIR, str(self.root) + DEVICE_DIR)
+            env = {**os.environ, **self.env, "PATH": f"{self.bin}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+            if self.drop_on_shell and self.drop_on_shell in command and self.drop_times > 0:
+                self.drop_times -= 1
+                proc = subprocess.Popen(["/bin/sh", "-c", command], cwd=self.root, env=env)
+                threading.Timer(0.3, conn.close).start()  # the cable is pulled while the command runs
+                proc.wait(timeout=600)
+                raise _Closed()
             proc = subprocess.run(["/bin/sh", "-c", command], cwd=self.root, env=env, capture_output=True, timeout=600)
-            out = proc.stdout + (proc.stderr if service.startswith("shell:") else b"")
+            if service.startswith("shell,v2:"):  # packets: id (1 stdout, 2 stderr, 3 exit) + u32 length
+                out = b"".join(struct.pack("<BI", i, len(d)) + d for i, d in ((1, proc.stdout), (2, proc.stderr)) if d)
+                out += struct.pack("<BI", 3, 1) + bytes([proc.returncode & 0xFF])
+            else:
+                out = proc.stdout + (proc.stderr if service.startswith("shell:") else b"")
             self._write(conn, local, remote, out)
             self._close_stream(conn, local, remote)
         elif service == "sync:":
@@ -238,6 +271,17 @@ class TestAdbd:
                 os.replace(tmp, dest)
                 dest.chmod(0o755)
                 self._write(conn, local, remote, struct.pack("<4sI", b"OKAY", 0))
+            elif ident == b"LIST":
+                out = bytearray()
+                try:
+                    entries = sorted(self.device_path(arg.decode()).iterdir())
+                except OSError:
+                    entries = []
+                for e in entries:
+                    st, name = e.stat(), e.name.encode()
+                    out += struct.pack("<4s4I", b"DENT", st.st_mode, st.st_size, int(st.st_mtime), len(name)) + name
+                out += struct.pack("<4s4I", b"DONE", 0, 0, 0, 0)
+                self._write(conn, local, remote, bytes(out))
             elif ident == b"RECV":
                 try:
                     data = self.device_path(arg.decode()).read_bytes()

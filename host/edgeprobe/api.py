@@ -69,21 +69,32 @@ def bench(
     weights: Optional[Union[str, Path]] = None,
     use_cache: bool = True,
     progress: Optional[Progress] = None,
+    min_battery_percent: Optional[float] = None,
+    max_thermal_status: Optional[int] = None,
+    thermal_wait_s: float = 120.0,
+    cooldown_s: float = 0.0,
+    affinity: str = "all",
+    fixed_performance: bool = False,
 ) -> BenchResult:
     """Lower (or reuse) ``model`` and measure it on ``device``; returns the result record.
 
     A runner crash, hang or output mismatch comes back as a record with ``ok == False``; a missing
-    runner raises before anything is pushed (``measure`` resolves the runner first).
+    runner raises before anything is pushed (``measure`` resolves the runner first). The run
+    hygiene arguments (battery/thermal thresholds, cooldown, core affinity, Android's
+    fixed-performance mode) are checked or applied before the run and recorded in
+    ``result.device_state``; a failed check raises DeviceNotReadyError.
     """
     config = MeasureConfig(warmup=warmup, iterations=iterations, min_seconds=min_seconds,
-                           threads=threads, timeout_s=timeout_s)
+                           threads=threads, timeout_s=timeout_s, min_battery_percent=min_battery_percent,
+                           max_thermal_status=max_thermal_status, thermal_wait_s=thermal_wait_s, cooldown_s=cooldown_s, affinity=affinity,
+                           fixed_performance=fixed_performance)
     capabilities.resolve(format, backend)
     artifact = _artifact_for(model, format, backend, input_shape, example_inputs, weights, use_cache, progress)
     runner = runner or default_runner(artifact.manifest.format)
     with open_device(device, runner=runner, token=token) as dev:
         if progress:
             progress(f"measuring on {dev.id} ({runner} runner): {warmup} warm-up + {iterations} iterations")
-        return measure(dev, artifact, config)
+        return measure(dev, artifact, config, log=progress)
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,22 @@ def render_result(r: BenchResult) -> Table:
     if th:
         t.add_row("thermal", (", ".join(f"{k} {th.before_c.get(k, float('nan')):.1f}→{v:.1f} °C" for k, v in th.after_c.items())
                               if th.available else f"unavailable: {th.reason}"))
+    ds = r.device_state
+    if ds and not ds.source.startswith("unavailable"):
+        parts = []
+        if ds.battery_level_percent is not None:
+            parts.append(f"battery {ds.battery_level_percent} %" + (" (charging)" if ds.charging else ""))
+        if ds.thermal_status is not None:
+            parts.append(f"thermal status {ds.thermal_status}→{ds.thermal_status_after}")
+        if ds.affinity_cores:
+            parts.append(f"pinned to cores {','.join(map(str, ds.affinity_cores))}")
+        if ds.fixed_performance != "off":
+            parts.append(f"fixed performance {ds.fixed_performance}")
+        if ds.cooldown_waited_s:
+            parts.append(f"cooled down {ds.cooldown_waited_s:g} s")
+        t.add_row("device state", escape(" · ".join(parts) or "no battery/thermal readings") + f" [dim]({escape(ds.source)})[/dim]")
+        for note in ds.notes:
+            t.add_row("", f"[yellow]{escape(note)}[/yellow]")
     if run.environment:
         env = run.environment
         t.add_row("device", f"{env.cpu_model} · {env.cores} cores · {env.os} {env.kernel} {env.machine}")
@@ -132,6 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--min-seconds", type=float, default=0.0)
     b.add_argument("--no-cache", action="store_true", help="lower again even if a cached artifact exists")
     b.add_argument("--json", help="also write the result record to this file")
+    h = b.add_argument_group("run hygiene (checked before the run, recorded in the result)")
+    h.add_argument("--min-battery", type=float, metavar="PERCENT", help="fail if the battery is below this level")
+    h.add_argument("--max-thermal-status", type=int, metavar="N",
+                   help="wait (up to --thermal-wait-s), then fail, while Android's thermal status is above N "
+                        "(0 none, 1 light, 2 moderate, 3 severe)")
+    h.add_argument("--thermal-wait-s", type=float, default=120.0)
+    h.add_argument("--cooldown-s", type=float, default=0.0, help="idle this long before the run")
+    h.add_argument("--affinity", default="all", help="all | big (fastest cluster) | a core list, e.g. 4-7")
+    h.add_argument("--fixed-performance", action="store_true",
+                   help="Android: `cmd power set-fixed-performance-mode-enabled` during the run")
 
     e = sub.add_parser("export", help="lower a model to an artifact directory")
     _add_model_args(e)
@@ -154,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     rsub = r.add_subparsers(dest="runner_command", required=True)
     rb = rsub.add_parser("build", help="build and install the native runner for this host")
     rb.add_argument("--dest", help="install prefix (default: the user data dir)")
+    rb.add_argument("--target", choices=["x86_64", "aarch64"],
+                    help="cross-build for this CPU (default: this machine); aarch64 needs g++-aarch64-linux-gnu")
     rb.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     rsub.add_parser("serve", help="serve this machine's runners over TCP (+ zeroconf); options: --help",
                     add_help=False)
@@ -195,7 +223,9 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
             token=args.token, iterations=args.iterations, warmup=args.warmup, min_seconds=args.min_seconds,
             threads=args.threads,
             timeout_s=args.timeout_s, input_shape=_shape(args.input_shape), weights=args.weights,
-            use_cache=not args.no_cache, progress=_progress,
+            use_cache=not args.no_cache, progress=_progress, min_battery_percent=args.min_battery,
+            max_thermal_status=args.max_thermal_status, thermal_wait_s=args.thermal_wait_s,
+            cooldown_s=args.cooldown_s, affinity=args.affinity, fixed_performance=args.fixed_performance,
         )
         console.print(render_result(result))
         if args.json:
@@ -245,7 +275,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "runner" and args.runner_command == "build":
         from edgeprobe.native import build_native_runner
 
-        path = build_native_runner(Path(args.dest) if args.dest else None, jobs=args.jobs,
+        path = build_native_runner(Path(args.dest) if args.dest else None, target=args.target, jobs=args.jobs,
                                    log=lambda m: err_console.print(f"[dim]{m}[/dim]"))
         console.print(f"native runner installed: {path}")
         return 0

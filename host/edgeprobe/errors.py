@@ -14,6 +14,7 @@ at the boundary, with a message that says what to do next::
     ├── RunnerError                     the device runner could not be used
     │   └── RunnerNotBuiltError         native runner binary missing; says how to build it
     ├── TransportError                  push / pull / run on a device failed
+    ├── DeviceNotReadyError             run hygiene failed: battery low, too hot, cores unknown
     └── ResultError                     a result record cannot be read (schema, JSON)
 
 A runner that crashes or hangs during a measurement does not raise: the measurement comes back
@@ -64,6 +65,10 @@ class RunnerNotBuiltError(RunnerError):
 
 
 class TransportError(EdgeprobeError):
+    pass
+
+
+class DeviceNotReadyError(EdgeprobeError):
     pass
 
 

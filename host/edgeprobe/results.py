@@ -244,6 +244,28 @@ class DeviceInfo:
 
 
 @dataclass(frozen=True)
+class DeviceState:
+    """Device conditions before (and thermal status after) a run, and the run hygiene applied.
+
+    ``source`` names how they were read; a field the device could not report is None, never 0.
+    """
+
+    source: str
+    cpu_max_freq_khz: tuple[Optional[int], ...] = ()
+    cpu_capacity: tuple[Optional[int], ...] = ()
+    big_cores: tuple[int, ...] = ()
+    battery_level_percent: Optional[int] = None
+    battery_temperature_c: Optional[float] = None
+    charging: Optional[bool] = None
+    thermal_status: Optional[int] = None  # Android THERMAL_STATUS_*: 0 none .. 6 shutdown
+    thermal_status_after: Optional[int] = None
+    affinity_cores: tuple[int, ...] = ()  # () = not pinned
+    fixed_performance: str = "off"  # off | on | unavailable: <reason>
+    cooldown_waited_s: float = 0.0
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """What one runner process reports (device_runner/PROTOCOL.md)."""
 
@@ -281,6 +303,7 @@ class BenchResult:
     run: RunRecord
     host_versions: dict[str, str]
     created_utc: str
+    device_state: Optional[DeviceState] = None
     schema_version: int = SCHEMA_VERSION
 
     @property

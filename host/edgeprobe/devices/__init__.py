@@ -14,7 +14,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from edgeprobe import versions
 from edgeprobe.devices.base import RunResult, Transport
@@ -34,12 +34,25 @@ class MeasureConfig:
     threads: int = 0
     timeout_s: float = 300.0
     method: str = "forward"
+    # run hygiene (devices/hygiene.py); all recorded in the result's device_state
+    min_battery_percent: Optional[float] = None
+    max_thermal_status: Optional[int] = None  # Android THERMAL_STATUS_*: 0 none, 1 light, 2 moderate, ...
+    thermal_wait_s: float = 120.0  # how long to wait for the thermal status to fall before failing
+    cooldown_s: float = 0.0  # idle time before the run
+    affinity: str = "all"  # all | big | a core list such as 4-7
+    fixed_performance: bool = False  # Android `cmd power set-fixed-performance-mode-enabled`
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.iterations < 1 or self.min_seconds < 0 or self.threads < 0:
             raise UsageError("need --warmup >= 0, --iterations >= 1, --min-seconds >= 0, --threads >= 0")
         if self.timeout_s <= 0:
             raise UsageError("--timeout-s must be positive")
+        if self.cooldown_s < 0 or self.thermal_wait_s < 0:
+            raise UsageError("--cooldown-s and --thermal-wait-s must be >= 0")
+        if self.min_battery_percent is not None and not 0 <= self.min_battery_percent <= 100:
+            raise UsageError("--min-battery is a percentage, 0..100")
+        if self.max_thermal_status is not None and not 0 <= self.max_thermal_status <= 6:
+            raise UsageError("--max-thermal-status is Android's THERMAL_STATUS_*, 0 (none) .. 6 (shutdown)")
 
 
 class Device:
@@ -210,6 +223,7 @@ def measure(
     etdump_local: Optional[Path] = None,
     save_outputs_local: Optional[Path] = None,
     extra_args: Sequence[str] = (),
+    log: Optional[Callable[[str], None]] = None,
 ) -> BenchResult:
     """Measure ``artifact`` on ``device`` in one fresh runner process; returns the full record."""
     m = artifact.manifest
@@ -233,7 +247,11 @@ def measure(
         argv += ["--etdump", remote_etdump]
     if save_outputs_local is not None:
         argv += ["--save-outputs", remote_outputs]
-    res = t.run(argv, config.timeout_s)
+    from edgeprobe.devices.hygiene import Session
+
+    with Session(t, config, log=log) as session:
+        res = t.run([*session.prefix, *argv], config.timeout_s)
+        state = session.finish()
     with tempfile.TemporaryDirectory(prefix="edgeprobe-pull-") as tmp:
         local_out = Path(tmp) / "result.json"
         if res.exit_code == 0 and not res.timed_out:
@@ -253,4 +271,5 @@ def measure(
         run=record,
         host_versions=versions.tool_versions(),
         created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        device_state=state,
     )

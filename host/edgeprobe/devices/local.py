@@ -55,6 +55,14 @@ class LocalTransport:
             out, err = proc.communicate()
             return RunResult(None, out, err, time.monotonic() - t0, timed_out=True)
 
+    def shell(self, command: str, timeout_s: float = 30.0) -> str:
+        """``sh -c command`` on this machine; stdout (the device-state probe uses it)."""
+        try:
+            return subprocess.run(["sh", "-c", command], capture_output=True, text=True, errors="replace",
+                                  timeout=timeout_s).stdout
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise TransportError(f"local shell failed: {exc}") from None
+
     def info(self) -> dict[str, str]:
         u = platform.uname()
         return {"os": u.system, "kernel": u.release, "machine": u.machine, "hostname": u.node,

@@ -1,0 +1,133 @@
+"""Run hygiene: check battery and thermal state before a run, optionally cool down, pin the
+runner to cores, and switch Android's fixed-performance mode on for the run. Everything applied
+(or found unavailable) is recorded in the result's ``DeviceState``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Optional
+
+from edgeprobe.devices.probe import SNAPSHOT_SH, Snapshot, cpu_mask, parse_cores, parse_snapshot, thermal_name
+from edgeprobe.errors import DeviceNotReadyError, UsageError
+from edgeprobe.results import DeviceState
+
+POLL_S = 5.0
+
+
+def snapshot(transport) -> Optional[Snapshot]:
+    shell = getattr(transport, "shell", None)
+    if shell is None:
+        return None
+    return parse_snapshot(shell(SNAPSHOT_SH))
+
+
+def _state(snap: Optional[Snapshot], source: str) -> DeviceState:
+    if snap is None:
+        return DeviceState(source=source)
+    b = snap.battery
+    return DeviceState(
+        source=source,
+        cpu_max_freq_khz=tuple(c.max_freq_khz for c in snap.cores),
+        cpu_capacity=tuple(c.capacity for c in snap.cores),
+        big_cores=snap.big_cores(),
+        battery_level_percent=b.level_percent if b else None,
+        battery_temperature_c=b.temperature_c if b else None,
+        charging=b.charging if b else None,
+        thermal_status=snap.thermal_status,
+    )
+
+
+class Session:
+    """``with Session(transport, config) as s:`` checks and prepares the device; ``s.prefix`` is
+    the argv prefix for the runner (core pinning); ``s.finish()`` gives the final DeviceState."""
+
+    def __init__(self, transport, config, *, sleep: Callable[[float], None] = time.sleep,
+                 log: Optional[Callable[[str], None]] = None) -> None:
+        self.t, self.c, self.sleep, self.log = transport, config, sleep, log or (lambda _m: None)
+        self.prefix: list[str] = []
+        self.state = DeviceState(source="none")
+        self._perf_on = False
+
+    def __enter__(self) -> "Session":
+        c = self.c
+        has_shell = getattr(self.t, "shell", None) is not None
+        source = {"adb": "getprop/dumpsys/sysfs over adb", "local": "sysfs (sh)"}.get(self.t.kind, self.t.kind)
+        if not has_shell:
+            if c.affinity != "all" or c.fixed_performance:
+                raise UsageError(f"a {self.t.kind} device cannot pin cores or set performance modes; "
+                                 "drop --affinity/--fixed-performance")
+            self.state = DeviceState(source=f"unavailable: the {self.t.kind} transport offers no shell to read it")
+            return self
+        snap = snapshot(self.t)
+        notes: list[str] = []
+        waited = 0.0
+        if c.cooldown_s > 0:
+            self.log(f"cooling down for {c.cooldown_s:g} s")
+            self.sleep(c.cooldown_s)
+            waited += c.cooldown_s
+            snap = snapshot(self.t)
+        if c.max_thermal_status is not None:
+            if snap is None or snap.thermal_status is None:
+                notes.append("thermal status unknown (no dumpsys thermalservice); --max-thermal-status not checked")
+            else:
+                deadline = waited + max(c.thermal_wait_s, 0.0)
+                while snap.thermal_status > c.max_thermal_status and waited < deadline:
+                    self.log(f"thermal status {thermal_name(snap.thermal_status)}; waiting for it to fall")
+                    self.sleep(POLL_S)
+                    waited += POLL_S
+                    snap = snapshot(self.t)
+                    assert snap is not None
+                if snap.thermal_status is not None and snap.thermal_status > c.max_thermal_status:
+                    raise DeviceNotReadyError(
+                        f"thermal status is {snap.thermal_status} ({thermal_name(snap.thermal_status)}), above "
+                        f"--max-thermal-status {c.max_thermal_status} after waiting {waited:g} s; let the device cool")
+        if c.min_battery_percent is not None:
+            level = snap.battery.level_percent if snap and snap.battery else None
+            if level is None:
+                notes.append("no battery level readable; --min-battery not checked")
+            elif level < c.min_battery_percent:
+                raise DeviceNotReadyError(f"battery at {level} %, below --min-battery {c.min_battery_percent:g} %; "
+                                          "charge it (then unplug for energy numbers)")
+        state = _state(snap, source)
+        if c.affinity != "all":
+            if c.affinity == "big":
+                cores = state.big_cores
+                if not cores:
+                    raise DeviceNotReadyError("cannot tell the big cores: no cpu_capacity or cpuinfo_max_freq in sysfs; "
+                                              "give the cores, e.g. --affinity 4-7")
+            else:
+                try:
+                    cores = parse_cores(c.affinity)
+                except ValueError as exc:
+                    raise UsageError(str(exc)) from None
+            self.prefix = ["taskset", cpu_mask(cores)]
+            state = dataclasses.replace(state, affinity_cores=cores)
+        if c.fixed_performance:
+            out = self.t.shell("cmd power set-fixed-performance-mode-enabled true 2>&1; echo rc=$?")
+            if out.strip().endswith("rc=0") and "rror" not in out and "nknown" not in out:
+                self._perf_on = True
+                state = dataclasses.replace(state, fixed_performance="on")
+            else:
+                reason = out.strip().rsplit("rc=", 1)[0].strip().splitlines()
+                state = dataclasses.replace(state, fixed_performance="unavailable: " + (reason[-1] if reason else
+                                                                                        "cmd power failed"))
+        self.state = dataclasses.replace(state, cooldown_waited_s=waited, notes=tuple(notes))
+        return self
+
+    def finish(self) -> DeviceState:
+        if self.state.source.startswith("unavailable") or getattr(self.t, "shell", None) is None:
+            return self.state
+        try:
+            after = snapshot(self.t)
+        except Exception:  # noqa: BLE001 - the record matters more than the after-reading
+            return self.state
+        return dataclasses.replace(self.state, thermal_status_after=after.thermal_status if after else None)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._perf_on:
+            try:
+                self.t.shell("cmd power set-fixed-performance-mode-enabled false")
+            except Exception:  # noqa: BLE001
+                pass
