@@ -60,7 +60,8 @@ class TestAdbd:
     def __init__(self, root: Path, *, accept_any_key: bool = True, props: Optional[dict[str, str]] = None,
                  maxdata: int = 1 << 20, drop_after_send_bytes: Optional[int] = None,
                  dumpsys: Optional[dict[str, str]] = None, env: Optional[dict[str, str]] = None,
-                 drop_on_shell: Optional[str] = None, drop_times: int = 1, shell_v2: bool = True) -> None:
+                 drop_on_shell: Optional[str] = None, drop_times: int = 1, shell_v2: bool = True,
+                 emulate_aarch64: bool = False) -> None:
         self.root = Path(root)
         (self.root / DEVICE_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
         self.accept_any_key, self.maxdata = accept_any_key, maxdata
@@ -76,6 +77,14 @@ class TestAdbd:
         lines = "\n".join(f'  {k}) echo "{v}";;' for k, v in self.props.items())
         (self.bin / "getprop").write_text(f'#!/bin/sh\ncase "$1" in\n{lines}\n  *) echo "";;\nesac\n')
         (self.bin / "getprop").chmod(0o755)
+        if emulate_aarch64:
+            # This machine plays an arm64 phone: its `env` (the runner is started through it) hands
+            # aarch64 ELF files to qemu user-mode emulation, as binfmt_misc would on a real kernel.
+            (self.bin / "env").write_text(
+                '#!/bin/sh\nwhile [ $# -gt 0 ]; do case "$1" in *=*) export "$1"; shift;; *) break;; esac; done\n'
+                'if [ -f "$1" ] && [ "$(od -An -tx1 -j18 -N2 "$1" | tr -d " ")" = "b700" ]; then\n'
+                '  exec qemu-aarch64-static -L /usr/aarch64-linux-gnu "$@"\nfi\nexec "$@"\n')
+            (self.bin / "env").chmod(0o755)
         if dumpsys is not None:
             ddir = self.bin / "dumpsys.d"
             ddir.mkdir(exist_ok=True)
