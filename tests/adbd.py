@@ -71,6 +71,7 @@ class TestAdbd:
         self.drop_on_shell, self.drop_times, self.shell_v2 = drop_on_shell, drop_times, shell_v2
         self.env = env or {}
         self.shell_log: list[str] = []
+        self.services: list[str] = []
         self.authorized: list[rsa.RSAPublicKey] = []
         self.bin = self.root / ".adbd-bin"
         self.bin.mkdir(exist_ok=True)
@@ -162,7 +163,7 @@ class TestAdbd:
                     if kind == 2:
                         token = os.urandom(20)
                         conn.sendall(pack(A_AUTH, 1, 0, token))
-                banner = "device::" + ";".join(f"{k}={v}" for k, v in self.props.items()) + ";features=cmd" + (",shell_v2" if self.shell_v2 else "") + "\0"
+                banner = "device::" + ";".join(f"{k}={v}" for k, v in self.props.items()) + ";features=" + ("shell_v2," if self.shell_v2 else "") + "cmd\0"
                 conn.sendall(pack(A_CNXN, VERSION, self.maxdata, banner.encode()))
                 next_id = 1
                 while True:
@@ -205,10 +206,13 @@ class TestAdbd:
             pass
 
     def _run_service(self, conn: socket.socket, local: int, remote: int, service: str) -> None:
-        if service.startswith(("shell:", "exec:", "shell,v2:")):
+        name, _, command = service.partition(":")
+        kind, *opts = name.split(",")  # e.g. "shell,v2,raw" from a real adb client
+        if kind in ("shell", "exec") and not service.startswith("sync"):
             conn.sendall(pack(A_OKAY, local, remote))
-            command = service.split(":", 1)[1]
+            v2 = "v2" in opts
             self.shell_log.append(command)
+            self.services.append(name)
             command = command.replace(DEVICE_DIR, str(self.root) + DEVICE_DIR)
             env = {**os.environ, **self.env, "PATH": f"{self.bin}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
             if self.drop_on_shell and self.drop_on_shell in command and self.drop_times > 0:
@@ -218,11 +222,11 @@ class TestAdbd:
                 proc.wait(timeout=600)
                 raise _Closed()
             proc = subprocess.run(["/bin/sh", "-c", command], cwd=self.root, env=env, capture_output=True, timeout=600)
-            if service.startswith("shell,v2:"):  # packets: id (1 stdout, 2 stderr, 3 exit) + u32 length
+            if v2:  # packets: id (1 stdout, 2 stderr, 3 exit) + u32 length
                 out = b"".join(struct.pack("<BI", i, len(d)) + d for i, d in ((1, proc.stdout), (2, proc.stderr)) if d)
                 out += struct.pack("<BI", 3, 1) + bytes([proc.returncode & 0xFF])
             else:
-                out = proc.stdout + (proc.stderr if service.startswith("shell:") else b"")
+                out = proc.stdout + (proc.stderr if kind == "shell" else b"")
             self._write(conn, local, remote, out)
             self._close_stream(conn, local, remote)
         elif service == "sync:":

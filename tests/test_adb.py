@@ -110,6 +110,7 @@ def test_debian_adb_client_talks_to_the_test_adbd(tmp_path):
             out = run("-s", serial, "shell", "echo", "hello-from-adbd")
             assert "hello-from-adbd" in out.stdout, out
             assert run("-s", serial, "shell", "exit 3").returncode == 3  # shell v2: the exit code comes back
+            assert any(s.startswith("shell,v2") for s in d.services), d.services
             assert run("-s", serial, "push", str(tmp_path / "up.bin"), "/data/local/tmp/up.bin").returncode == 0
             assert (d.root / "data/local/tmp/up.bin").read_bytes() == data
             assert run("-s", serial, "pull", "/data/local/tmp/up.bin", str(tmp_path / "down.bin")).returncode == 0

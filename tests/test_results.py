@@ -103,7 +103,10 @@ def test_schema_version_and_types_are_checked():
 def test_energy_unavailable_has_no_number():
     e = EnergyReading(False, reason="no meter")
     assert e.energy_per_inference_j(10) is None
-    assert EnergyReading(True, meter="rapl", energy_j=2.0).energy_per_inference_j(4) == 0.5
+    assert e.estimate(10) is None
+    est = EnergyReading(True, meter="rapl", energy_j=2.0, duration_s=1.0).estimate(4)
+    # no idle baseline: only the gross number, and it says why the net one is missing
+    assert est.per_inference_j is None and est.gross_per_inference_j == 0.5 and not est.reliable and est.reason
 
 
 def test_reading_results_does_not_import_torch(tmp_path):

@@ -34,6 +34,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--min-seconds", type=float, default=0.0)
+    p.add_argument("--idle-s", type=float, default=0.0, help="energy baseline: idle this long before the timed loop")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--rtol", type=float, default=1e-3)
     p.add_argument("--atol", type=float, default=1e-3)
@@ -42,7 +43,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--save-outputs")
     p.add_argument("--output")
     args = p.parse_args(argv)
-    if args.warmup < 0 or args.iterations < 1 or args.min_seconds < 0 or args.threads < 0:
+    if args.warmup < 0 or args.iterations < 1 or args.min_seconds < 0 or args.threads < 0 or args.idle_s < 0:
         p.error("--warmup >= 0, --iterations >= 1, --min-seconds >= 0 and --threads >= 0 are required")
     return args
 
@@ -242,7 +243,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             meter = meters.energy_meter()
             samples: list[int] = []
             timed_ns = 0
-            meter.begin()
+            meter.begin(args.idle_s)
             while len(samples) < args.iterations or timed_ns < args.min_seconds * 1e9:
                 t0 = time.monotonic_ns()
                 prog.run(inputs)

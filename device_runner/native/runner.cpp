@@ -196,94 +196,143 @@ std::string thermal_block(const std::map<std::string, double>& before, const std
 
 // ------------------------------------------------------------------ energy meters
 
+// Every meter first measures an idle baseline (`idle_s` seconds asleep, after warm-up) and then
+// the timed loop. The windows are reported as CLOCK_MONOTONIC seconds so that samples, and any
+// external meter, can be lined up with them. Battery samples are reported raw: the host
+// calibrates sign and unit and derives power, energy per inference and its uncertainty.
+
+double mono_s(Clock::time_point t) { return std::chrono::duration<double>(t.time_since_epoch()).count(); }
+
 class EnergyMeter {
  public:
   virtual ~EnergyMeter() = default;
-  virtual void begin() = 0;
-  virtual std::string end() = 0;  // the JSON energy block
+  virtual void begin(double idle_s) = 0;  // idle baseline, then the run window starts
+  virtual std::string end() = 0;           // the JSON energy block
 };
 
 class Unavailable : public EnergyMeter {
  public:
   explicit Unavailable(std::string reason) : reason_(std::move(reason)) {}
-  void begin() override {}
+  void begin(double) override {}
   std::string end() override { return Obj().add("available", "false").add("reason", jstr(reason_)).str(); }
 
  private:
   std::string reason_;
 };
 
-class Rapl : public EnergyMeter {  // Linux powercap energy counters (µJ), read before and after
+std::string window_json(Clock::time_point idle0, Clock::time_point run0, Clock::time_point run1) {
+  return Obj().add("idle_start_s", jnum(mono_s(idle0))).add("run_start_s", jnum(mono_s(run0)))
+      .add("run_end_s", jnum(mono_s(run1))).str();
+}
+
+class Rapl : public EnergyMeter {  // Linux powercap energy counters (µJ), read at window edges
  public:
   explicit Rapl(std::vector<std::string> domains) : domains_(std::move(domains)) {}
-  void begin() override {
-    start_.clear();
-    for (auto& d : domains_) start_.push_back(read_ll(d + "/energy_uj").value_or(0));
+  std::vector<long long> counters() {
+    std::vector<long long> c;
+    for (auto& d : domains_) c.push_back(read_ll(d + "/energy_uj").value_or(0));
+    return c;
+  }
+  double delta_j(size_t i, long long a, long long b) {
+    long long delta = b - a;
+    if (delta < 0) delta += read_ll(domains_[i] + "/max_energy_range_uj").value_or(0);  // wrapped
+    return delta / 1e6;
+  }
+  void begin(double idle_s) override {
+    idle0_ = Clock::now();
+    if (idle_s > 0) {
+      auto c0 = counters();
+      std::this_thread::sleep_for(std::chrono::duration<double>(idle_s));
+      auto c1 = counters();
+      idle_j_ = 0;
+      for (size_t i = 0; i < domains_.size(); ++i) idle_j_ += delta_j(i, c0[i], c1[i]);
+      idle_dt_ = ms_since(idle0_) / 1000.0;
+    }
+    start_ = counters();
     t0_ = Clock::now();
   }
   std::string end() override {
-    double dt = ms_since(t0_) / 1000.0;
+    auto end = counters();
+    auto t1 = Clock::now();
+    double dt = std::chrono::duration<double>(t1 - t0_).count();
     Obj domains;
     double total = 0;
     for (size_t i = 0; i < domains_.size(); ++i) {
-      long long delta = read_ll(domains_[i] + "/energy_uj").value_or(0) - start_[i];
-      if (delta < 0) delta += read_ll(domains_[i] + "/max_energy_range_uj").value_or(0);  // wrapped
+      double j = delta_j(i, start_[i], end[i]);
       std::string base = domains_[i].substr(domains_[i].rfind('/') + 1);
       auto name = read_text(domains_[i] + "/name");
-      domains.add(base + ":" + (name ? *name : base), jnum(delta / 1e6));
-      total += delta / 1e6;
+      domains.add(base + ":" + (name ? *name : base), jnum(j));
+      total += j;
     }
     return Obj().add("available", "true").add("reason", "null").add("meter", jstr("rapl"))
         .add("energy_j", jnum(total)).add("duration_s", jnum(dt)).add("samples", "2")
-        .add("method", jstr("powercap energy counter delta")).add("domains", domains.str()).str();
+        .add("method", jstr("powercap energy counter delta")).add("domains", domains.str())
+        .add("idle_energy_j", idle_dt_ > 0 ? jnum(idle_j_) : "null")
+        .add("idle_duration_s", idle_dt_ > 0 ? jnum(idle_dt_) : "null")
+        .add("window", window_json(idle0_, t0_, t1)).str();
   }
 
  private:
   std::vector<std::string> domains_;
   std::vector<long long> start_;
-  Clock::time_point t0_;
+  Clock::time_point idle0_, t0_;
+  double idle_j_ = 0, idle_dt_ = 0;
 };
 
-class Battery : public EnergyMeter {  // current_now (µA) × voltage_now (µV), sampled every 10 ms
+class Battery : public EnergyMeter {  // raw current_now / voltage_now, sampled every 10 ms
  public:
   explicit Battery(std::string supply) : supply_(std::move(supply)) {}
-  void begin() override {
+  void begin(double idle_s) override {
     stop_ = false;
-    t0_ = Clock::now();
+    idle0_ = Clock::now();
     thread_ = std::thread([this] {
-      auto last = Clock::now();
       while (!stop_.load()) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-        auto now = Clock::now();
+        auto t0 = Clock::now();
         auto i = read_ll(supply_ + "/current_now");
         auto v = read_ll(supply_ + "/voltage_now");
-        if (i && v) {
-          double watts = std::fabs(static_cast<double>(*i)) * 1e-6 * static_cast<double>(*v) * 1e-6;
-          energy_j_ += watts * std::chrono::duration<double>(now - last).count();
-          ++samples_;
-        }
-        last = now;
+        auto t1 = Clock::now();
+        if (t1 - t0 > std::chrono::milliseconds(5)) ++dropped_;  // descheduled mid-read: time unknown
+        else if (i && v) raw_.push_back("[" + jnum((mono_s(t0) + mono_s(t1)) / 2) + ", " + jint(*i) + ", " + jint(*v) + "]");
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
       }
     });
+    if (idle_s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(idle_s));
+    t0_ = Clock::now();
   }
   std::string end() override {
+    auto t1 = Clock::now();
     stop_ = true;
     if (thread_.joinable()) thread_.join();
     std::string name = supply_.substr(supply_.rfind('/') + 1);
+    std::string arr = "[";
+    for (size_t k = 0; k < raw_.size(); ++k) arr += (k ? ", " : "") + raw_[k];
+    auto status = read_text(supply_ + "/status");
+    // A charger online (usb/ac/wireless supply with online = 1) feeds the battery current too.
+    std::string charger = "null";
+    std::string ps = supply_.substr(0, supply_.rfind('/'));
+    for (auto& n : list_dir(ps, "")) {
+      if (n == "." || n == ".." || ps + "/" + n == supply_) continue;
+      auto online = read_ll(ps + "/" + n + "/online");
+      if (!online) continue;
+      if (*online) { charger = "true"; break; }
+      charger = "false";
+    }
     return Obj().add("available", "true").add("reason", "null").add("meter", jstr("battery"))
-        .add("energy_j", jnum(energy_j_)).add("duration_s", jnum(ms_since(t0_) / 1000.0))
-        .add("samples", jint(samples_))
-        .add("method", jstr("current_now*voltage_now sampling (uncalibrated sign/unit)"))
-        .add("domains", Obj().add(name, jnum(energy_j_)).str()).str();
+        .add("energy_j", "null").add("duration_s", jnum(std::chrono::duration<double>(t1 - t0_).count()))
+        .add("samples", jint(static_cast<long long>(raw_.size()))).add("samples_dropped", jint(dropped_))
+        .add("method", jstr("current_now x voltage_now sampled every 10 ms; raw, calibrated on the host"))
+        .add("domains", Obj().str()).add("window", window_json(idle0_, t0_, t1))
+        .add("supply", jstr(name)).add("supply_status", status ? jstr(*status) : "null")
+        .add("charger_online", charger).add("raw_samples", arr + "]").str();
   }
 
  private:
   std::string supply_;
   std::thread thread_;
   std::atomic<bool> stop_{false};
-  double energy_j_ = 0;
-  long long samples_ = 0;
-  Clock::time_point t0_;
+  std::vector<std::string> raw_;
+  long long dropped_ = 0;
+  Clock::time_point idle0_, t0_;
 };
 
 std::unique_ptr<EnergyMeter> energy_meter() {
@@ -505,13 +554,13 @@ std::string compare(const RawTensor& a, const RawTensor& e, double rtol, double 
 struct Args {
   std::string model, vectors, etdump, method = "forward", output, save_outputs;
   long warmup = 3, iterations = 20, threads = 0;
-  double min_seconds = 0, rtol = 1e-3, atol = 1e-3;
+  double min_seconds = 0, idle_s = 0, rtol = 1e-3, atol = 1e-3;  // idle_s: energy baseline before the timed loop
 };
 
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
                "edgeprobe_runner: %s\nusage: edgeprobe_runner --model PATH [--vectors PATH] [--warmup N] "
-               "[--iterations N] [--min-seconds S] [--threads N] [--rtol X] [--atol X] [--etdump PATH] "
+               "[--iterations N] [--min-seconds S] [--idle-s S] [--threads N] [--rtol X] [--atol X] [--etdump PATH] "
                "[--method NAME] [--save-outputs PATH] [--output PATH]\n",
                why.c_str());
   std::exit(2);
@@ -540,6 +589,7 @@ Args parse(int argc, char** argv) {
     else if (f == "--iterations") a.iterations = static_cast<long>(num(f, v, true));
     else if (f == "--threads") a.threads = static_cast<long>(num(f, v, true));
     else if (f == "--min-seconds") a.min_seconds = num(f, v, false);
+    else if (f == "--idle-s") a.idle_s = num(f, v, false);
     else if (f == "--rtol") a.rtol = num(f, v, false);
     else if (f == "--atol") a.atol = num(f, v, false);
     else usage("unknown argument " + f);
@@ -710,7 +760,7 @@ int main(int argc, char** argv) {
     std::vector<long long> samples;
     samples.reserve(static_cast<size_t>(args.iterations));
     long long timed_ns = 0;
-    meter->begin();
+    meter->begin(args.idle_s);
     while (static_cast<long>(samples.size()) < args.iterations || timed_ns < args.min_seconds * 1e9) {
       auto s0 = Clock::now();
       auto res = module.execute(args.method, inputs);

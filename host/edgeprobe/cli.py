@@ -82,10 +82,19 @@ def render_result(r: BenchResult) -> Table:
                   f"swap {_fmt_bytes(mem.swap_bytes)})")
     e = run.energy
     if e:
-        if e.available and s:
-            per = e.energy_per_inference_j(s.n)
-            t.add_row("energy", f"{e.energy_j:.4f} J over {e.duration_s:.3f} s ({e.meter}; {e.method})"
-                      + (f" · {per * 1e3:.3f} mJ/inference" if per is not None else ""))
+        est = e.estimate(s.n) if e.available and s else None
+        if est is not None:
+            if est.per_inference_j is not None:
+                sigma = f" ± {est.uncertainty_j * 1e3:.3f}" if est.uncertainty_j is not None else ""
+                line = (f"{est.per_inference_j * 1e3:.3f}{sigma} mJ/inference above idle "
+                        f"(idle {est.idle_power_w:.3f} W, run {est.run_power_w:.3f} W; {e.meter})")
+            else:
+                line = f"gross {(est.gross_per_inference_j or 0) * 1e3:.3f} mJ/inference, idle not subtracted ({e.meter})"
+            t.add_row("energy", escape(line) if est.reliable else f"[yellow]{escape(line)} — unreliable: "
+                      f"{escape(est.reason or '')}[/yellow]")
+            t.add_row("", f"[dim]{escape(est.method)}; calibration: {escape(est.calibration)}[/dim]")
+        elif e.available:
+            t.add_row("energy", "measured, but no timing to divide it by")
         else:
             t.add_row("energy", f"unavailable: {e.reason}")
     th = run.thermal

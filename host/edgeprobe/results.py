@@ -201,20 +201,101 @@ class Memory:
 
 
 @dataclass(frozen=True)
+class EnergyEstimate:
+    """Energy per inference derived on the host from an EnergyReading (see ``EnergyReading.estimate``)."""
+
+    per_inference_j: Optional[float]  # (run power - idle power) x run time / iterations; None without a baseline
+    uncertainty_j: Optional[float]  # 1 sigma of per_inference_j from the sample spread; None if not measurable
+    gross_per_inference_j: Optional[float]  # run energy / iterations, idle not subtracted
+    idle_power_w: Optional[float]
+    run_power_w: Optional[float]
+    method: str
+    calibration: str
+    reliable: bool
+    reason: Optional[str] = None  # why it is unreliable
+
+
+BATTERY_MA_BELOW = 10_000  # |idle current_now| below this is in mA, not µA (no phone idles under 10 mA)
+BATTERY_MV_BELOW = 100_000  # voltage_now below this is in mV, not µV
+
+
+def _mean_var(xs: typing.Sequence[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    return m, (sum((x - m) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else 0.0)
+
+
+@dataclass(frozen=True)
 class EnergyReading:
     available: bool
     reason: Optional[str] = None
     meter: Optional[str] = None
-    energy_j: Optional[float] = None
-    duration_s: Optional[float] = None
+    energy_j: Optional[float] = None  # run window; None for battery (derived from raw_samples)
+    duration_s: Optional[float] = None  # run window
     samples: Optional[int] = None
     method: Optional[str] = None
     domains: dict[str, float] = field(default_factory=dict)
+    idle_energy_j: Optional[float] = None  # rapl: the idle baseline window
+    idle_duration_s: Optional[float] = None
+    window: dict[str, float] = field(default_factory=dict)  # CLOCK_MONOTONIC idle_start_s/run_start_s/run_end_s
+    supply: Optional[str] = None
+    supply_status: Optional[str] = None  # battery sysfs status: Charging | Discharging | Full | Not charging
+    charger_online: Optional[bool] = None
+    raw_samples: tuple[tuple[float, ...], ...] = ()  # battery: (t_s, current_now, voltage_now) as read
+    samples_dropped: Optional[int] = None  # battery samples whose read was interrupted (time stamp unknown)
 
     def energy_per_inference_j(self, iterations: int) -> Optional[float]:
-        if not self.available or self.energy_j is None or iterations <= 0:
+        est = self.estimate(iterations)
+        return est.per_inference_j if est else None
+
+    def estimate(self, iterations: int) -> Optional[EnergyEstimate]:
+        """Energy per inference = (run power - idle power) x run time / iterations, with the method,
+        the calibration applied and a 1-sigma uncertainty; None when no meter was available."""
+        if not self.available or iterations <= 0 or not self.duration_s:
             return None
-        return self.energy_j / iterations
+        if self.meter == "battery":
+            return self._battery_estimate(iterations)
+        gross = self.energy_j / iterations if self.energy_j is not None else None
+        run_w = self.energy_j / self.duration_s if self.energy_j is not None else None
+        if self.idle_energy_j is None or not self.idle_duration_s or run_w is None:
+            return EnergyEstimate(None, None, gross, None, run_w, f"{self.method}; no idle baseline", "none", False,
+                                  "no idle baseline was measured (--idle-s 0)")
+        idle_w = self.idle_energy_j / self.idle_duration_s
+        net = (run_w - idle_w) * self.duration_s / iterations
+        return EnergyEstimate(net, None, gross, idle_w, run_w, f"{self.method}; idle window subtracted", "none "
+                              "(counters in µJ)", True, None)
+
+    def _battery_estimate(self, iterations: int) -> EnergyEstimate:
+        w = self.window
+        idle = [s for s in self.raw_samples if w and w["idle_start_s"] <= s[0] < w["run_start_s"]]
+        run = [s for s in self.raw_samples if w and w["run_start_s"] <= s[0] <= w["run_end_s"]]
+        method = "battery current_now x voltage_now, 10 ms samples; (run - idle) power x run time / iterations"
+        if not run:
+            return EnergyEstimate(None, None, None, None, None, method, "none", False,
+                                  "no battery samples fell in the run window (the run was shorter than 10 ms?)")
+        ref = idle or run
+        med_i = sorted(s[1] for s in ref)[len(ref) // 2]
+        med_v = sorted(s[2] for s in ref)[len(ref) // 2]
+        i_scale, i_unit = (1e-3, "mA") if abs(med_i) < BATTERY_MA_BELOW else (1e-6, "µA")
+        v_scale, v_unit = (1e-3, "mV") if med_v < BATTERY_MV_BELOW else (1e-6, "µV")
+        sign = -1.0 if med_i < 0 else 1.0  # discharge current counted positive
+        calibration = (f"current in {i_unit}, voltage in {v_unit} (by magnitude); discharge sign "
+                       f"{'negative' if sign < 0 else 'positive'} (from the {'idle' if idle else 'run'} median)")
+        power = lambda xs: [sign * s[1] * i_scale * s[2] * v_scale for s in xs]  # noqa: E731
+        run_w, run_var = _mean_var(power(run))
+        gross = run_w * self.duration_s / iterations
+        problems = []
+        if self.charger_online or (self.supply_status or "").lower() in ("charging", "full"):
+            problems.append("a charger is connected (USB?): the battery current includes the charger's")
+        if med_i == 0:
+            problems.append("the battery current reads 0: no calibration possible")
+        if not idle:
+            problems.append("no idle baseline was measured (--idle-s 0)")
+            return EnergyEstimate(None, None, gross, None, run_w, method, calibration, False, "; ".join(problems))
+        idle_w, idle_var = _mean_var(power(idle))
+        net = (run_w - idle_w) * self.duration_s / iterations
+        sigma = (run_var / len(run) + idle_var / len(idle)) ** 0.5 * self.duration_s / iterations
+        return EnergyEstimate(net, sigma, gross, idle_w, run_w, method, calibration, not problems,
+                              "; ".join(problems) or None)
 
 
 @dataclass(frozen=True)

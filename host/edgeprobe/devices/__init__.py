@@ -41,14 +41,15 @@ class MeasureConfig:
     cooldown_s: float = 0.0  # idle time before the run
     affinity: str = "all"  # all | big | a core list such as 4-7
     fixed_performance: bool = False  # Android `cmd power set-fixed-performance-mode-enabled`
+    energy_idle_s: float = 1.0  # idle baseline before the timed loop, subtracted from the run's power
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.iterations < 1 or self.min_seconds < 0 or self.threads < 0:
             raise UsageError("need --warmup >= 0, --iterations >= 1, --min-seconds >= 0, --threads >= 0")
         if self.timeout_s <= 0:
             raise UsageError("--timeout-s must be positive")
-        if self.cooldown_s < 0 or self.thermal_wait_s < 0:
-            raise UsageError("--cooldown-s and --thermal-wait-s must be >= 0")
+        if self.cooldown_s < 0 or self.thermal_wait_s < 0 or self.energy_idle_s < 0:
+            raise UsageError("--cooldown-s, --thermal-wait-s and --idle-s must be >= 0")
         if self.min_battery_percent is not None and not 0 <= self.min_battery_percent <= 100:
             raise UsageError("--min-battery is a percentage, 0..100")
         if self.max_thermal_status is not None and not 0 <= self.max_thermal_status <= 6:
@@ -241,6 +242,7 @@ def measure(
     argv = [*runner_argv, "--model", remote_model, "--vectors", remote_vectors,
             "--warmup", str(config.warmup), "--iterations", str(config.iterations),
             "--min-seconds", repr(config.min_seconds), "--threads", str(config.threads),
+            "--idle-s", repr(config.energy_idle_s),
             "--rtol", repr(m.rtol), "--atol", repr(m.atol), "--method", config.method,
             "--output", remote_out, *extra_args]
     if etdump_local is not None:
