@@ -117,3 +117,18 @@ def test_debian_adb_client_talks_to_the_test_adbd(tmp_path):
             assert (tmp_path / "down.bin").read_bytes() == data
         finally:
             subprocess.run([*adb, "kill-server"], env=env, capture_output=True, timeout=30)
+
+
+def test_connection_dropped_mid_run_is_retried_then_reported(tmp_path, adb_key, native_runner, tiny_pte):
+    """The adbd drops the connection while the runner runs: edgeprobe reconnects, re-checks the
+    artifact's sha256 and runs again; when it keeps dropping, a clear error, not a number."""
+    if os.environ.get("EDGEPROBE_NATIVE_RUNNER"):
+        pytest.skip("runner given as a single file (EDGEPROBE_NATIVE_RUNNER); deployment needs the installed bundle")
+    with TestAdbd(tmp_path / "dev", drop_on_shell="--iterations", drop_times=1) as d:
+        r = edgeprobe.bench(tiny_pte, device=f"adb:127.0.0.1:{d.port}", iterations=2, warmup=0)
+        assert r.ok, r.run.error
+        assert any(n.startswith("run retried after:") for n in r.device_state.notes), r.device_state.notes
+        assert sum("--iterations" in c for c in d.shell_log) == 2
+    with TestAdbd(tmp_path / "dev2", drop_on_shell="--iterations", drop_times=99) as d:
+        with pytest.raises(TransportError, match=r"failed 2 time\(s\) with the connection lost"):
+            edgeprobe.bench(tiny_pte, device=f"adb:127.0.0.1:{d.port}", iterations=2, warmup=0)

@@ -42,12 +42,15 @@ class MeasureConfig:
     affinity: str = "all"  # all | big | a core list such as 4-7
     fixed_performance: bool = False  # Android `cmd power set-fixed-performance-mode-enabled`
     energy_idle_s: float = 1.0  # idle baseline before the timed loop, subtracted from the run's power
+    retries: int = 1  # runs repeated after a connection lost mid-run (transports that can reconnect)
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.iterations < 1 or self.min_seconds < 0 or self.threads < 0:
             raise UsageError("need --warmup >= 0, --iterations >= 1, --min-seconds >= 0, --threads >= 0")
         if self.timeout_s <= 0:
             raise UsageError("--timeout-s must be positive")
+        if self.retries < 0:
+            raise UsageError("--retries must be >= 0")
         if self.cooldown_s < 0 or self.thermal_wait_s < 0 or self.energy_idle_s < 0:
             raise UsageError("--cooldown-s, --thermal-wait-s and --idle-s must be >= 0")
         if self.min_battery_percent is not None and not 0 <= self.min_battery_percent <= 100:
@@ -216,6 +219,37 @@ def _record_from(res: RunResult, out_path: Path, timeout_s: float) -> RunRecord:
     return record
 
 
+def _run_with_retry(device: Device, argv: list[str], config: MeasureConfig, sha256: str, remote_model: str,
+                    log: Optional[Callable[[str], None]]) -> tuple[RunResult, Optional[str]]:
+    """Run once; if the connection drops mid-run and the transport can reconnect, reconnect,
+    re-check the artifact's sha256 on the device and run again, ``config.retries`` times.
+    Returns the result and, when the run was repeated, why."""
+    t = device.transport
+    failures: list[str] = []
+    for attempt in range(config.retries + 1):
+        try:
+            res = t.run(argv, config.timeout_s)
+            return res, (f"run retried after: {'; '.join(failures)}" if failures else None)
+        except TransportError as exc:
+            failures.append(str(exc))
+            reconnect = getattr(t, "reconnect", None)
+            if reconnect is None or attempt == config.retries:
+                break
+            if log:
+                log(f"connection lost during the run ({exc}); reconnecting (retry {attempt + 1}/{config.retries})")
+            try:
+                reconnect()
+            except TransportError as again:
+                failures.append(str(again))
+                break
+            device_sha256 = getattr(t, "sha256", None)
+            if device_sha256 is not None and device_sha256(remote_model) != sha256:
+                raise TransportError(f"{device.id}: after reconnecting, the artifact on the device no longer "
+                                     "matches its sha256; not running it")
+    raise TransportError(f"{device.id}: the run failed {len(failures)} time(s) with the connection lost: "
+                         f"{failures[-1]}")
+
+
 def measure(
     device: Device,
     artifact: Artifact,
@@ -252,8 +286,10 @@ def measure(
     from edgeprobe.devices.hygiene import Session
 
     with Session(t, config, log=log) as session:
-        res = t.run([*session.prefix, *argv], config.timeout_s)
+        res, retried = _run_with_retry(device, [*session.prefix, *argv], config, m.artifact_sha256, remote_model, log)
         state = session.finish()
+    if retried:
+        state = dataclasses.replace(state, notes=(*state.notes, retried))
     with tempfile.TemporaryDirectory(prefix="edgeprobe-pull-") as tmp:
         local_out = Path(tmp) / "result.json"
         if res.exit_code == 0 and not res.timed_out:

@@ -74,22 +74,30 @@ class AdbTransport:
 
     def __init__(self, address: str, *, key: Optional[Path] = None, auth_timeout_s: float = AUTH_TIMEOUT_S,
                  transport_timeout_s: float = 10.0, on_auth_prompt: Optional[Callable[[], None]] = None) -> None:
+        self.target = f"adb:{address}"
+        self._address, self._key, self._auth_timeout_s = address, key, auth_timeout_s
+        self._transport_timeout_s, self._on_auth_prompt = transport_timeout_s, on_auth_prompt
+        self._dev: Any = None
+        self._connect()
+        self._info: Optional[dict[str, str]] = None
+
+    def _connect(self) -> None:
         from adb_shell.adb_device import AdbDeviceTcp
 
-        self.target = f"adb:{address}"
+        address, auth_timeout_s, on_auth_prompt = self._address, self._auth_timeout_s, self._on_auth_prompt
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             # USB serials need adb-shell[usb]; kept out of the default install (libusb).
             try:
                 from adb_shell.adb_device import AdbDeviceUsb
 
-                self._dev: Any = AdbDeviceUsb(serial=address, default_transport_timeout_s=transport_timeout_s)
+                self._dev = AdbDeviceUsb(serial=address, default_transport_timeout_s=self._transport_timeout_s)
             except Exception:  # noqa: BLE001 - ImportError / InvalidTransportError without libusb1
                 raise TransportError(f"{self.target}: ADB over USB needs `pip install adb-shell[usb]` (libusb1); "
                                      "for ADB over TCP use adb:HOST:PORT") from None
         else:
-            self._dev = AdbDeviceTcp(host, int(port), default_transport_timeout_s=transport_timeout_s)
-        signer = load_signer(key)
+            self._dev = AdbDeviceTcp(host, int(port), default_transport_timeout_s=self._transport_timeout_s)
+        signer = load_signer(self._key)
         try:
             self._dev.connect(rsa_keys=[signer], auth_timeout_s=auth_timeout_s,
                               auth_callback=(lambda _d: on_auth_prompt()) if on_auth_prompt else None)
@@ -101,13 +109,34 @@ class AdbTransport:
                     "prompt on the phone, then retry") from None
             raise _translate(exc, "connect", self.target) from None
         self._nodelay()
-        self._info: Optional[dict[str, str]] = None
+
+    def reconnect(self) -> None:
+        """A fresh connection after the device dropped the old one (cable, adbd restart)."""
+        try:
+            self._dev.close()
+        except Exception:  # noqa: BLE001
+            pass
+        self._connect()
 
     def _nodelay(self) -> None:
-        """Without TCP_NODELAY adb-shell's small writes stall on Nagle + delayed ACK (< 1 MB/s)."""
-        conn = getattr(getattr(getattr(self._dev, "_io_manager", None), "_transport", None), "_connection", None)
+        """Without TCP_NODELAY adb-shell's small writes stall on Nagle + delayed ACK (< 1 MB/s).
+
+        Also: adb-shell 0.4.4's TCP read returns b"" when the device closes the connection and its
+        read loop spins on that until the read timeout (the whole run's timeout); an empty read is
+        turned into ConnectionResetError here so that a pulled cable is reported at once."""
+        transport = getattr(getattr(self._dev, "_io_manager", None), "_transport", None)
+        conn = getattr(transport, "_connection", None)
         if isinstance(conn, socket.socket):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            bulk_read = transport.bulk_read
+
+            def bulk_read_or_reset(numbytes: int, transport_timeout_s: Optional[float]) -> bytes:
+                data = bulk_read(numbytes, transport_timeout_s)
+                if not data and numbytes > 0:
+                    raise ConnectionResetError("connection closed by the device")
+                return data
+
+            transport.bulk_read = bulk_read_or_reset
 
     def _size_timeout(self, nbytes: int) -> float:
         return 30.0 + nbytes / MIN_BYTES_PER_S
