@@ -132,3 +132,29 @@ def test_connection_dropped_mid_run_is_retried_then_reported(tmp_path, adb_key, 
     with TestAdbd(tmp_path / "dev2", drop_on_shell="--iterations", drop_times=99) as d:
         with pytest.raises(TransportError, match=r"failed 2 time\(s\) with the connection lost"):
             edgeprobe.bench(tiny_pte, device=f"adb:127.0.0.1:{d.port}", iterations=2, warmup=0)
+
+
+def test_devices_lists_adb_addresses_with_their_health(tmp_path, adb_key):
+    """`edgeprobe devices --adb` connects to each address: model, ABI and battery for a live one,
+    the reason for a dead one; the USB scan says why it was skipped when libusb is absent."""
+    import socket
+    import sys
+
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()  # nothing listens here any more
+    battery = "Current Battery Service state:\n  AC powered: false\n  USB powered: true\n  level: 77\n  temperature: 301\n"
+    with TestAdbd(tmp_path / "dev", dumpsys={"battery": battery}) as d:
+        env = {**os.environ, "EDGEPROBE_ADB_ADDRESSES": f"127.0.0.1:{dead_port}", "COLUMNS": "250"}
+        p = subprocess.run([sys.executable, "-m", "edgeprobe", "devices", "--adb", f"127.0.0.1:{d.port}"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    live = next(line for line in p.stdout.splitlines() if f"adb:127.0.0.1:{d.port}" in line)
+    assert "test-adbd" in live and "ok (battery 77 % charging" in live
+    gone = next(line for line in p.stdout.splitlines() if f"adb:127.0.0.1:{dead_port}" in line)
+    assert "unreachable" in gone
+    try:
+        import usb1  # noqa: F401
+    except ImportError:
+        assert "USB scan skipped" in p.stderr

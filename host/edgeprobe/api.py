@@ -75,6 +75,8 @@ def bench(
     cooldown_s: float = 0.0,
     affinity: str = "all",
     fixed_performance: bool = False,
+    idle_s: float = 1.0,
+    retries: int = 1,
 ) -> BenchResult:
     """Lower (or reuse) ``model`` and measure it on ``device``; returns the result record.
 
@@ -87,7 +89,7 @@ def bench(
     config = MeasureConfig(warmup=warmup, iterations=iterations, min_seconds=min_seconds,
                            threads=threads, timeout_s=timeout_s, min_battery_percent=min_battery_percent,
                            max_thermal_status=max_thermal_status, thermal_wait_s=thermal_wait_s, cooldown_s=cooldown_s, affinity=affinity,
-                           fixed_performance=fixed_performance)
+                           fixed_performance=fixed_performance, energy_idle_s=idle_s, retries=retries)
     capabilities.resolve(format, backend)
     artifact = _artifact_for(model, format, backend, input_shape, example_inputs, weights, use_cache, progress)
     runner = runner or default_runner(artifact.manifest.format)

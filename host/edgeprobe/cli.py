@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--affinity", default="all", help="all | big (fastest cluster) | a core list, e.g. 4-7")
     h.add_argument("--fixed-performance", action="store_true",
                    help="Android: `cmd power set-fixed-performance-mode-enabled` during the run")
+    h.add_argument("--idle-s", type=float, default=1.0,
+                   help="idle window before the timed loop whose power is subtracted from the run's (energy)")
+    h.add_argument("--retries", type=int, default=1,
+                   help="ADB: reconnect and run again this many times after the connection is lost mid-run")
 
     e = sub.add_parser("export", help="lower a model to an artifact directory")
     _add_model_args(e)
@@ -180,7 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--top", type=int, default=15)
     pr.add_argument("--etdump", help="keep the ETDump at this path")
 
-    sub.add_parser("devices", help="list the devices edgeprobe can reach")
+    d = sub.add_parser("devices", help="list the devices edgeprobe can reach, with their health")
+    d.add_argument("--adb", action="append", default=[], metavar="HOST:PORT",
+                   help="an ADB-over-TCP address to check (repeatable; also $EDGEPROBE_ADB_ADDRESSES)")
+    d.add_argument("--no-usb", action="store_true", help="skip the USB scan for ADB devices")
+    d.add_argument("--token", help="check zeroconf runners' authorization with this token (default: $EDGEPROBE_TOKEN)")
+    d.add_argument("--timeout-s", type=float, default=3.0, help="per-device connect timeout")
     s = sub.add_parser("show", help="print a saved result record")
     s.add_argument("result", help="result.json written by `bench --json`")
     sub.add_parser("models", help="list the model names edgeprobe knows")
@@ -235,6 +244,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
             use_cache=not args.no_cache, progress=_progress, min_battery_percent=args.min_battery,
             max_thermal_status=args.max_thermal_status, thermal_wait_s=args.thermal_wait_s,
             cooldown_s=args.cooldown_s, affinity=args.affinity, fixed_performance=args.fixed_performance,
+            idle_s=args.idle_s, retries=args.retries,
         )
         console.print(render_result(result))
         if args.json:
@@ -269,11 +279,15 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "devices":
         from edgeprobe.devices import list_devices
 
+        rows = list_devices(args.adb, usb=not args.no_usb, timeout_s=args.timeout_s, token=args.token,
+                            log=lambda m: err_console.print(f"[dim]{escape(m)}[/dim]"))
         t = Table(title="devices")
-        for col in ("id", "transport", "runner", "description"):
-            t.add_column(col)
-        for d in list_devices():
-            t.add_row(d.id, d.transport, d.runner_flavor, d.description)
+        for col in ("id", "transport", "runner", "description", "health"):
+            t.add_column(col, overflow="fold")
+        for d in rows:
+            style = "" if d.health.startswith(("ok", "reachable")) else "red"
+            t.add_row(escape(d.id), d.transport, escape(d.runner_flavor), escape(d.description),
+                      f"[{style}]{escape(d.health)}[/{style}]" if style else escape(d.health))
         console.print(t)
         return 0
     if args.command == "models":

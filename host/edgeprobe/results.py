@@ -322,6 +322,7 @@ class DeviceInfo:
     transport: str
     runner_flavor: str
     description: str = ""
+    health: str = ""  # "ok ...", or why the device cannot be used now
 
 
 @dataclass(frozen=True)
