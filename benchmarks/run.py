@@ -4,6 +4,8 @@
    (executorch.runtime, same .pte, same inputs, same thread count). Goal: within +-2 %.
 2. MobileNetV2, ResNet18, EfficientNet-B0 on this CPU: edgeprobe's .pte (XNNPACK, native runner)
    vs torch eager (in-process) vs TorchScript-Lite (.ptl, Python runner), at 1 and 2 threads.
+3. ADB push throughput: edgeprobe's ADB transport vs Debian's `adb push` to the same test adbd
+   (benchmarks/push.py); ``--only push`` runs this section alone.
 
 Prints a Markdown report (paste into docs/benchmarks.md with the command line).
 """
@@ -14,6 +16,7 @@ import argparse
 import logging
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -70,7 +73,14 @@ def main() -> int:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--only", choices=["push"], help="run one section only")
+    ap.add_argument("--push-size-mb", type=float, default=50)
+    ap.add_argument("--push-repeats", type=int, default=3)
     args = ap.parse_args()
+    if args.only == "push":
+        print(f"# edgeprobe benchmarks\n\nmachine: {platform.machine()}, {os.cpu_count()} cores, "
+              f"{platform.platform()}\n")
+        return push_section(args)
     threads_list = [int(t) for t in args.threads.split(",")]
     models = args.models.split(",")
     say = lambda m: print(f"  .. {m}", file=sys.stderr, flush=True)  # noqa: E731
@@ -115,6 +125,23 @@ def main() -> int:
                 continue
             print(f"| {name} | {th} | {pte_ms:.3f} | {eager:.3f} | {ptl_ms:.3f} | {eager / pte_ms:.2f} | "
                   f"{ptl_ms / pte_ms:.2f} |", flush=True)
+
+    # 3. ADB push throughput
+    return push_section(args)
+
+
+def push_section(args) -> int:
+    """edgeprobe's ADB push vs Debian's `adb push`, same test adbd (benchmarks/push.py)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from push import print_table, run_push_bench
+
+    print("\n## ADB push throughput (edgeprobe AdbTransport.push vs `adb push`, same test adbd)\n")
+    if shutil.which("adb") is None:
+        print("skipped: Debian's adb client is not installed (apt-get install adb)")
+        return 0
+    rows = run_push_bench(args.push_size_mb, repeats=args.push_repeats,
+                          log=lambda m: print(f"  .. {m}", file=sys.stderr, flush=True))
+    print_table(rows, args.push_size_mb, args.push_repeats)
     return 0
 
 

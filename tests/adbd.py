@@ -7,7 +7,9 @@ public-key path, OPEN/OKAY/WRTE/CLSE with one outstanding WRTE per stream, ``she
 ``sync:`` STAT/LIST/SEND/RECV/DONE/QUIT). What it is not: Android. Shell commands run with /bin/sh
 on this machine, with the device path ``/data/local/tmp`` mapped into a sandbox directory
 (``root``) by rewriting that prefix in the command line; ``getprop`` answers from the ``props``
-given, ``dumpsys SERVICE`` and ``cmd`` from the ``dumpsys`` texts given (absent = "not found"),
+given, ``dumpsys SERVICE`` and ``cmd`` from the ``dumpsys`` texts given (absent = "not found";
+files under ``bin/dumpsys.d/``, which a test may rewrite while it runs; each call is appended to
+``dumpsys.log`` once it has answered),
 and ``env`` is added to the shell's environment (e.g. ``EDGEPROBE_SYSFS_ROOT`` for a fake sysfs).
 Fault injection: ``drop_after_send_bytes`` closes the connection mid-push; ``drop_on_shell`` closes
 it while a shell command containing that text runs (mid-run), ``drop_times`` times.
@@ -89,11 +91,13 @@ class TestAdbd:
         if dumpsys is not None:
             ddir = self.bin / "dumpsys.d"
             ddir.mkdir(exist_ok=True)
-            for service, text in dumpsys.items():
+            for service, text in dumpsys.items():  # a HAL's name has a "/": ...IPowerStats/default
+                (ddir / service).parent.mkdir(parents=True, exist_ok=True)
                 (ddir / service).write_text(text)
-            (self.bin / "dumpsys").write_text(
-                f'#!/bin/sh\nf="{ddir}/$1"\n[ -f "$f" ] && exec cat "$f"\n'
-                'echo "Can\'t find service: $1" >&2; exit 1\n')
+            (self.bin / "dumpsys").write_text(  # every call is logged to dumpsys.d/dumpsys.log once answered
+                f'#!/bin/sh\nf="{ddir}/$1"\nlog="{ddir}/dumpsys.log"\n'
+                'if [ -f "$f" ]; then cat "$f"; rc=$?; echo "$*" >> "$log"; exit $rc; fi\n'
+                'echo "$*" >> "$log"; echo "Can\'t find service: $1" >&2; exit 1\n')
             (self.bin / "dumpsys").chmod(0o755)
             (self.bin / "cmd").write_text(f'#!/bin/sh\necho "$*" >> "{ddir}/cmd.log"\n'
                                           f'[ -f "{ddir}/cmd-ok" ] && exit 0\necho "Unknown command: $2"; exit 255\n')
@@ -129,13 +133,18 @@ class TestAdbd:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _recv(self, conn: socket.socket, n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            chunk = conn.recv(n - len(buf))
+        # MSG_WAITALL: as a rule a whole packet in one call (no quadratic ``bytes +=`` over a 1 MiB payload).
+        buf = conn.recv(n, socket.MSG_WAITALL)
+        if len(buf) == n:
+            return buf
+        parts, got = [buf], len(buf)
+        while got < n:
+            chunk = conn.recv(n - got)
             if not chunk:
                 raise _Closed()
-            buf += chunk
-        return buf
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
 
     def _read(self, conn: socket.socket) -> tuple[int, int, int, bytes]:
         cmd, a0, a1, n, _crc, magic = struct.unpack("<6I", self._recv(conn, 24))
@@ -237,19 +246,23 @@ class TestAdbd:
 
     def _sync(self, conn: socket.socket, local: int, remote: int) -> None:
         buf = bytearray()
+        pos = 0  # bytes of buf already consumed (dropped when more is read, not on every request)
         received = 0
 
         def need(n: int) -> bytes:
-            nonlocal buf
-            while len(buf) < n:
+            nonlocal pos
+            while len(buf) - pos < n:
                 cmd, _a0, _a1, data = self._read(conn)
                 if cmd == A_CLSE:
                     conn.sendall(pack(A_CLSE, local, remote))
                     raise _StreamClosed()
                 if cmd == A_WRTE:
                     conn.sendall(pack(A_OKAY, local, remote))
-                    buf += data
-            out, buf = bytes(buf[:n]), buf[n:]
+                    del buf[:pos]
+                    pos = 0
+                    buf.extend(data)
+            out = bytes(buf[pos:pos + n])
+            pos += n
             return out
 
         while True:
