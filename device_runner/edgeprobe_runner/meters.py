@@ -1,4 +1,5 @@
-"""Meters read from procfs/sysfs: peak memory, energy (RAPL, battery), thermal zones.
+"""Meters read from procfs/sysfs: peak memory, energy (RAPL, battery), thermal zones; and raw
+ODPM snapshots (``dumpsys android.hardware.power.stats.IPowerStats/default``) on Android.
 
 Everything is read under ``EDGEPROBE_SYSFS_ROOT`` (default ``/sys``) so tests can drive a fake
 tree. An absent meter is reported as ``{"available": false, "reason": ...}``, never as zero.
@@ -8,9 +9,13 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
+import subprocess
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
+
+Mark = Optional[Callable[[str], None]]  # called at the window edges: "idle_start", "run_start", "run_end"
 
 
 def sysfs_root() -> str:
@@ -57,9 +62,11 @@ def thermal_block(before: dict[str, float], after: dict[str, float]) -> dict[str
     return {"available": True, "reason": None, "before_c": before, "after_c": after}
 
 
-def _window(idle0: float, run0: float, run1: float) -> dict[str, float]:
-    """CLOCK_MONOTONIC seconds (time.monotonic), the same clock as the native runner's."""
-    return {"idle_start_s": idle0, "run_start_s": run0, "run_end_s": run1}
+def _window(idle0: float, idle1: float, run0: float, run1: float) -> dict[str, float]:
+    """CLOCK_MONOTONIC seconds (time.monotonic), the same clock as the native runner's. The idle
+    window is [idle_start_s, idle_end_s); idle_end_s < run_start_s only when something (an ODPM
+    snapshot) ran between the two windows and must count in neither."""
+    return {"idle_start_s": idle0, "idle_end_s": idle1, "run_start_s": run0, "run_end_s": run1}
 
 
 class _Rapl:
@@ -68,7 +75,7 @@ class _Rapl:
     def __init__(self, domains: list[str]) -> None:
         self.domains = domains
         self.start: dict[str, int] = {}
-        self.t0 = self.idle0 = 0.0
+        self.t0 = self.idle0 = self.idle1 = 0.0
         self.idle_j: Optional[float] = None
         self.idle_dt: Optional[float] = None
 
@@ -81,7 +88,9 @@ class _Rapl:
             delta += int(_read(os.path.join(d, "max_energy_range_uj")) or 0)
         return delta / 1e6
 
-    def begin(self, idle_s: float = 0.0) -> None:
+    def begin(self, idle_s: float = 0.0, mark: Mark = None) -> None:
+        if mark and idle_s > 0:
+            mark("idle_start")
         self.idle0 = time.monotonic()
         if idle_s > 0:
             c0 = self._counters()
@@ -89,10 +98,15 @@ class _Rapl:
             c1 = self._counters()
             self.idle_j = sum(self._delta_j(d, c0[d], c1[d]) for d in self.domains)
             self.idle_dt = time.monotonic() - self.idle0
+        self.idle1 = time.monotonic()
+        if mark:
+            mark("run_start")
         self.start, self.t0 = self._counters(), time.monotonic()
 
-    def end(self) -> dict[str, Any]:
+    def end(self, mark: Mark = None) -> dict[str, Any]:
         end, t1 = self._counters(), time.monotonic()
+        if mark:
+            mark("run_end")
         domains = {}
         for d in self.domains:
             name = _read(os.path.join(d, "name")) or os.path.basename(d)
@@ -100,7 +114,7 @@ class _Rapl:
         return {"available": True, "reason": None, "meter": "rapl", "energy_j": sum(domains.values()),
                 "duration_s": t1 - self.t0, "samples": 2, "method": "powercap energy counter delta",
                 "domains": domains, "idle_energy_j": self.idle_j, "idle_duration_s": self.idle_dt,
-                "window": _window(self.idle0, self.t0, t1)}
+                "window": _window(self.idle0, self.idle1, self.t0, t1)}
 
 
 def sample_battery(supply: str, period_s: float, max_read_s: float, out, stop: Optional[threading.Event] = None) -> int:
@@ -135,9 +149,9 @@ class _Battery:
     def __init__(self, supply: str) -> None:
         self.supply = supply
         self._proc: Any = None
-        self.t0 = self.idle0 = 0.0
+        self.t0 = self.idle0 = self.idle1 = 0.0
 
-    def begin(self, idle_s: float = 0.0) -> None:
+    def begin(self, idle_s: float = 0.0, mark: Mark = None) -> None:
         import subprocess
         import sys
 
@@ -147,9 +161,14 @@ class _Battery:
             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
         first = self._proc.stdout.readline()  # the sampler is running before the idle window opens
         self._lines = [first]
+        if mark and idle_s > 0:
+            mark("idle_start")
         self.idle0 = time.monotonic()
         if idle_s > 0:
             time.sleep(idle_s)
+        self.idle1 = time.monotonic()
+        if mark:
+            mark("run_start")
         self.t0 = time.monotonic()
 
     def _charger_online(self) -> Optional[bool]:
@@ -162,8 +181,10 @@ class _Battery:
                 found = False
         return found
 
-    def end(self) -> dict[str, Any]:
+    def end(self, mark: Mark = None) -> dict[str, Any]:
         t1 = time.monotonic()
+        if mark:
+            mark("run_end")
         time.sleep(2 * self.PERIOD_S)  # let the sampler pass the window's end
         self._proc.terminate()
         rest, _ = self._proc.communicate()
@@ -182,7 +203,7 @@ class _Battery:
         return {"available": True, "reason": None, "meter": "battery", "energy_j": None,
                 "duration_s": t1 - self.t0, "samples": len(raw), "samples_dropped": dropped,
                 "method": "current_now x voltage_now sampled every 10 ms; raw, calibrated on the host",
-                "domains": {}, "window": _window(self.idle0, self.t0, t1),
+                "domains": {}, "window": _window(self.idle0, self.idle1, self.t0, t1),
                 "supply": os.path.basename(self.supply), "supply_status": _read(os.path.join(self.supply, "status")),
                 "charger_online": self._charger_online(), "raw_samples": raw}
 
@@ -191,10 +212,16 @@ class Unavailable:
     def __init__(self, reason: str) -> None:
         self.reason = reason
 
-    def begin(self, idle_s: float = 0.0) -> None:
-        pass
+    def begin(self, idle_s: float = 0.0, mark: Mark = None) -> None:
+        if mark:  # another meter (ODPM) measures: give it the same idle baseline
+            if idle_s > 0:
+                mark("idle_start")
+                time.sleep(idle_s)
+            mark("run_start")
 
-    def end(self) -> dict[str, Any]:
+    def end(self, mark: Mark = None) -> dict[str, Any]:
+        if mark:
+            mark("run_end")
         return {"available": False, "reason": self.reason}
 
 
@@ -212,6 +239,69 @@ def energy_meter():
                 and _read(os.path.join(supply, "voltage_now")) is not None:
             return _Battery(supply)
     return Unavailable(f"no powercap/RAPL counters and no battery current_now/voltage_now under {root}")
+
+
+ODPM_SERVICE = "android.hardware.power.stats.IPowerStats/default"
+ODPM_MAX_BYTES = 64 * 1024  # per snapshot; the energy meter section is printed last, so the tail is kept
+ODPM_TIMEOUT_S = 30.0  # dumpsys gives up on a service after 10 s itself
+
+
+def keep_tail(raw: bytes, limit: int = ODPM_MAX_BYTES) -> bytes:
+    """The last ``limit`` bytes, starting on a UTF-8 character boundary (the native runner's rule)."""
+    if len(raw) <= limit:
+        return raw
+    tail = raw[-limit:]
+    k = 0
+    while k < len(tail) and k < 3 and 0x80 <= tail[k] <= 0xBF:  # continuation bytes of a cut character
+        k += 1
+    return tail[k:]
+
+
+class Odpm:
+    """Raw ``dumpsys android.hardware.power.stats.IPowerStats/default`` text at the window edges.
+
+    Android's PowerStats HAL prints the On-Device Power Monitor rails' cumulative energy there
+    (Pixel 6 and later). Nothing is parsed here: the text, its size and the CLOCK_MONOTONIC times
+    just before and after the call go into the record, and the host parses and does the
+    arithmetic. The first call doubles as the probe: no ``dumpsys`` binary, a non-zero exit, no
+    output or "Can't find service" makes the block unavailable with the reason, and no further
+    calls are made.
+    """
+
+    def __init__(self) -> None:
+        self.dumpsys = shutil.which("dumpsys")
+        self.reason: Optional[str] = None if self.dumpsys else "no dumpsys binary on PATH (not an Android device)"
+        self.snapshots: list[dict[str, Any]] = []
+
+    @property
+    def active(self) -> bool:
+        return self.reason is None
+
+    def snapshot(self, window: str) -> None:
+        if not self.active:
+            return
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.run([self.dumpsys, ODPM_SERVICE], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, timeout=ODPM_TIMEOUT_S)
+            raw, rc = proc.stdout, proc.returncode
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raw, rc = b"", None
+            self.reason = f"{window}: dumpsys {ODPM_SERVICE} failed: {exc}"
+        t1 = time.monotonic()
+        if self.reason:
+            return
+        text = keep_tail(raw).decode("utf-8", errors="replace")
+        if rc != 0 or not raw.strip() or b"Can't find service" in raw[:4096]:
+            first = (text.strip().splitlines() or [""])[0][:200]
+            self.reason = (f"{window}: dumpsys {ODPM_SERVICE} exited {rc}" + (f": {first}" if first else " with no output"))
+            return
+        self.snapshots.append({"window": window, "t_start_s": t0, "t_end_s": t1, "size_bytes": len(raw),
+                               "truncated": len(raw) > ODPM_MAX_BYTES, "text": text})
+
+    def block(self) -> dict[str, Any]:
+        reason = self.reason or (None if self.snapshots else "no snapshot was taken")
+        return {"available": reason is None, "reason": reason, "service": ODPM_SERVICE, "snapshots": self.snapshots}
 
 
 def environment() -> dict[str, Any]:

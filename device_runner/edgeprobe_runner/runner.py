@@ -241,15 +241,18 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(args.warmup):
                 prog.run(inputs)
             meter = meters.energy_meter()
+            odpm = meters.Odpm()
+            mark = odpm.snapshot if odpm.active else None  # ODPM snapshots at the window edges
             samples: list[int] = []
             timed_ns = 0
-            meter.begin(args.idle_s)
+            meter.begin(args.idle_s, mark)
             while len(samples) < args.iterations or timed_ns < args.min_seconds * 1e9:
                 t0 = time.monotonic_ns()
                 prog.run(inputs)
                 samples.append(time.monotonic_ns() - t0)
                 timed_ns += samples[-1]
-            record["energy"] = meter.end()
+            record["energy"] = meter.end(mark)
+            record["energy"]["odpm"] = odpm.block()
             record["timing"]["iteration_ns"] = samples
 
         status = meters.proc_status()

@@ -11,9 +11,11 @@
 #include <executorch/runtime/platform/runtime.h>
 
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -23,6 +25,7 @@
 #include <cstring>
 #include <dirent.h>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -203,26 +206,43 @@ std::string thermal_block(const std::map<std::string, double>& before, const std
 
 double mono_s(Clock::time_point t) { return std::chrono::duration<double>(t.time_since_epoch()).count(); }
 
+// `mark` is called at the window edges ("idle_start", "run_start", "run_end") so that ODPM
+// snapshots (below) are taken between the windows, counted in neither; null when there is none.
+using Mark = std::function<void(const char*)>;
+
 class EnergyMeter {
  public:
   virtual ~EnergyMeter() = default;
-  virtual void begin(double idle_s) = 0;  // idle baseline, then the run window starts
-  virtual std::string end() = 0;           // the JSON energy block
+  virtual void begin(double idle_s, const Mark& mark) = 0;  // idle baseline, then the run window starts
+  virtual std::string end(const Mark& mark) = 0;           // the JSON energy block
 };
 
 class Unavailable : public EnergyMeter {
  public:
   explicit Unavailable(std::string reason) : reason_(std::move(reason)) {}
-  void begin(double) override {}
-  std::string end() override { return Obj().add("available", "false").add("reason", jstr(reason_)).str(); }
+  void begin(double idle_s, const Mark& mark) override {
+    if (!mark) return;  // another meter (ODPM) measures: give it the same idle baseline
+    if (idle_s > 0) {
+      mark("idle_start");
+      std::this_thread::sleep_for(std::chrono::duration<double>(idle_s));
+    }
+    mark("run_start");
+  }
+  std::string end(const Mark& mark) override {
+    if (mark) mark("run_end");
+    return Obj().add("available", "false").add("reason", jstr(reason_)).str();
+  }
 
  private:
   std::string reason_;
 };
 
-std::string window_json(Clock::time_point idle0, Clock::time_point run0, Clock::time_point run1) {
-  return Obj().add("idle_start_s", jnum(mono_s(idle0))).add("run_start_s", jnum(mono_s(run0)))
-      .add("run_end_s", jnum(mono_s(run1))).str();
+// The idle window is [idle_start_s, idle_end_s); idle_end_s < run_start_s only when an ODPM
+// snapshot ran between the two windows.
+std::string window_json(Clock::time_point idle0, Clock::time_point idle1, Clock::time_point run0,
+                        Clock::time_point run1) {
+  return Obj().add("idle_start_s", jnum(mono_s(idle0))).add("idle_end_s", jnum(mono_s(idle1)))
+      .add("run_start_s", jnum(mono_s(run0))).add("run_end_s", jnum(mono_s(run1))).str();
 }
 
 class Rapl : public EnergyMeter {  // Linux powercap energy counters (µJ), read at window edges
@@ -238,7 +258,8 @@ class Rapl : public EnergyMeter {  // Linux powercap energy counters (µJ), read
     if (delta < 0) delta += read_ll(domains_[i] + "/max_energy_range_uj").value_or(0);  // wrapped
     return delta / 1e6;
   }
-  void begin(double idle_s) override {
+  void begin(double idle_s, const Mark& mark) override {
+    if (mark && idle_s > 0) mark("idle_start");
     idle0_ = Clock::now();
     if (idle_s > 0) {
       auto c0 = counters();
@@ -248,12 +269,15 @@ class Rapl : public EnergyMeter {  // Linux powercap energy counters (µJ), read
       for (size_t i = 0; i < domains_.size(); ++i) idle_j_ += delta_j(i, c0[i], c1[i]);
       idle_dt_ = ms_since(idle0_) / 1000.0;
     }
+    idle1_ = Clock::now();
+    if (mark) mark("run_start");
     start_ = counters();
     t0_ = Clock::now();
   }
-  std::string end() override {
+  std::string end(const Mark& mark) override {
     auto end = counters();
     auto t1 = Clock::now();
+    if (mark) mark("run_end");
     double dt = std::chrono::duration<double>(t1 - t0_).count();
     Obj domains;
     double total = 0;
@@ -269,21 +293,22 @@ class Rapl : public EnergyMeter {  // Linux powercap energy counters (µJ), read
         .add("method", jstr("powercap energy counter delta")).add("domains", domains.str())
         .add("idle_energy_j", idle_dt_ > 0 ? jnum(idle_j_) : "null")
         .add("idle_duration_s", idle_dt_ > 0 ? jnum(idle_dt_) : "null")
-        .add("window", window_json(idle0_, t0_, t1)).str();
+        .add("window", window_json(idle0_, idle1_, t0_, t1)).str();
   }
 
  private:
   std::vector<std::string> domains_;
   std::vector<long long> start_;
-  Clock::time_point idle0_, t0_;
+  Clock::time_point idle0_, idle1_, t0_;
   double idle_j_ = 0, idle_dt_ = 0;
 };
 
 class Battery : public EnergyMeter {  // raw current_now / voltage_now, sampled every 10 ms
  public:
   explicit Battery(std::string supply) : supply_(std::move(supply)) {}
-  void begin(double idle_s) override {
+  void begin(double idle_s, const Mark& mark) override {
     stop_ = false;
+    if (mark && idle_s > 0) mark("idle_start");
     idle0_ = Clock::now();
     thread_ = std::thread([this] {
       while (!stop_.load()) {
@@ -297,10 +322,13 @@ class Battery : public EnergyMeter {  // raw current_now / voltage_now, sampled 
       }
     });
     if (idle_s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(idle_s));
+    idle1_ = Clock::now();
+    if (mark) mark("run_start");
     t0_ = Clock::now();
   }
-  std::string end() override {
+  std::string end(const Mark& mark) override {
     auto t1 = Clock::now();
+    if (mark) mark("run_end");  // while the sampler runs on, like the Python runner's
     stop_ = true;
     if (thread_.joinable()) thread_.join();
     std::string name = supply_.substr(supply_.rfind('/') + 1);
@@ -321,7 +349,7 @@ class Battery : public EnergyMeter {  // raw current_now / voltage_now, sampled 
         .add("energy_j", "null").add("duration_s", jnum(std::chrono::duration<double>(t1 - t0_).count()))
         .add("samples", jint(static_cast<long long>(raw_.size()))).add("samples_dropped", jint(dropped_))
         .add("method", jstr("current_now x voltage_now sampled every 10 ms; raw, calibrated on the host"))
-        .add("domains", Obj().str()).add("window", window_json(idle0_, t0_, t1))
+        .add("domains", Obj().str()).add("window", window_json(idle0_, idle1_, t0_, t1))
         .add("supply", jstr(name)).add("supply_status", status ? jstr(*status) : "null")
         .add("charger_online", charger).add("raw_samples", arr + "]").str();
   }
@@ -332,7 +360,7 @@ class Battery : public EnergyMeter {  // raw current_now / voltage_now, sampled 
   std::atomic<bool> stop_{false};
   std::vector<std::string> raw_;
   long long dropped_ = 0;
-  Clock::time_point idle0_, t0_;
+  Clock::time_point idle0_, idle1_, t0_;
 };
 
 std::unique_ptr<EnergyMeter> energy_meter() {
@@ -360,6 +388,108 @@ std::unique_ptr<EnergyMeter> energy_meter() {
   }
   return std::make_unique<Unavailable>("no powercap/RAPL counters and no battery current_now/voltage_now under " + root);
 }
+
+// ------------------------------------------------------------------ ODPM (Android power rails)
+
+// Raw `dumpsys android.hardware.power.stats.IPowerStats/default` text at the window edges: the
+// PowerStats HAL prints the On-Device Power Monitor rails' cumulative energy there (Pixel 6 and
+// later). Not parsed here; the host parses it (edgeprobe/odpm.py documents the format). The
+// first call doubles as the probe: no dumpsys on PATH, a non-zero exit, no output or "Can't find
+// service" makes the block unavailable with the reason, and no further calls are made.
+constexpr const char* kOdpmService = "android.hardware.power.stats.IPowerStats/default";
+constexpr size_t kOdpmMaxBytes = 64 * 1024;  // per snapshot; the energy meter section is last: keep the tail
+
+std::string find_on_path(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  std::string p = path ? path : "/system/bin:/usr/bin:/bin";
+  size_t start = 0;
+  while (start <= p.size()) {
+    size_t colon = p.find(':', start);
+    std::string dir = p.substr(start, colon == std::string::npos ? std::string::npos : colon - start);
+    if (!dir.empty()) {
+      std::string cand = dir + "/" + name;
+      if (access(cand.c_str(), X_OK) == 0) return cand;
+    }
+    if (colon == std::string::npos) break;
+    start = colon + 1;
+  }
+  return "";
+}
+
+// Valid UTF-8 for the JSON record: a cut leading character is dropped (as the Python runner does),
+// any other invalid byte becomes U+FFFD.
+std::string utf8_clean(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size() && i < 3 && (static_cast<unsigned char>(s[i]) & 0xC0) == 0x80) ++i;
+  std::string o;
+  o.reserve(s.size() - i);
+  while (i < s.size()) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    bool ok = n > 0 && i + n <= s.size();
+    for (size_t k = 1; ok && k < n; ++k) ok = (static_cast<unsigned char>(s[i + k]) & 0xC0) == 0x80;
+    if (ok) {
+      o.append(s, i, n);
+      i += n;
+    } else {
+      o += "\xEF\xBF\xBD";
+      ++i;
+    }
+  }
+  return o;
+}
+
+class Odpm {
+ public:
+  Odpm() : dumpsys_(find_on_path("dumpsys")) {
+    if (dumpsys_.empty()) reason_ = "no dumpsys binary on PATH (not an Android device)";
+  }
+  bool active() const { return reason_.empty(); }
+  void snapshot(const char* window) {
+    if (!active()) return;
+    std::string cmd = "'" + dumpsys_ + "' " + kOdpmService + " 2>&1 </dev/null";
+    auto t0 = Clock::now();
+    FILE* p = popen(cmd.c_str(), "r");
+    if (p == nullptr) {
+      reason_ = std::string(window) + ": cannot start dumpsys: " + std::strerror(errno);
+      return;
+    }
+    std::string raw;
+    size_t total = 0;
+    char buf[8192];
+    while (size_t n = std::fread(buf, 1, sizeof buf, p)) {
+      raw.append(buf, n);
+      total += n;
+      if (raw.size() > 2 * kOdpmMaxBytes) raw.erase(0, raw.size() - kOdpmMaxBytes);
+    }
+    int st = pclose(p);
+    auto t1 = Clock::now();
+    if (raw.size() > kOdpmMaxBytes) raw.erase(0, raw.size() - kOdpmMaxBytes);
+    std::string text = utf8_clean(raw);
+    size_t lead = text.find_first_not_of(" \t\r\n");
+    int rc = st == -1 ? -1 : WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    if (rc != 0 || lead == std::string::npos || text.substr(0, 4096).find("Can't find service") != std::string::npos) {
+      std::string first = lead == std::string::npos ? "" : text.substr(lead, std::min(text.find('\n', lead) - lead, size_t{200}));
+      reason_ = std::string(window) + ": dumpsys " + kOdpmService + " exited " + std::to_string(rc) +
+                (first.empty() ? " with no output" : ": " + first);
+      return;
+    }
+    snapshots_.push_back(Obj().add("window", jstr(window)).add("t_start_s", jnum(mono_s(t0)))
+                             .add("t_end_s", jnum(mono_s(t1))).add("size_bytes", jint(static_cast<long long>(total)))
+                             .add("truncated", total > kOdpmMaxBytes ? "true" : "false").add("text", jstr(text)).str());
+  }
+  std::string block() const {
+    std::string reason = !reason_.empty() ? reason_ : snapshots_.empty() ? "no snapshot was taken" : "";
+    std::string arr = "[";
+    for (size_t k = 0; k < snapshots_.size(); ++k) arr += (k ? ", " : "") + snapshots_[k];
+    return Obj().add("available", reason.empty() ? "true" : "false").add("reason", reason.empty() ? "null" : jstr(reason))
+        .add("service", jstr(kOdpmService)).add("snapshots", arr + "]").str();
+  }
+
+ private:
+  std::string dumpsys_, reason_;
+  std::vector<std::string> snapshots_;
+};
 
 std::string environment_block() {
   utsname u{};
@@ -757,10 +887,13 @@ int main(int argc, char** argv) {
     // 5. warm-up, then the timed loop with meters running
     for (long i = 0; i < args.warmup; ++i) run_once(inputs);
     auto meter = energy_meter();
+    Odpm odpm;
+    Mark mark;  // ODPM snapshots at the window edges, when dumpsys is there
+    if (odpm.active()) mark = [&odpm](const char* window) { odpm.snapshot(window); };
     std::vector<long long> samples;
     samples.reserve(static_cast<size_t>(args.iterations));
     long long timed_ns = 0;
-    meter->begin(args.idle_s);
+    meter->begin(args.idle_s, mark);
     while (static_cast<long>(samples.size()) < args.iterations || timed_ns < args.min_seconds * 1e9) {
       auto s0 = Clock::now();
       auto res = module.execute(args.method, inputs);
@@ -769,7 +902,8 @@ int main(int argc, char** argv) {
       samples.push_back(ns);
       timed_ns += ns;
     }
-    energy = meter->end();
+    energy = meter->end(mark);
+    energy = energy.substr(0, energy.size() - 1) + ", " + jstr("odpm") + ": " + odpm.block() + "}";
     std::string arr = "[";
     for (size_t i = 0; i < samples.size(); ++i) arr += (i ? ", " : "") + jint(samples[i]);
     timing = Obj().add("load_ms", jnum(load_ms)).add("first_inference_ms", jnum(first_ms)).add("iteration_ns", arr + "]").str();

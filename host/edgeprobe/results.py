@@ -128,6 +128,7 @@ class Manifest:
     created_utc: str
     etrecord_file: Optional[str] = None
     notes: tuple[str, ...] = ()
+    compression: tuple[dict[str, Any], ...] = ()  # the recipe's steps: {recipe, params, summary, notes}
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -201,11 +202,21 @@ class Memory:
 
 
 @dataclass(frozen=True)
+class RailEstimate:
+    """One ODPM rail's share of an EnergyEstimate (same arithmetic as the total)."""
+
+    idle_power_w: Optional[float]
+    run_power_w: float
+    per_inference_j: Optional[float]
+    uncertainty_j: Optional[float]
+
+
+@dataclass(frozen=True)
 class EnergyEstimate:
     """Energy per inference derived on the host from an EnergyReading (see ``EnergyReading.estimate``)."""
 
     per_inference_j: Optional[float]  # (run power - idle power) x run time / iterations; None without a baseline
-    uncertainty_j: Optional[float]  # 1 sigma of per_inference_j from the sample spread; None if not measurable
+    uncertainty_j: Optional[float]  # 1 sigma of per_inference_j (sample spread, or counter resolution + timing for ODPM)
     gross_per_inference_j: Optional[float]  # run energy / iterations, idle not subtracted
     idle_power_w: Optional[float]
     run_power_w: Optional[float]
@@ -213,6 +224,9 @@ class EnergyEstimate:
     calibration: str
     reliable: bool
     reason: Optional[str] = None  # why it is unreliable
+    meter: Optional[str] = None  # odpm | battery | rapl
+    rails: dict[str, RailEstimate] = field(default_factory=dict)  # odpm: per rail ("[S2M_VDD_CPUCL2]:CPU(BIG)")
+    notes: tuple[str, ...] = ()  # caveats that do not make the number unreliable
 
 
 BATTERY_MA_BELOW = 10_000  # |idle current_now| below this is in mA, not µA (no phone idles under 10 mA)
@@ -225,8 +239,30 @@ def _mean_var(xs: typing.Sequence[float]) -> tuple[float, float]:
 
 
 @dataclass(frozen=True)
-class EnergyReading:
+class OdpmSnapshot:
+    """Raw ``dumpsys android.hardware.power.stats.IPowerStats/default`` text taken at a window edge."""
+
+    window: str  # idle_start | run_start | run_end
+    t_start_s: float  # CLOCK_MONOTONIC just before the call
+    t_end_s: float  # ... and just after it: the counters were read in between
+    text: str = ""  # the output's last 64 KiB (the energy meter section is printed last)
+    size_bytes: Optional[int] = None  # the whole output's size
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class OdpmCapture:
+    """The runner's ODPM snapshots (device_runner/PROTOCOL.md ``energy.odpm``); parsed on the host."""
+
     available: bool
+    reason: Optional[str] = None
+    service: Optional[str] = None
+    snapshots: tuple[OdpmSnapshot, ...] = ()
+
+
+@dataclass(frozen=True)
+class EnergyReading:
+    available: bool  # the sysfs meter (rapl | battery); ODPM is reported in ``odpm``
     reason: Optional[str] = None
     meter: Optional[str] = None
     energy_j: Optional[float] = None  # run window; None for battery (derived from raw_samples)
@@ -242,6 +278,7 @@ class EnergyReading:
     charger_online: Optional[bool] = None
     raw_samples: tuple[tuple[float, ...], ...] = ()  # battery: (t_s, current_now, voltage_now) as read
     samples_dropped: Optional[int] = None  # battery samples whose read was interrupted (time stamp unknown)
+    odpm: Optional[OdpmCapture] = None  # Android ODPM rails, raw dumpsys snapshots (absent from older runners)
 
     def energy_per_inference_j(self, iterations: int) -> Optional[float]:
         est = self.estimate(iterations)
@@ -249,7 +286,30 @@ class EnergyReading:
 
     def estimate(self, iterations: int) -> Optional[EnergyEstimate]:
         """Energy per inference = (run power - idle power) x run time / iterations, with the method,
-        the calibration applied and a 1-sigma uncertainty; None when no meter was available."""
+        the calibration applied and a 1-sigma uncertainty; None when no meter was available.
+
+        ODPM is preferred when its rails parse (it meters the rails directly, with counters, and a
+        charger does not enter them), unless it is unreliable and the sysfs meter (RAPL or
+        battery) is not. Both stay in the record: ``estimates`` gives every meter's estimate."""
+        found = self.estimates(iterations)
+        odpm = found.get("odpm")
+        odpm = odpm if odpm is not None and odpm.run_power_w is not None else None
+        sysfs = found.get(self.meter or "")
+        if odpm is not None and (odpm.reliable or sysfs is None or not sysfs.reliable):
+            return odpm
+        return sysfs or found.get("odpm")
+
+    def estimates(self, iterations: int) -> dict[str, EnergyEstimate]:
+        """Every meter's estimate, keyed by meter: ``odpm`` and/or ``battery`` | ``rapl``."""
+        out: dict[str, EnergyEstimate] = {}
+        if self.odpm is not None and self.odpm.snapshots and iterations > 0:
+            out["odpm"] = self._odpm_estimate(iterations)
+        sysfs = self._sysfs_estimate(iterations)
+        if sysfs is not None:
+            out[sysfs.meter or "sysfs"] = sysfs
+        return out
+
+    def _sysfs_estimate(self, iterations: int) -> Optional[EnergyEstimate]:
         if not self.available or iterations <= 0 or not self.duration_s:
             return None
         if self.meter == "battery":
@@ -258,20 +318,30 @@ class EnergyReading:
         run_w = self.energy_j / self.duration_s if self.energy_j is not None else None
         if self.idle_energy_j is None or not self.idle_duration_s or run_w is None:
             return EnergyEstimate(None, None, gross, None, run_w, f"{self.method}; no idle baseline", "none", False,
-                                  "no idle baseline was measured (--idle-s 0)")
+                                  "no idle baseline was measured (--idle-s 0)", meter=self.meter)
         idle_w = self.idle_energy_j / self.idle_duration_s
         net = (run_w - idle_w) * self.duration_s / iterations
         return EnergyEstimate(net, None, gross, idle_w, run_w, f"{self.method}; idle window subtracted", "none "
-                              "(counters in µJ)", True, None)
+                              "(counters in µJ)", True, None, meter=self.meter)
+
+    def _charging(self) -> bool:
+        return bool(self.charger_online) or (self.supply_status or "").lower() in ("charging", "full")
+
+    def _odpm_estimate(self, iterations: int) -> EnergyEstimate:
+        from edgeprobe.odpm import odpm_estimate
+
+        return odpm_estimate(self.odpm, iterations, charging=self._charging())
 
     def _battery_estimate(self, iterations: int) -> EnergyEstimate:
         w = self.window
-        idle = [s for s in self.raw_samples if w and w["idle_start_s"] <= s[0] < w["run_start_s"]]
+        # idle_end_s (newer runners): an ODPM snapshot between the windows belongs to neither
+        idle = [s for s in self.raw_samples if w and w["idle_start_s"] <= s[0] < w.get("idle_end_s", w["run_start_s"])]
         run = [s for s in self.raw_samples if w and w["run_start_s"] <= s[0] <= w["run_end_s"]]
         method = "battery current_now x voltage_now, 10 ms samples; (run - idle) power x run time / iterations"
         if not run:
             return EnergyEstimate(None, None, None, None, None, method, "none", False,
-                                  "no battery samples fell in the run window (the run was shorter than 10 ms?)")
+                                  "no battery samples fell in the run window (the run was shorter than 10 ms?)",
+                                  meter="battery")
         ref = idle or run
         med_i = sorted(s[1] for s in ref)[len(ref) // 2]
         med_v = sorted(s[2] for s in ref)[len(ref) // 2]
@@ -284,18 +354,19 @@ class EnergyReading:
         run_w, run_var = _mean_var(power(run))
         gross = run_w * self.duration_s / iterations
         problems = []
-        if self.charger_online or (self.supply_status or "").lower() in ("charging", "full"):
+        if self._charging():
             problems.append("a charger is connected (USB?): the battery current includes the charger's")
         if med_i == 0:
             problems.append("the battery current reads 0: no calibration possible")
         if not idle:
             problems.append("no idle baseline was measured (--idle-s 0)")
-            return EnergyEstimate(None, None, gross, None, run_w, method, calibration, False, "; ".join(problems))
+            return EnergyEstimate(None, None, gross, None, run_w, method, calibration, False, "; ".join(problems),
+                                  meter="battery")
         idle_w, idle_var = _mean_var(power(idle))
         net = (run_w - idle_w) * self.duration_s / iterations
         sigma = (run_var / len(run) + idle_var / len(idle)) ** 0.5 * self.duration_s / iterations
         return EnergyEstimate(net, sigma, gross, idle_w, run_w, method, calibration, not problems,
-                              "; ".join(problems) or None)
+                              "; ".join(problems) or None, meter="battery")
 
 
 @dataclass(frozen=True)
