@@ -82,17 +82,25 @@ def render_result(r: BenchResult) -> Table:
                   f"swap {_fmt_bytes(mem.swap_bytes)})")
     e = run.energy
     if e:
-        est = e.estimate(s.n) if e.available and s else None
+        est = e.estimate(s.n) if s else None
         if est is not None:
+            meter = est.meter or e.meter
             if est.per_inference_j is not None:
                 sigma = f" ± {est.uncertainty_j * 1e3:.3f}" if est.uncertainty_j is not None else ""
+                idle = f"idle {est.idle_power_w:.3f} W, " if est.idle_power_w is not None else ""
                 line = (f"{est.per_inference_j * 1e3:.3f}{sigma} mJ/inference above idle "
-                        f"(idle {est.idle_power_w:.3f} W, run {est.run_power_w:.3f} W; {e.meter})")
+                        f"({idle}run {est.run_power_w:.3f} W; {meter})")
             else:
-                line = f"gross {(est.gross_per_inference_j or 0) * 1e3:.3f} mJ/inference, idle not subtracted ({e.meter})"
+                line = f"gross {(est.gross_per_inference_j or 0) * 1e3:.3f} mJ/inference, idle not subtracted ({meter})"
             t.add_row("energy", escape(line) if est.reliable else f"[yellow]{escape(line)} — unreliable: "
                       f"{escape(est.reason or '')}[/yellow]")
             t.add_row("", f"[dim]{escape(est.method)}; calibration: {escape(est.calibration)}[/dim]")
+            for rail, r in sorted(est.rails.items(), key=lambda kv: -(kv[1].per_inference_j or 0))[:6]:
+                if r.per_inference_j is not None:
+                    t.add_row("", f"[dim]  {escape(rail)}: {r.per_inference_j * 1e3:.3f} mJ/inference "
+                                  f"(run {r.run_power_w:.3f} W)[/dim]")
+            for note in est.notes:
+                t.add_row("", f"[dim]{escape(note)}[/dim]")
         elif e.available:
             t.add_row("energy", "measured, but no timing to divide it by")
         else:
@@ -144,6 +152,46 @@ def _add_measure_args(p: argparse.ArgumentParser, iterations: int, warmup: int) 
     p.add_argument("--timeout-s", type=float, default=300.0)
 
 
+def render_sweep(r) -> Table:
+    """The sweep table: ratios are to the fp32 row when there is one."""
+    import math
+
+    base = next((x for x in r.rows if x.recipe == "fp32" and x.status == "ok"), None)
+    t = Table(title=f"sweep · {r.model_ref} on {r.device} · fidelity on {r.eval_samples} samples ({r.dataset})"
+                    + (f" · fp32 eager accuracy {r.reference_accuracy:.3f}" if r.reference_accuracy is not None else ""),
+              title_justify="left")
+    cols = ["", "recipe", "status", "p50 ms", "p90 ms", "× fp32", "size", "× fp32", "peak mem", "params",
+            "nonzero", "SQNR dB", "cosine", "top-1 agr", "accuracy"]
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("", "recipe", "status") else "right", overflow="fold")
+
+    def ratio(a, b):
+        return f"{a / b:.2f}" if a is not None and b else ""
+
+    def num(x, fmt):
+        if x is None:
+            return ""
+        return "inf" if isinstance(x, float) and math.isinf(x) else format(x, fmt)
+
+    for x in r.rows:
+        if x.status != "ok":
+            t.add_row("", escape(x.recipe), "[red]error[/red]", f"[red]{escape(x.error or '')}[/red]")
+            continue
+        t.add_row("[bold red]*[/bold red]" if x.pareto else "", escape(x.recipe), "ok", num(x.latency_p50_ms, ".4f"),
+                  num(x.latency_p90_ms, ".4f"), ratio(x.latency_p50_ms, base and base.latency_p50_ms),
+                  (_fmt_bytes(x.artifact_size_bytes) if x.artifact_size_bytes else "")
+                  + (f" ({_fmt_bytes(x.storage_bytes_if_packed)} if packed†)" if x.storage_bytes_if_packed else ""),
+                  ratio(x.artifact_size_bytes, base and base.artifact_size_bytes),
+                  _fmt_bytes(x.peak_memory_bytes) if x.peak_memory_bytes is not None else "",
+                  num(x.params, ","), num(x.nonzero_params, ","), num(x.sqnr_db, ".1f"), num(x.cosine, ".5f"),
+                  num(x.top1_agreement, ".3f"), num(x.accuracy, ".3f"))
+    t.caption = ("* Pareto front over (p50 latency, artifact size, " + ("accuracy" if r.quality == "accuracy" else "SQNR")
+                 + "). Unstructured sparsity (magnitude, taylor) and clustering do not shrink the fp32 .pte or speed up "
+                   "dense kernels; their notes in sweep.json say what would. † computed from cluster indices and codebooks, "
+                   "not stored by the .pte.")
+    return t
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeprobe", description="Lower PyTorch models and measure them on devices.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -183,6 +231,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_measure_args(pr, iterations=5, warmup=1)
     pr.add_argument("--top", type=int, default=15)
     pr.add_argument("--etdump", help="keep the ETDump at this path")
+
+    sw = sub.add_parser("sweep", help="compress with each recipe, measure every variant on a device, mark the "
+                                      "Pareto front")
+    _add_model_args(sw)
+    sw.add_argument("--recipes", default="fp32,int8,int8-dynamic,magnitude:0.5,channel:0.3+int8,lowrank:0.5,cluster:16",
+                    help="comma-separated recipes, steps joined by + (e.g. fp32,int8,channel:0.3+int8); "
+                         "`edgeprobe recipes` lists them")
+    sw.add_argument("--device", default="local")
+    sw.add_argument("--iterations", type=int, default=20)
+    sw.add_argument("--warmup", type=int, default=3)
+    sw.add_argument("--threads", type=int, default=0)
+    sw.add_argument("--timeout-s", type=float, default=300.0)
+    sw.add_argument("--token", help="token of a tcp runner (default: $EDGEPROBE_TOKEN)")
+    sw.add_argument("--dataset", default="auto", choices=["auto", "digits", "user", "random"],
+                    help="auto: digits for digits_cnn (trained first), else --eval or random inputs")
+    sw.add_argument("--calibration", metavar="NPZ", help="calibration inputs (.npz: array x, or the first array)")
+    sw.add_argument("--train", metavar="NPZ", help="labelled training data (.npz: x, y) for taylor/distill/qat/finetune")
+    sw.add_argument("--eval", metavar="NPZ", help="evaluation data (.npz: x [, y]); labels give accuracy")
+    sw.add_argument("--train-epochs", type=int, help="digits: epochs to train the model first (default 15; 0 with --weights)")
+    sw.add_argument("--out", default="sweep", help="directory for sweep.json, sweep.csv and sweep.png")
+    sub.add_parser("recipes", help="list the compression recipes and their parameters")
 
     d = sub.add_parser("devices", help="list the devices edgeprobe can reach, with their health")
     d.add_argument("--adb", action="append", default=[], metavar="HOST:PORT",
@@ -290,6 +359,26 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                       f"[{style}]{escape(d.health)}[/{style}]" if style else escape(d.health))
         console.print(t)
         return 0
+    if args.command == "recipes":
+        from edgeprobe.compress import valid_recipes
+
+        console.print(escape(valid_recipes()))
+        return 0
+    if args.command == "sweep":
+        from edgeprobe.compress.sweep import sweep
+
+        result = sweep(args.model, args.recipes, device=args.device, dataset=args.dataset, calibration=args.calibration,
+                       train=args.train, eval_data=args.eval, weights=args.weights, train_epochs=args.train_epochs, input_shape=_shape(args.input_shape),
+                       iterations=args.iterations, warmup=args.warmup, threads=args.threads, token=args.token,
+                       timeout_s=args.timeout_s, progress=_progress)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        result.save_json(out / "sweep.json")
+        result.save_csv(out / "sweep.csv")
+        result.plot(out / "sweep.png")
+        console.print(render_sweep(result))
+        console.print(f"written: {out / 'sweep.json'}, {out / 'sweep.csv'}, {out / 'sweep.png'}")
+        return 0 if any(r.status == "ok" for r in result.rows) else 1
     if args.command == "models":
         from edgeprobe.models import known_names
 

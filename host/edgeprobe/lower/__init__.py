@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -36,6 +36,8 @@ VECTORS = "vectors.epv"
 # would pass any output at all).
 FP32_RTOL = 1e-3
 FP32_ATOL_OF_MAX = 1e-4
+QUANT_RTOL = 0.05
+QUANT_ATOL_OF_MAX = 0.05
 
 
 def scaled_atol(expected: tuple[torch.Tensor, ...]) -> float:
@@ -141,8 +143,14 @@ def lower(
     use_cache: bool = True,
     out_dir: Optional[Path] = None,
     progress: Optional[Progress] = None,
+    compression: Sequence[dict] = (),
+    quantized: bool = False,
 ) -> Artifact:
-    """Lower ``spec`` for (format, backend); reuse the cached artifact when one exists."""
+    """Lower ``spec`` for (format, backend); reuse the cached artifact when one exists.
+
+    ``compression``: what the recipe's steps did (recorded in the manifest). ``quantized``: the
+    runner's check of the artifact against the reference graph gets a looser tolerance, because
+    int8 kernels round differently from the fp32-simulated q/dq reference."""
     cap = capabilities.resolve(format, backend)
     say = progress or (lambda _msg: None)
     key = cache_key(spec, cap, recipe)
@@ -167,6 +175,12 @@ def lower(
         lowered = target.lower(spec, cap.backend, tmp, notes)
 
         expected = spec.eager_outputs(spec.example_inputs)
+        rtol, atol = FP32_RTOL, scaled_atol(expected)
+        if quantized:
+            rtol, atol = QUANT_RTOL, max(atol, QUANT_ATOL_OF_MAX * max(
+                (t.abs().max().item() for t in expected if t.is_floating_point() and t.numel()), default=0.0))
+            notes.append(f"quantized: outputs checked against the q/dq reference graph within rtol {rtol:g}, "
+                         f"atol {atol:.3g} ({QUANT_ATOL_OF_MAX:g} of the largest output)")
         with open(tmp / VECTORS, "wb") as f:
             epv.write(f, [epv.TestSet(tuple(_raw(x) for x in spec.example_inputs), tuple(_raw(y) for y in expected))])
         model_path = tmp / lowered.file_name
@@ -183,14 +197,15 @@ def lower(
             vectors_sha256=sha256_file(tmp / VECTORS),
             inputs=_specs(spec.example_inputs, "input"),
             outputs=_specs(expected, "output"),
-            rtol=FP32_RTOL,
-            atol=scaled_atol(expected),
+            rtol=rtol,
+            atol=atol,
             planned_memory_bytes=lowered.planned_memory_bytes,
             tool_versions=versions.tool_versions(),
             cache_key=key,
             created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             etrecord_file=lowered.etrecord_file,
             notes=tuple(notes),
+            compression=tuple(compression),
         )
         (tmp / MANIFEST).write_text(json.dumps(to_dict(manifest), indent=2) + "\n")
         if final.exists():

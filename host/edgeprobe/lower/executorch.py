@@ -25,6 +25,7 @@ def _partitioners(backend: str) -> list:
 
 
 def lower(spec: ModelSpec, backend: str, out_dir: Path, notes: list[str]) -> Lowered:
+    import executorch.kernels.quantized  # noqa: F401 - out-variants of quantized_decomposed ops (weight-only)
     from executorch.exir import to_edge_transform_and_lower
 
     try:

@@ -1,0 +1,248 @@
+"""Compression recipes: quantization, pruning, distillation, low-rank, weight clustering.
+
+A recipe string is one or more steps joined by ``+``, each ``name`` or ``name:value`` or
+``name:key=value,key=value`` (``channel:0.3+int8``, ``magnitude:sparsity=0.5``, ``distill:T=4,alpha=0.7``).
+Module steps (pruning, distillation, low-rank, clustering) run first, in the order given, on an eager
+copy of the fp32 model; a quantization step (at most one) must come last: it turns the model into a
+PT2E-quantized graph that is lowered like any other. Every step returns a :class:`Step` that records
+what it did; the steps go into the artifact's manifest (``compression``).
+
+Each recipe module registers its recipes in :data:`RECIPES` through :func:`recipe`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from edgeprobe.errors import UsageError
+
+Inputs = tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any
+    help: str
+    kind: type = float
+
+
+@dataclass(frozen=True)
+class RecipeDef:
+    name: str
+    kind: str  # "module" (eager nn.Module -> nn.Module) | "quant" (-> PT2E graph, must be last)
+    help: str
+    params: tuple[Param, ...]
+    fn: Callable[..., tuple[Any, "Step"]]
+    positional: Optional[str] = None  # the parameter `name:value` sets
+
+    def usage(self) -> str:
+        ps = ", ".join(f"{p.name}={p.default}" for p in self.params)
+        return f"{self.name}" + (f"[:{ps}]" if ps else "") + f"  {self.help}"
+
+
+RECIPES: dict[str, RecipeDef] = {}
+
+
+def recipe(name: str, kind: str, help: str, params: Sequence[Param] = (), positional: Optional[str] = None):
+    """Register ``fn(model, ctx, **params) -> (model, Step)`` as recipe ``name``."""
+
+    def deco(fn):
+        RECIPES[name] = RecipeDef(name, kind, help, tuple(params), fn, positional)
+        return fn
+
+    return deco
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one recipe step did: recorded in the manifest and the sweep table."""
+
+    recipe: str
+    params: dict[str, Any]
+    summary: dict[str, Any] = field(default_factory=dict)  # e.g. sparsity, params before/after
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class Dataset:
+    """Labelled (or unlabelled: ``y`` None) samples, batch-first tensors."""
+
+    x: torch.Tensor
+    y: Optional[torch.Tensor] = None
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0):
+        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)) if shuffle \
+            else torch.arange(len(self))
+        for i in range(0, len(self), batch_size):
+            j = idx[i:i + batch_size]
+            yield self.x[j], (self.y[j] if self.y is not None else None)
+
+
+@dataclass
+class Context:
+    """What recipes may use besides the model.
+
+    ``calibration``: input batches for static quantization (``None``: random inputs, with a loud
+    warning recorded in the manifest). ``train``: labelled data for Taylor importance, fine-tuning,
+    distillation and QAT. ``train_fn(model, data)`` replaces the built-in training loop (fine-tune,
+    QAT); ``student``: the distillation student (default: a width-scaled copy of the teacher).
+    """
+
+    example_inputs: Inputs
+    calibration: Optional[Dataset] = None
+    train: Optional[Dataset] = None
+    train_fn: Optional[Callable[[nn.Module, Optional[Dataset]], None]] = None
+    student: Optional[nn.Module] = None
+    log: Callable[[str], None] = lambda _m: None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ParsedStep:
+    name: str
+    params: dict[str, Any]
+
+    def __str__(self) -> str:
+        return self.name + (":" + ",".join(f"{k}={v}" for k, v in self.params.items()) if self.params else "")
+
+
+def _load_all() -> None:
+    from edgeprobe.compress import distill, factorize, prune, quantize  # noqa: F401 - registration
+
+
+def valid_recipes() -> str:
+    _load_all()
+    return "\n".join(["  fp32  the uncompressed model"] + [f"  {r.usage()}" for r in RECIPES.values()])
+
+
+def _convert(p: Param, text: str, step: str) -> Any:
+    try:
+        if p.kind is bool:
+            return text.lower() in ("1", "true", "yes", "on")
+        return p.kind(text)
+    except ValueError:
+        raise UsageError(f"recipe {step!r}: {p.name} must be a {p.kind.__name__}, got {text!r}") from None
+
+
+def parse(text: str) -> list[ParsedStep]:
+    """``channel:0.3+int8`` -> steps with their parameters filled in; errors list the valid recipes."""
+    _load_all()
+    text = text.strip()
+    if text in ("", "fp32", "none"):
+        return []
+    steps: list[ParsedStep] = []
+    for raw in text.split("+"):
+        name, _, arg = raw.strip().partition(":")
+        r = RECIPES.get(name)
+        if r is None:
+            raise UsageError(f"unknown recipe {name!r} in {text!r}; valid recipes:\n{valid_recipes()}")
+        params = {p.name: p.default for p in r.params}
+        by_name = {p.name: p for p in r.params}
+        for item in (a for a in arg.split(",") if a) if arg else ():
+            key, eq, value = item.partition("=")
+            if not eq:
+                if r.positional is None:
+                    raise UsageError(f"recipe {raw!r}: give parameters as key=value ({r.usage()})")
+                key, value = r.positional, item
+            if key not in by_name:
+                raise UsageError(f"recipe {raw!r}: unknown parameter {key!r}; {r.usage()}")
+            params[key] = _convert(by_name[key], value, raw)
+        steps.append(ParsedStep(name, params))
+    quant = [i for i, s in enumerate(steps) if RECIPES[s.name].kind == "quant"]
+    if len(quant) > 1 or (quant and quant[0] != len(steps) - 1):
+        raise UsageError(f"recipe {text!r}: at most one quantization step, and it must come last "
+                         "(e.g. channel:0.3+int8)")
+    return steps
+
+
+def canonical(text: str) -> str:
+    """The recipe string with every parameter spelled out (the cache key and manifest use it)."""
+    steps = parse(text)
+    return "+".join(str(s) for s in steps) if steps else "fp32"
+
+
+@dataclass
+class Compressed:
+    """The result of applying a recipe: an eager module or an exported quantized program."""
+
+    recipe: str
+    module: Optional[nn.Module]
+    exported: Optional[torch.export.ExportedProgram]
+    steps: tuple[Step, ...]
+    quantized: bool = False
+    params: int = 0  # parameters of the eager model after the module steps (before quantization)
+    nonzero_params: int = 0
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        with torch.no_grad():
+            if self.exported is not None:
+                return self.exported.module()(*inputs)
+            assert self.module is not None
+            return self.module(*inputs)
+
+
+def apply(model: nn.Module, text: str, ctx: Context) -> Compressed:
+    """Apply recipe ``text`` to a copy of ``model`` (never modified)."""
+    steps = parse(text)
+    current: Any = copy.deepcopy(model).eval()
+    done: list[Step] = []
+    eager = current
+    for s in steps:
+        r = RECIPES[s.name]
+        ctx.log(f"recipe {s}")
+        torch.manual_seed(ctx.seed)
+        current, step = r.fn(current, ctx, **s.params)
+        done.append(dataclasses.replace(step, recipe=s.name, params=dict(s.params)))
+        if isinstance(current, nn.Module):
+            eager = current
+    canon = "+".join(str(s) for s in steps) if steps else "fp32"
+    counts = {"params": count_params(eager), "nonzero_params": nonzero_params(eager)}
+    if isinstance(current, torch.export.ExportedProgram):
+        return Compressed(canon, None, current, tuple(done), quantized=True, **counts)
+    return Compressed(canon, current.eval(), None, tuple(done), **counts)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def nonzero_params(module: nn.Module) -> int:
+    return sum(int((p != 0).sum()) for p in module.parameters())
+
+
+def as_dataset(data: Union[None, Dataset, torch.Tensor, Sequence[torch.Tensor], str, Callable[[], Any]]) -> Optional[Dataset]:
+    """Calibration/training data from the user: a Dataset, a tensor (N, ...), a list of tensors,
+    an ``.npz`` path (arrays ``x`` [and ``y``], or the first array), or a callable returning any of these."""
+    if data is None or isinstance(data, Dataset):
+        return data
+    if callable(data) and not isinstance(data, (torch.Tensor, str)):
+        return as_dataset(data())
+    if isinstance(data, str) or hasattr(data, "__fspath__"):
+        import numpy as np
+
+        try:
+            arrs = np.load(str(data))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"calibration data {data}: cannot read it as .npz ({exc})") from None
+        keys = list(arrs.keys())
+        if not keys:
+            raise UsageError(f"calibration data {data}: the .npz holds no arrays")
+        x = torch.from_numpy(arrs["x"] if "x" in keys else arrs[keys[0]]).float()
+        y = torch.from_numpy(arrs["y"]).long() if "y" in keys else None
+        return Dataset(x, y)
+    if isinstance(data, torch.Tensor):
+        return Dataset(data)
+    if isinstance(data, (list, tuple)) and data and all(isinstance(t, torch.Tensor) for t in data):
+        return Dataset(torch.cat([t if t.dim() > 0 else t[None] for t in data]))
+    raise UsageError(f"calibration/training data of type {type(data).__name__} is not supported; give a tensor, "
+                     "a list of tensors, an .npz path or a callable returning one")
