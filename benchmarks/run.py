@@ -73,14 +73,14 @@ def main() -> int:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--only", choices=["push"], help="run one section only")
+    ap.add_argument("--only", choices=["push", "sweep"], help="run one section only")
     ap.add_argument("--push-size-mb", type=float, default=50)
     ap.add_argument("--push-repeats", type=int, default=3)
     args = ap.parse_args()
-    if args.only == "push":
+    if args.only in ("push", "sweep"):
         print(f"# edgeprobe benchmarks\n\nmachine: {platform.machine()}, {os.cpu_count()} cores, "
               f"{platform.platform()}\n")
-        return push_section(args)
+        return push_section(args) if args.only == "push" else sweep_section(args)
     threads_list = [int(t) for t in args.threads.split(",")]
     models = args.models.split(",")
     say = lambda m: print(f"  .. {m}", file=sys.stderr, flush=True)  # noqa: E731
@@ -127,7 +127,20 @@ def main() -> int:
                   f"{ptl_ms / pte_ms:.2f} |", flush=True)
 
     # 3. ADB push throughput
-    return push_section(args)
+    push_section(args)
+    # 4. compression sweep
+    return sweep_section(args)
+
+
+def sweep_section(args) -> int:
+    """Recipes on MobileNetV2 and ResNet18 on local, as ratios to fp32 (benchmarks/sweep.py)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from sweep import run_sweep_bench
+
+    print("\n## Compression sweep on local (ratios to the fp32 row of the same run)\n")
+    run_sweep_bench(iterations=args.iterations, warmup=args.warmup,
+                    say=lambda m: print(f"  .. {m}", file=sys.stderr, flush=True))
+    return 0
 
 
 def push_section(args) -> int:
