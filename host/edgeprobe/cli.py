@@ -192,6 +192,55 @@ def render_sweep(r) -> Table:
     return t
 
 
+def render_split(plan, top: int = 12) -> list:
+    """The candidate table (predicted components; measured e2e with --verify) and the policy."""
+    def mbit(bps: float) -> str:
+        return f"{bps / 1e6:.3g} Mbit/s"
+
+    t = Table(title=f"split · {plan.model_ref} · device {plan.device} · server {plan.server or 'this host (timed)'} · "
+                    f"up {mbit(plan.uplink_bps)}, down {mbit(plan.downlink_bps)}, RTT {plan.rtt_ms:g} ms · "
+                    f"{plan.encoding}", title_justify="left")
+    cols = ["", "cut", "device ops", "bytes up", "device ms", "uplink ms", "server ms", "downlink ms", "rtt ms",
+            "predicted ms"]
+    verified = any(r.measured_e2e_p50_ms is not None or r.error for r in plan.candidates)
+    if verified:
+        cols += ["measured p50 ms", "pred. error", "SQNR dB"]
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("", "cut") else "right", overflow="fold")
+    rows = list(plan.candidates[:top])
+    for must in (plan.chosen, plan.device_only, plan.cloud_only):
+        if all(r.device_node_names != must.device_node_names for r in rows):
+            rows.append(must)
+    for r in rows:
+        mark = "[bold red]*[/bold red]" if r.device_node_names == plan.chosen.device_node_names else ""
+        cells = [mark, escape(r.label), str(r.device_nodes), f"{r.bytes_up:,}", f"{r.predicted_device_ms:.3f}",
+                 f"{r.predicted_uplink_ms:.3f}", f"{r.predicted_server_ms:.3f}", f"{r.predicted_downlink_ms:.3f}",
+                 f"{r.predicted_rtt_ms:.1f}", f"{r.predicted_total_ms:.3f}"]
+        if verified:
+            if r.error:
+                cells += [f"[red]{escape(r.error)}[/red]", "", ""]
+            elif r.measured_e2e_p50_ms is not None:
+                sq = "inf" if r.sqnr_db is not None and r.sqnr_db == float("inf") else f"{r.sqnr_db:.1f}"
+                cells += [f"{r.measured_e2e_p50_ms:.3f}", f"{100 * r.prediction_error:+.1f} %", sq]
+            else:
+                cells += ["", "", ""]
+        t.add_row(*cells)
+    cap = ["* chosen (minimum s-t cut). Components are predictions from measured costs: " +
+           "; ".join(f"{k}: {v}" for k, v in plan.cost_sources.items())]
+    if plan.regret is not None:
+        cap.append(f"measured: chosen {plan.chosen.label} {plan.chosen.measured_e2e_p50_ms:.3f} ms, best "
+                   f"{plan.best_measured}; regret {plan.regret:.3f}; median |prediction error| "
+                   f"{100 * (plan.median_abs_prediction_error or 0):.1f} %")
+    t.caption = escape(" | ".join(cap + list(plan.notes)))
+    p = Table(title="policy: uplink bandwidth -> cut (only where the decision changes; predicted)",
+              title_justify="left")
+    p.add_column("uplink from", justify="right")
+    p.add_column("cut")
+    for bw, label in plan.policy:
+        p.add_row(mbit(bw), escape(label))
+    return [t, p]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeprobe", description="Lower PyTorch models and measure them on devices.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -253,6 +302,26 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", default="sweep", help="directory for sweep.json, sweep.csv and sweep.png")
     sub.add_parser("recipes", help="list the compression recipes and their parameters")
 
+    sp = sub.add_parser("split", help="plan (and --verify end to end) where to cut a model between the device and "
+                                      "a server")
+    _add_model_args(sp)
+    sp.add_argument("--device", default="local")
+    sp.add_argument("--server", help="tcp:HOST:PORT of `edgeprobe serve` (without it: server costs timed on this "
+                                     "host, no verification)")
+    sp.add_argument("--token", help="the server's token (default: $EDGEPROBE_TOKEN)")
+    sp.add_argument("--uplink", default="5.85mbit")
+    sp.add_argument("--downlink", default="20mbit")
+    sp.add_argument("--rtt", default="40ms")
+    sp.add_argument("--encoding", default="fp32", choices=["fp32", "fp16", "int8"])
+    sp.add_argument("--objective", default="latency", choices=["latency", "energy"])
+    sp.add_argument("--memory-limit-mb", type=float, help="device peak-memory limit (additive per-operator model)")
+    sp.add_argument("--iterations", type=int, default=10)
+    sp.add_argument("--warmup", type=int, default=2)
+    sp.add_argument("--verify", action="store_true", help="run every candidate end to end and report the regret")
+    sp.add_argument("--verify-candidates", type=int, help="verify only the N best-predicted candidates")
+    sp.add_argument("--top", type=int, default=12, help="candidate rows to print")
+    sp.add_argument("--json", help="write the plan here")
+
     d = sub.add_parser("devices", help="list the devices edgeprobe can reach, with their health")
     d.add_argument("--adb", action="append", default=[], metavar="HOST:PORT",
                    help="an ADB-over-TCP address to check (repeatable; also $EDGEPROBE_ADB_ADDRESSES)")
@@ -272,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     rsub.add_parser("serve", help="serve this machine's runners over TCP (+ zeroconf); options: --help",
                     add_help=False)
+    sub.add_parser("serve", help="serve split tails (the cloud half) over TCP, on CUDA when available; "
+                                 "options: --help", add_help=False)
     return parser
 
 
@@ -296,6 +367,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
             except EdgeprobeError:
                 err_console.print("[yellow]native runner not built: serving the python runner only[/yellow]")
         return serve(argv[2:])
+    if argv[:1] == ["serve"]:
+        from edgeprobe.split.server import main as serve_tails
+
+        return serve_tails(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "show":
         console.print(render_result(BenchResult.load(args.result)))
@@ -379,6 +454,21 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         console.print(render_sweep(result))
         console.print(f"written: {out / 'sweep.json'}, {out / 'sweep.csv'}, {out / 'sweep.png'}")
         return 0 if any(r.status == "ok" for r in result.rows) else 1
+    if args.command == "split":
+        from edgeprobe.split import plan_split
+
+        plan = plan_split(args.model, device=args.device, server=args.server, token=args.token, uplink=args.uplink,
+                          downlink=args.downlink, rtt=args.rtt, encoding=args.encoding, objective=args.objective,
+                          memory_limit_bytes=int(args.memory_limit_mb * 2**20) if args.memory_limit_mb else None,
+                          input_shape=_shape(args.input_shape), weights=args.weights, iterations=args.iterations,
+                          warmup=args.warmup, verify=args.verify, verify_candidates=args.verify_candidates,
+                          progress=_progress)
+        for table in render_split(plan, args.top):
+            console.print(table)
+        if args.json:
+            Path(args.json).write_text(plan.to_json() + "\n")
+            _progress(f"plan written to {args.json}")
+        return 0
     if args.command == "models":
         from edgeprobe.models import known_names
 

@@ -1,0 +1,211 @@
+"""The device side of a split: run the head here (ExecuTorch), send its activations to
+``edgeprobe serve`` (the tail), get the outputs back, and time every part of it.
+
+    python -m edgeprobe_runner.split_client --head head.pte --server HOST:PORT --token T --name N \\
+        --encoding fp32|fp16|int8 --inputs inputs.bin --iterations 20 --warmup 3 --out result.json \\
+        [--outputs-file outputs.bin] [--reply-encoding fp32]
+
+``--inputs``: the model's input tensors as ``edgeprobe_runner.codec.encode(tensors, "fp32")``.
+Without ``--head`` (cloud only) the inputs themselves are sent, with ``--encoding``.
+
+The wire protocol is the one in ``edgeprobe/split/server.py`` (the framing of
+``edgeprobe_runner.server``). It must not import the host package.
+
+Every timed iteration (``time.monotonic_ns``) records, in ms: ``head_ms`` (the head's execute; 0
+without a head), ``encode_ms`` (codec encode of the activations), ``round_trip_ms`` (send the run
+request, receive the whole reply: network + server), ``server_ms``, ``server_decode_ms`` and
+``server_encode_ms`` (from the reply), ``network_ms`` (round trip - the three server parts),
+``decode_ms`` (codec decode of the outputs) and ``e2e_ms`` (all of it, from before the head to after
+the decode); and the bytes put on the connection each way, framing included.
+
+The result (``--out``): ``{schema_version: 1, status: "ok"|"error", error, head, server, name,
+encoding, reply_encoding, warmup, iterations: [...], bytes_up, bytes_down, payload_bytes_up,
+payload_bytes_down, outputs_sha256, outputs_file, server_info}``. ``outputs_sha256`` is the sha256
+of the final outputs encoded with the codec's fp32, the bytes ``--outputs-file`` receives, for the
+host to check fidelity against the unsplit model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from edgeprobe_runner import codec
+from edgeprobe_runner.server import ProtocolError, recv_exact, recv_msg, send_msg
+
+SCHEMA_VERSION = 1
+
+
+class SplitError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="edgeprobe_runner.split_client",
+                                description="Run a split: head here, tail on `edgeprobe serve`.")
+    p.add_argument("--head", help="the head .pte (omit for cloud only: the inputs are sent)")
+    p.add_argument("--server", required=True, help="HOST:PORT of edgeprobe serve, or none (device only: the head is "
+                                                   "the whole model)")
+    p.add_argument("--token", default="")
+    p.add_argument("--name", default="", help="the tail's name on the server")
+    p.add_argument("--send", type=int, help="send the first N head outputs (the crossing tensors; default all); "
+                                            "the rest are model outputs that stay on the device")
+    p.add_argument("--encoding", default="fp32", help="encoding of the activations sent (fp32, fp16, int8)")
+    p.add_argument("--reply-encoding", default="fp32", help="encoding of the outputs sent back (default fp32)")
+    p.add_argument("--inputs", required=True, help="input tensors, codec fp32 encoding")
+    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--timeout-s", type=float, default=60.0, help="socket timeout per read/write")
+    p.add_argument("--out", required=True, help="result JSON")
+    p.add_argument("--outputs-file", help="write the final outputs here (codec fp32)")
+    args = p.parse_args(argv)
+    if args.iterations < 1 or args.warmup < 0 or args.timeout_s <= 0:
+        p.error("--iterations >= 1, --warmup >= 0 and --timeout-s > 0 are required")
+    if args.server == "none" and not args.head:
+        p.error("--server none (device only) needs --head")
+    if args.server != "none" and not (args.token and args.name):
+        p.error("--token and --name are required with a server")
+    return args
+
+
+def _connect(server: str, token: str, timeout_s: float) -> tuple[socket.socket, dict[str, Any]]:
+    host, _, port = server.rpartition(":")
+    if not host or not port.isdigit():
+        raise SplitError("usage", f"--server must be HOST:PORT, not {server!r}")
+    try:
+        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s)
+    except OSError as exc:
+        raise SplitError("connect_failed", f"cannot connect to {server}: {exc}") from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    send_msg(sock, {"op": "hello", "token": token})
+    reply = recv_msg(sock)
+    if not reply.get("ok"):
+        sock.close()
+        raise SplitError("refused", f"{server} refused the connection: {reply.get('error')}")
+    return sock, reply.get("info", {})
+
+
+def _load_head(path: str):
+    from executorch.runtime import Runtime
+
+    try:
+        method = Runtime.get().load_program(path).load_method("forward")
+    except Exception as exc:  # noqa: BLE001
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SplitError("load_failed", f"cannot load {path} method 'forward': {msg}") from None
+    if method is None:
+        raise SplitError("load_failed", f"{path} has no method 'forward'")
+    return method
+
+
+def _ms(a: int, b: int) -> float:
+    return (b - a) / 1e6
+
+
+def measure(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    try:
+        inputs = list(codec.decode(Path(args.inputs).read_bytes()))
+    except Exception as exc:  # noqa: BLE001  (missing, truncated or not codec bytes)
+        raise SplitError("bad_inputs", f"cannot read the inputs {args.inputs} (codec fp32): {exc}") from None
+    head = _load_head(args.head) if args.head else None
+    if args.server == "none":  # device only: the head is the whole model
+        assert head is not None
+        outputs: list = []
+        for i in range(args.warmup + args.iterations):
+            t0 = time.monotonic_ns()
+            outputs = list(head.execute(inputs))
+            t1 = time.monotonic_ns()
+            if i >= args.warmup:
+                record["iterations"].append({"head_ms": _ms(t0, t1), "encode_ms": 0.0, "round_trip_ms": 0.0,
+                                             "server_ms": 0.0, "network_ms": 0.0, "decode_ms": 0.0,
+                                             "e2e_ms": _ms(t0, t1), "bytes_up": 0, "bytes_down": 0})
+        record["bytes_up"] = record["bytes_down"] = 0
+        record["head_outputs_count"] = len(outputs)
+        _write_outputs(args, record, outputs)
+        return
+    sock, info = _connect(args.server, args.token, args.timeout_s)
+    record["server_info"] = info
+    outputs = []
+    kept: list = []
+    try:
+        for i in range(args.warmup + args.iterations):
+            t0 = time.monotonic_ns()
+            acts = list(head.execute(inputs)) if head is not None else inputs
+            if args.send is not None:
+                acts, kept = acts[: args.send], acts[args.send:]
+            t1 = time.monotonic_ns()
+            payload = codec.encode(acts, args.encoding)
+            t2 = time.monotonic_ns()
+            header = {"op": "run", "name": args.name, "encoding": args.encoding,
+                      "reply_encoding": args.reply_encoding, "size": len(payload)}
+            try:
+                send_msg(sock, header, payload)
+                reply = recv_msg(sock)
+                data = recv_exact(sock, int(reply.get("size", 0))) if reply.get("ok") else b""
+            except (OSError, ProtocolError) as exc:
+                raise SplitError("connection_lost", f"connection to {args.server} lost during run "
+                                 f"({len(payload)}-byte payload): {exc}") from None
+            t3 = time.monotonic_ns()
+            if not reply.get("ok"):
+                raise SplitError("server_error", f"the server refused run {args.name!r}: {reply.get('error')}")
+            outputs = list(codec.decode(data))
+            t4 = time.monotonic_ns()
+            server_parts = reply["server_ms"] + reply["decode_ms"] + reply["encode_ms"]
+            it = {"head_ms": _ms(t0, t1) if head is not None else 0.0, "encode_ms": _ms(t1, t2),
+                  "round_trip_ms": _ms(t2, t3), "server_ms": reply["server_ms"],
+                  "server_decode_ms": reply["decode_ms"], "server_encode_ms": reply["encode_ms"],
+                  "network_ms": _ms(t2, t3) - server_parts, "decode_ms": _ms(t3, t4), "e2e_ms": _ms(t0, t4),
+                  "bytes_up": 4 + len(json.dumps(header).encode()) + len(payload),
+                  "bytes_down": 4 + len(json.dumps(reply).encode()) + len(data)}
+            if i >= args.warmup:
+                record["iterations"].append(it)
+                record["bytes_up"], record["bytes_down"] = it["bytes_up"], it["bytes_down"]
+                record["payload_bytes_up"], record["payload_bytes_down"] = len(payload), len(data)
+    finally:
+        sock.close()
+    record["head_outputs_count"] = len(acts) + len(kept) if head is not None else 0
+    _write_outputs(args, record, ([*acts, *kept] if head is not None else []) + outputs)
+
+
+def _write_outputs(args: argparse.Namespace, record: dict[str, Any], outputs: list) -> None:
+    """The head's outputs (all of them), then the tail's: the host reassembles the model's outputs."""
+    final = codec.encode(outputs, "fp32")
+    record["outputs_sha256"] = hashlib.sha256(final).hexdigest()
+    if args.outputs_file:
+        Path(args.outputs_file).write_bytes(final)
+        record["outputs_file"] = args.outputs_file
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    record: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "status": "ok", "error": None, "head": args.head,
+        "server": args.server, "name": args.name, "encoding": args.encoding,
+        "reply_encoding": args.reply_encoding, "warmup": args.warmup, "iterations": [],
+        "bytes_up": None, "bytes_down": None, "payload_bytes_up": None, "payload_bytes_down": None,
+        "outputs_sha256": None, "outputs_file": None, "server_info": None,
+    }
+    try:
+        measure(args, record)
+    except SplitError as exc:
+        record["status"], record["error"] = "error", {"code": exc.code, "message": str(exc)}
+    except Exception as exc:  # noqa: BLE001  (a record says what went wrong rather than a traceback)
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        record["status"], record["error"] = "error", {"code": "failed", "message": f"{type(exc).__name__}: {msg}"}
+    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    if record["status"] != "ok":
+        print(f"split_client: {record['error']['message']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""Split computing: where to cut a model between the device and a server, from measurements.
+
+``plan_split`` measures the device's per-operator costs (ETDump, see ``costs``), the server's
+per-operator costs (timed on the server's torch), the exact wire bytes of every tensor in the
+chosen encoding (``edgeprobe_runner.codec``) and the per-message framing overhead (measured against
+the server when one is given), builds the DADS cost graph and solves it exactly as a minimum s-t
+cut (``planner``). Every cost in the plan is a *prediction* unless it says measured. With
+``verify=True`` each candidate split is run end to end (head on the device runner, activations
+over the network, tail on ``edgeprobe serve``, outputs back), and the plan reports the measured
+e2e latency, the regret of the chosen cut (chosen / best measured) and each candidate's
+prediction error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from edgeprobe.errors import UsageError
+
+PLAN_SCHEMA_VERSION = 1
+Progress = Callable[[str], None]
+
+_RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmg]?)(bit|bps|b)?(?:/s)?\s*$", re.I)
+_TIME = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(us|ms|s)?\s*$", re.I)
+
+
+def parse_rate_bps(text: str) -> float:
+    """``5.85mbit`` / ``20Mbps`` / ``800kbit`` / ``1e6`` -> bits per second (tc's units: k = 1000)."""
+    m = _RATE.match(str(text))
+    if not m:
+        raise UsageError(f"bandwidth {text!r}: use e.g. 5.85mbit, 800kbit or 1gbit")
+    value = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
+    if value <= 0:
+        raise UsageError(f"bandwidth {text!r} must be positive")
+    return value
+
+
+def parse_time_ms(text: str) -> float:
+    m = _TIME.match(str(text))
+    if not m:
+        raise UsageError(f"time {text!r}: use e.g. 40ms, 0.04s or 500us")
+    return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3, None: 1.0}[(m.group(2) or "ms").lower()]
+
+
+@dataclass(frozen=True)
+class CandidateRow:
+    label: str  # device-only | cloud-only | after NODE (the last device node in graph order)
+    kind: str
+    device_nodes: int
+    crossing: tuple[str, ...]
+    bytes_up: int
+    predicted_device_ms: float
+    predicted_uplink_ms: float
+    predicted_server_ms: float
+    predicted_downlink_ms: float
+    predicted_rtt_ms: float
+    predicted_total_ms: float
+    measured_e2e_p50_ms: Optional[float] = None  # verify: end to end, head on the device
+    measured_e2e_p90_ms: Optional[float] = None
+    prediction_error: Optional[float] = None  # (predicted - measured) / measured
+    sqnr_db: Optional[float] = None  # final outputs vs the unsplit model (verify)
+    error: Optional[str] = None
+    device_node_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    model_ref: str
+    device: str
+    server: Optional[str]
+    uplink_bps: float
+    downlink_bps: float
+    rtt_ms: float
+    encoding: str
+    objective: str
+    per_message_overhead_bytes: int
+    chosen: CandidateRow
+    device_only: CandidateRow
+    cloud_only: CandidateRow
+    candidates: tuple[CandidateRow, ...]
+    policy: tuple[tuple[float, str], ...]  # (uplink bps from which the decision holds, label)
+    cost_sources: dict[str, str]
+    created_utc: str
+    regret: Optional[float] = None  # verify: chosen measured / best measured
+    best_measured: Optional[str] = None
+    median_abs_prediction_error: Optional[float] = None
+    notes: tuple[str, ...] = ()
+    schema_version: int = PLAN_SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def _label(og, cut) -> str:
+    if cut.kind != "split":
+        return cut.kind
+    order = [n.name for n in og.nodes if n.name in cut.device_nodes]
+    return f"after {order[-1]}"
+
+
+def _row(og, cut, bytes_of: dict[str, int]) -> CandidateRow:
+    b = cut.breakdown
+    return CandidateRow(_label(og, cut), cut.kind, len(cut.device_nodes), tuple(cut.crossing),
+                        sum(bytes_of.get(t, 0) for t in cut.crossing), b.device_ms, b.uplink_ms, b.server_ms,
+                        b.downlink_ms, b.rtt_ms, b.total_ms, device_node_names=tuple(sorted(cut.device_nodes)))
+
+
+def _server_address(server: Optional[str]) -> Optional[tuple[str, int]]:
+    if server is None or server == "local":
+        return None
+    addr = server[4:] if server.startswith("tcp:") else server
+    host, _, port = addr.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--server {server!r}: use tcp:HOST:PORT of `edgeprobe serve`")
+    return host, int(port)
+
+
+def plan_split(
+    model: Any,
+    *,
+    device: str = "local",
+    server: Optional[str] = None,
+    token: Optional[str] = None,
+    uplink: str | float = "5.85mbit",
+    downlink: str | float = "20mbit",
+    rtt: str | float = "40ms",
+    encoding: str = "fp32",
+    objective: str = "latency",
+    memory_limit_bytes: Optional[int] = None,
+    input_shape: Optional[Sequence[int]] = None,
+    weights: Optional[str] = None,
+    iterations: int = 10,
+    warmup: int = 2,
+    verify: bool = False,
+    verify_candidates: Optional[int] = None,
+    policy_bps: Optional[Sequence[float]] = None,
+    progress: Optional[Progress] = None,
+) -> SplitPlan:
+    """Plan (and with ``verify`` run end to end) the split of ``model`` between ``device`` and
+    ``server`` (``tcp:HOST:PORT`` of ``edgeprobe serve``; ``None``/``local``: server costs timed on
+    this machine, and no verification)."""
+    from edgeprobe.models import load_model
+    from edgeprobe.split import planner
+    from edgeprobe.split.costs import measure_device_costs, time_nodes
+    from edgeprobe.split.graph import op_graph, to_cost_graph
+    from edgeprobe_runner import codec
+
+    say = progress or (lambda _m: None)
+    if encoding not in ("fp32", "fp16", "int8"):
+        raise UsageError(f"--encoding {encoding!r}: use fp32, fp16 or int8")
+    if objective not in ("latency", "energy"):
+        raise UsageError(f"--objective {objective!r}: use latency or energy")
+    up = parse_rate_bps(uplink) if isinstance(uplink, str) else float(uplink)
+    down = parse_rate_bps(downlink) if isinstance(downlink, str) else float(downlink)
+    rtt_ms = parse_time_ms(rtt) if isinstance(rtt, str) else float(rtt)
+    addr = _server_address(server)
+    if verify and addr is None:
+        raise UsageError("--verify runs the split end to end and needs --server tcp:HOST:PORT (edgeprobe serve)")
+    token = token or os.environ.get("EDGEPROBE_TOKEN")
+    spec = load_model(model, input_shape=input_shape, weights=weights)
+    say(f"exporting {spec.ref} and building its operator graph")
+    og = op_graph(spec.module if spec.module is not None else spec.exported, spec.example_inputs)
+    names = {n.name for n in og.nodes}
+    say(f"{len(og.nodes)} operator nodes; measuring per-operator device costs on {device} (ETDump)")
+    dev = measure_device_costs(og.exported, device=device, iterations=iterations, warmup=warmup, token=token,
+                               node_names=names, progress=say)
+    notes = list(dev.notes)
+    if objective == "energy":
+        raise UsageError("the energy objective needs a per-operator device energy meter; edgeprobe measures "
+                         "whole-run energy only (battery/ODPM/RAPL), so it cannot price operators. Use latency.")
+    client = None
+    overhead = 0
+    if addr is not None:
+        from edgeprobe.split.server import TailClient
+
+        if not token:
+            raise UsageError("--server needs its token: --token or $EDGEPROBE_TOKEN (`edgeprobe serve` prints it)")
+        client = TailClient(addr[0], addr[1], token)
+        say(f"measuring per-operator server costs on {server}")
+        server_ms, info = client.profile("__whole__", og.exported, list(spec.example_inputs), runs=iterations)
+        server_src = f"per-node times on the server ({info.get('device', '?')}), fx interpreter, median of {iterations}"
+        client.run("__whole__", list(spec.example_inputs), encoding)
+        overhead = int(client.last["bytes_up"] - client.last["payload_up"])  # length prefix + JSON header
+    else:
+        say("timing per-operator server costs on this machine (CPU; no --server given)")
+        server_ms = time_nodes(og.exported.module(), spec.example_inputs, runs=iterations, warmup=warmup)
+        server_src = f"per-node times on this host's CPU (fx interpreter, median of {iterations}); no server given"
+    _codec = codec
+
+    tensor_bytes: dict[str, int] = {i.name: _codec.encoded_bytes([(i.info.shape, i.info.dtype)], encoding)
+                                    for i in og.inputs}
+    for n in og.nodes:
+        if len(n.outputs) == 1:
+            tensor_bytes[n.name] = _codec.encoded_bytes([(n.outputs[0].shape, n.outputs[0].dtype)], encoding)
+        elif n.is_getitem:
+            prod = og.node(n.getitem_of[0])
+            info_ = prod.outputs[n.getitem_of[1]]
+            tensor_bytes[n.name] = _codec.encoded_bytes([(info_.shape, info_.dtype)], encoding)
+    graph = to_cost_graph(og, dev.per_node_ms, server_ms, tensor_bytes=tensor_bytes)
+    net = planner.Network(up, down, rtt_ms, overhead)
+    say("solving the minimum cut")
+    chosen = planner.plan(graph, net, objective, memory_limit_bytes)
+    cands = planner.candidates(graph, net)
+    rows = [_row(og, c, tensor_bytes) for c in cands]
+    chosen_row = _row(og, chosen, tensor_bytes)
+    device_only = next(r for r in rows if r.kind == "device-only")
+    cloud_only = next(r for r in rows if r.kind == "cloud-only")
+    bps = list(policy_bps) if policy_bps else [up * f for f in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)]
+    pol = tuple((bw, _label(og, c)) for bw, c in planner.policy(graph, sorted(bps), down, rtt_ms,
+                                                                per_message_overhead_bytes=overhead,
+                                                                memory_limit_bytes=memory_limit_bytes))
+    regret = best = med_err = None
+    if verify and client is not None:
+        rows = _verify(og, spec, rows, client, addr, token, encoding, iterations, warmup, verify_candidates,
+                       server or "", say)
+        measured = [r for r in rows if r.measured_e2e_p50_ms is not None]
+        if measured:
+            best_row = min(measured, key=lambda r: r.measured_e2e_p50_ms)
+            mine = next((r for r in rows if r.device_node_names == chosen_row.device_node_names), None)
+            best = best_row.label
+            if mine is not None and mine.measured_e2e_p50_ms is not None:
+                chosen_row = mine
+                regret = mine.measured_e2e_p50_ms / best_row.measured_e2e_p50_ms
+            errs = [abs(r.prediction_error) for r in measured if r.prediction_error is not None]
+            med_err = statistics.median(errs) if errs else None
+    if client is not None:
+        client.close()
+    sources = {"device": dev.method, "server": server_src,
+               "network": f"exact encoded bytes ({encoding}, edgeprobe_runner.codec) + {overhead} B framing per "
+                          "message (measured)" if addr else f"exact encoded bytes ({encoding}); framing not measured",
+               "scale": f"portable total {dev.portable_total_ms:.3f} ms -> XNNPACK p50 {dev.xnnpack_total_ms:.3f} ms"}
+    return SplitPlan(spec.ref, device, server, up, down, rtt_ms, encoding, objective, overhead, chosen_row,
+                     device_only, cloud_only, tuple(rows), pol, sources,
+                     _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), regret, best, med_err,
+                     tuple(notes))
+
+
+def _verify(og, spec, rows: list[CandidateRow], client, addr, token: str, encoding: str, iterations: int,
+            warmup: int, limit: Optional[int], server: str, say: Progress) -> list[CandidateRow]:
+    """Run each candidate end to end: head lowered to .pte (XNNPACK) and run by the device-side split
+    client, tail on the server. Device ``local`` only: the split client runs as a process here."""
+    import torch
+
+    from edgeprobe.compress.fidelity import sqnr_db
+    from edgeprobe.lower import lower
+    from edgeprobe.models import ModelSpec, flatten_outputs
+    from edgeprobe.split.graph import export_head, export_tail, split
+    from edgeprobe_runner import codec
+
+    with torch.no_grad():
+        want = torch.cat([t.reshape(-1).float() for t in flatten_outputs(spec.module(*spec.example_inputs)
+                                                                         if spec.module is not None else
+                                                                         spec.exported.module()(*spec.example_inputs))])
+    todo = rows if limit is None else rows[:limit]
+    out: list[CandidateRow] = []
+    with tempfile.TemporaryDirectory(prefix="edgeprobe-split-") as tmp:
+        inputs = Path(tmp) / "inputs.bin"
+        inputs.write_bytes(codec.encode(list(spec.example_inputs), "fp32"))
+        for k, r in enumerate(todo):
+            say(f"verify [{k + 1}/{len(todo)}] {r.label}")
+            try:
+                s = split(og, spec.example_inputs, set(r.device_node_names))
+                argv = [sys.executable, "-m", "edgeprobe_runner.split_client", "--inputs", str(inputs),
+                        "--iterations", str(iterations), "--warmup", str(warmup), "--encoding", encoding,
+                        "--out", str(Path(tmp) / f"r{k}.json"), "--outputs-file", str(Path(tmp) / f"o{k}.bin")]
+                if not s.cloud_only:
+                    art = lower(ModelSpec(f"{spec.ref}-head", s.head_example_inputs, exported=export_head(s)))
+                    argv += ["--head", str(art.model_path), "--send", str(len(s.crossing))]
+                if s.device_only:
+                    argv += ["--server", "none"]
+                else:
+                    name = f"tail{k}"
+                    client.load(name, export_tail(s))
+                    argv += ["--server", f"{addr[0]}:{addr[1]}", "--token", token, "--name", name]
+                p = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+                rec = json.loads((Path(tmp) / f"r{k}.json").read_text())
+                if rec["status"] != "ok":
+                    raise RuntimeError(rec["error"]["message"])
+                e2e = sorted(it["e2e_ms"] for it in rec["iterations"])
+                outs = codec.decode((Path(tmp) / f"o{k}.bin").read_bytes())
+                nh = rec.get("head_outputs_count", 0)
+                got = s.assemble(outs[:nh], outs[nh:])
+                got_flat = torch.cat([t.reshape(-1).float() for t in got])
+                p50 = statistics.median(e2e)
+                p90 = e2e[min(len(e2e) - 1, math.ceil(0.9 * len(e2e)) - 1)]
+                out.append(dataclasses.replace(r, measured_e2e_p50_ms=p50, measured_e2e_p90_ms=p90,
+                                               prediction_error=(r.predicted_total_ms - p50) / p50,
+                                               sqnr_db=sqnr_db(want, got_flat)))
+                del p
+            except Exception as exc:  # noqa: BLE001 - a failing candidate is a row with its error
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                out.append(dataclasses.replace(r, error=f"{type(exc).__name__}: {msg}"))
+    return out + rows[len(todo):]

@@ -1,0 +1,476 @@
+"""`edgeprobe serve`: the cloud side of a split. It keeps tail programs in memory and runs them on
+the activations a device sends, on CUDA when available.
+
+Wire protocol: the framing of ``edgeprobe runner serve`` (imported from ``edgeprobe_runner.server``):
+every message is a 4-byte big-endian length + a UTF-8 JSON header object (at most 1 MiB),
+optionally followed by exactly ``size`` raw payload bytes, ``size`` being a field of that header.
+Every reply carries ``ok``; a failed request gets ``{"ok": false, "error": "<what and what to do>"}``
+and the connection stays usable, except where the payload could not be read or the token is wrong:
+then the reply also says ``"closed": true`` and the server closes the connection. A reply with a
+payload carries its ``size`` (only ``run`` replies have one).
+
+Requests, in order:
+
+- ``hello {token}`` (must come first) -> ``{ok, info}``. A wrong or missing token (compared in
+  constant time, hmac.compare_digest) gets ``{ok: false, closed: true, error: "unauthorized: ..."}``
+  and the connection is closed.
+- ``load {name, size, sha256}`` + ``size`` bytes -> ``{ok, name, sha256, program_bytes, load_ms,
+  device}``. The bytes are a tail program written by ``torch.export.save`` (an ExportedProgram). They
+  are checked against ``sha256``, loaded with ``torch.export.load``, moved to the server's device and
+  kept in memory under ``name`` (a dictionary key, never a path; the same name again replaces it).
+  Nothing is written to disk.
+- ``run {name, size, encoding, reply_encoding?}`` + ``size`` bytes -> ``{ok, size, encoding, outputs,
+  server_ms, decode_ms, encode_ms}`` + ``size`` bytes of outputs. The request payload is the tail's
+  inputs as ``edgeprobe_runner.codec.encode(tensors, encoding)`` (fp32, fp16 or int8; a frame
+  describes its own encoding, ``encoding`` is checked against the codec's names). The outputs
+  (tensor, tuple, list or dict leaves, in pytree order) are encoded with ``reply_encoding``, **fp32
+  by default**: the downlink carries the final outputs, usually small (logits), and fp32 keeps the
+  fidelity cost of a split at the cut alone; ask for fp16/int8 to trade. ``server_ms`` is the tail's
+  compute alone (inputs already on the device; ``torch.cuda.synchronize()`` before and after on
+  CUDA); ``decode_ms`` is codec decode + copy to the device, ``encode_ms`` copy back + codec encode.
+  Socket reads and writes are in none of them: they are the network part of the client's round trip.
+- ``info`` -> ``{ok, info}``, info = ``{device (cpu or the CUDA device's name), device_type, torch,
+  cuda, threads, max_bytes, programs, version}``.
+
+Limits: the header (1 MiB, from the runner's framing); every payload (``--max-bytes``, default 1 GiB):
+a ``load`` or ``run`` whose ``size`` is over it is refused *before* its payload is read, so the reply
+is sent and the connection closed (the server goes on serving other connections); the number of
+programs kept (``--max-programs``); every connection has an idle timeout (``--timeout-s``) on each
+read and write.
+
+Trust: only holders of the token can talk to the server. ``torch.export.load`` may fall back to
+unpickling, so loading a program is as powerful as running code on the server: give the token only
+to those you would let do that, and keep the default ``--host 127.0.0.1`` unless the network is yours.
+
+The host-side client is :class:`TailClient`; the device-side client (no host package) is
+``python -m edgeprobe_runner.split_client``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import io
+import json
+import os
+import secrets
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+from typing import Any, Optional, Sequence
+
+import torch
+
+from edgeprobe_runner import codec
+from edgeprobe_runner.server import ProtocolError, recv_exact, recv_msg, send_msg
+
+DEFAULT_MAX_BYTES = 1 << 30
+DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_MAX_PROGRAMS = 64
+MAX_NAME_CHARS = 256
+ENCODINGS: tuple[str, ...] = tuple(getattr(codec, "ENCODINGS", ("fp32", "fp16", "int8")))
+_CHUNK = 1 << 20
+
+
+class _Fail(Exception):
+    """A request refused with a message; the connection stays in sync."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch.cuda.is_available() is False on this machine "
+                         f"(torch {torch.__version__}); use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, not {name!r}")
+    return torch.device(name)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _recv_payload(sock: socket.socket, size: int) -> bytearray:
+    """``size`` bytes into one preallocated buffer (no per-chunk concatenation)."""
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:], min(size - got, _CHUNK))
+        if not n:
+            raise ProtocolError(f"connection closed after {got} of {size} payload bytes")
+        got += n
+    return buf
+
+
+def _flatten(out: Any) -> list[torch.Tensor]:
+    leaves = torch.utils._pytree.tree_leaves(out)
+    bad = [type(x).__name__ for x in leaves if not isinstance(x, torch.Tensor)]
+    if bad:
+        raise _Fail(f"the tail returned non-tensor outputs ({', '.join(sorted(set(bad)))}); only tensors can be sent back")
+    return leaves
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+class _Tail:
+    def __init__(self, module: torch.nn.Module, size: int, sha256: str) -> None:
+        self.module, self.size, self.sha256 = module, size, sha256
+
+
+class TailServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, addr: tuple[str, int], *, token: str, device: torch.device,
+                 max_bytes: int = DEFAULT_MAX_BYTES, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 max_programs: int = DEFAULT_MAX_PROGRAMS) -> None:
+        self.token, self.device = token, device
+        self.max_bytes, self.timeout_s, self.max_programs = max_bytes, timeout_s, max_programs
+        self.programs: dict[str, _Tail] = {}
+        self.lock = threading.Lock()
+        super().__init__(addr, _Handler)
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def info(self) -> dict[str, Any]:
+        cuda = self.device.type == "cuda"
+        with self.lock:
+            names = sorted(self.programs)
+        from edgeprobe import __version__
+
+        return {"device": torch.cuda.get_device_name(self.device) if cuda else "cpu",
+                "device_type": self.device.type, "torch": torch.__version__,
+                "cuda": torch.version.cuda if cuda else None, "threads": torch.get_num_threads(),
+                "max_bytes": self.max_bytes, "programs": names, "version": __version__}
+
+    # -- requests (payload already read) ------------------------------------------------------
+
+    def load(self, req: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        name = req.get("name")
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
+            raise _Fail(f"load needs a name: a non-empty string of at most {MAX_NAME_CHARS} characters")
+        digest = hashlib.sha256(payload).hexdigest()
+        if digest != req.get("sha256"):
+            raise _Fail(f"sha256 of the received program ({digest[:12]}...) does not match the request's; nothing was loaded")
+        with self.lock:
+            if name not in self.programs and len(self.programs) >= self.max_programs:
+                raise _Fail(f"this server already keeps {self.max_programs} programs (--max-programs); "
+                            "load under an existing name to replace one")
+        t0 = time.perf_counter_ns()
+        try:
+            ep = torch.export.load(io.BytesIO(payload))
+        except Exception as exc:  # noqa: BLE001
+            raise _Fail(f"cannot load {name!r} with torch.export.load (write it with torch.export.save): "
+                        f"{_first_line(exc)}") from None
+        if not isinstance(ep, torch.export.ExportedProgram):
+            raise _Fail(f"{name!r} is not an ExportedProgram")
+        try:
+            if self.device.type != "cpu":
+                from torch.export.passes import move_to_device_pass
+
+                ep = move_to_device_pass(ep, self.device)
+            module = ep.module()
+        except Exception as exc:  # noqa: BLE001
+            raise _Fail(f"cannot prepare {name!r} on {self.device}: {_first_line(exc)}") from None
+        with self.lock:
+            self.programs[name] = _Tail(module, len(payload), digest)
+        return {"ok": True, "name": name, "sha256": digest, "program_bytes": len(payload),
+                "load_ms": (time.perf_counter_ns() - t0) / 1e6, "device": str(self.device)}, b""
+
+    def run(self, req: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        name = req.get("name")
+        with self.lock:
+            tail = self.programs.get(name) if isinstance(name, str) else None
+            names = sorted(self.programs)
+        if tail is None:
+            raise _Fail(f"no tail program named {name!r} on this server (loaded: {names or 'none'}); load it first")
+        encoding = req.get("encoding")
+        reply_encoding = req.get("reply_encoding", "fp32")
+        for field, value in (("encoding", encoding), ("reply_encoding", reply_encoding)):
+            if value not in ENCODINGS:
+                raise _Fail(f"{field} must be one of {', '.join(ENCODINGS)}, not {value!r}")
+        dev = self.device
+        t0 = time.perf_counter_ns()
+        try:
+            inputs = [t.to(dev) for t in codec.decode(payload)]
+        except Exception as exc:  # noqa: BLE001
+            raise _Fail(f"cannot decode the {encoding} activations: {_first_line(exc)}") from None
+        _sync(dev)
+        t1 = time.perf_counter_ns()
+        try:
+            with torch.no_grad():
+                out = tail.module(*inputs)
+            _sync(dev)
+        except Exception as exc:  # noqa: BLE001
+            shapes = ", ".join(f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in inputs)
+            raise _Fail(f"tail {name!r} failed on inputs [{shapes}]: {_first_line(exc)}") from None
+        t2 = time.perf_counter_ns()
+        outputs = [t.detach().cpu() for t in _flatten(out)]
+        data = codec.encode(outputs, reply_encoding)
+        t3 = time.perf_counter_ns()
+        return {"ok": True, "size": len(data), "encoding": reply_encoding, "outputs": len(outputs),
+                "server_ms": (t2 - t1) / 1e6, "decode_ms": (t1 - t0) / 1e6, "encode_ms": (t3 - t2) / 1e6}, data
+
+
+    def profile(self, req: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        """Per-node times of a loaded program on this server's device (the split planner's server
+        costs): ``profile {name, runs}`` + fp32 codec inputs -> ``{per_node_ms, whole_ms}``."""
+        from edgeprobe.split.costs import time_nodes
+
+        name = req.get("name")
+        runs = req.get("runs", 10)
+        if not isinstance(runs, int) or not 1 <= runs <= 1000:
+            raise _Fail("profile runs must be an integer in 1..1000")
+        with self.lock:
+            tail = self.programs.get(name) if isinstance(name, str) else None
+        if tail is None or not isinstance(tail.module, torch.fx.GraphModule):
+            raise _Fail(f"no program named {name!r} to profile; load it first")
+        try:
+            inputs = tuple(codec.decode(payload))
+        except Exception as exc:  # noqa: BLE001
+            raise _Fail(f"cannot decode the profile inputs: {_first_line(exc)}") from None
+        per_node = time_nodes(tail.module, inputs, device=str(self.device), runs=runs, warmup=2)
+        dev = self.device
+        whole = []
+        with torch.no_grad():
+            x = [t.to(dev) for t in inputs]
+            for _ in range(runs):
+                _sync(dev)
+                t0 = time.perf_counter_ns()
+                tail.module(*x)
+                _sync(dev)
+                whole.append((time.perf_counter_ns() - t0) / 1e6)
+        whole.sort()
+        return {"ok": True, "per_node_ms": per_node, "whole_ms": whole[len(whole) // 2],
+                "device": self.info()["device"]}, b""
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: TailServer
+
+    def handle(self) -> None:
+        sock, srv = self.request, self.server
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(srv.timeout_s)
+        try:
+            hello = recv_msg(sock)
+            token = hello.get("token")
+            if hello.get("op") != "hello" or not isinstance(token, str) or \
+                    not hmac.compare_digest(token.encode(), srv.token.encode()):
+                send_msg(sock, {"ok": False, "closed": True,
+                                "error": "unauthorized: wrong or missing token (hello {token} must come first)"})
+                return
+            send_msg(sock, {"ok": True, "info": srv.info()})
+            while True:
+                try:
+                    req = recv_msg(sock)
+                except ProtocolError as exc:
+                    if "after 0 of 4 bytes" not in str(exc):  # not a clean close: say why before closing
+                        send_msg(sock, {"ok": False, "closed": True, "error": f"bad frame: {exc}; closing"})
+                    return
+                if not self.dispatch(sock, req):
+                    return
+        except (OSError, ProtocolError):
+            return  # timeout, reset, or the client went away mid-frame
+
+    def dispatch(self, sock: socket.socket, req: dict[str, Any]) -> bool:
+        """Answer one request; False when the connection must be closed (payload not read)."""
+        srv = self.server
+        op = req.get("op")
+        payload = bytearray()
+        if op in ("load", "run", "profile"):
+            size = req.get("size")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                send_msg(sock, {"ok": False, "closed": True,
+                                "error": f"{op} needs the payload's size (a non-negative integer); closing"})
+                return False
+            if size > srv.max_bytes:
+                send_msg(sock, {"ok": False, "closed": True, "error": f"{op} payload of {size} bytes is over this server's "
+                                f"{srv.max_bytes}-byte limit (--max-bytes); the payload was not read, closing"})
+                return False
+            payload = _recv_payload(sock, size)
+        try:
+            if op == "info":
+                reply, data = {"ok": True, "info": srv.info()}, b""
+            elif op == "load":
+                reply, data = srv.load(req, payload)
+            elif op == "run":
+                reply, data = srv.run(req, payload)
+            elif op == "profile":
+                reply, data = srv.profile(req, payload)
+            else:
+                raise _Fail(f"unknown op {op!r} (hello, load, run, profile, info)")
+        except _Fail as exc:
+            reply, data = {"ok": False, "error": str(exc)}, b""
+        except Exception as exc:  # noqa: BLE001  (a bug or an odd program must not take the server down)
+            reply, data = {"ok": False, "error": f"{op} failed: {_first_line(exc)}"}, b""
+        send_msg(sock, reply, data)
+        return True
+
+
+# -- host-side client ---------------------------------------------------------------------------
+
+
+class TailClient:
+    """One connection to ``edgeprobe serve``.
+
+    ``run`` returns ``(outputs, server_ms, wire_bytes)``: ``wire_bytes`` is everything this request
+    put on the connection, both ways, framing included; ``self.last`` has the parts (``bytes_up``,
+    ``bytes_down``, ``payload_up``, ``payload_down``, ``round_trip_ms``, ``server_ms``,
+    ``decode_ms``, ``encode_ms`` (the server's), ``network_ms`` = round trip - server parts)."""
+
+    def __init__(self, host: str, port: int, token: str, timeout_s: float = 30.0) -> None:
+        from edgeprobe.errors import TransportError
+
+        self._error = TransportError
+        self.where = f"{host}:{port}"
+        self.last: dict[str, Any] = {}
+        try:
+            self.sock = socket.create_connection((host, int(port)), timeout=timeout_s)
+        except OSError as exc:
+            raise TransportError(f"cannot connect to edgeprobe serve at {self.where}: {exc}") from None
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            reply, _, _, _ = self._request({"op": "hello", "token": token})
+        except BaseException:
+            self.close()
+            raise
+        self.info: dict[str, Any] = reply["info"]
+
+    def _request(self, header: dict[str, Any], payload: bytes = b"") -> tuple[dict[str, Any], bytes, int, int]:
+        if payload:
+            header = {**header, "size": len(payload)}
+        up = 4 + len(json.dumps(header).encode()) + len(payload)
+        send_error: Optional[OSError] = None
+        try:
+            send_msg(self.sock, header, payload)
+        except OSError as exc:  # the server may have refused and closed mid-upload: read why
+            send_error = exc
+        try:
+            reply = recv_msg(self.sock)
+            data = recv_exact(self.sock, int(reply.get("size", 0))) if reply.get("ok") else b""
+        except (OSError, ProtocolError) as exc:
+            cause = send_error or exc
+            self.close()
+            raise self._error(f"edgeprobe serve at {self.where}: connection lost during {header.get('op')} "
+                              f"({cause}); payload {len(payload)} bytes, server limit "
+                              f"{getattr(self, 'info', {}).get('max_bytes', 'unknown')}") from None
+        down = 4 + len(json.dumps(reply).encode()) + len(data)
+        if not reply.get("ok"):
+            if send_error is not None or reply.get("closed") or header.get("op") == "hello":
+                self.close()
+            raise self._error(f"edgeprobe serve at {self.where} refused {header.get('op')}: {reply.get('error')}")
+        return reply, data, up, down
+
+    def load(self, name: str, program: Any) -> dict[str, Any]:
+        """Load a tail: an ExportedProgram (saved with torch.export.save here) or its saved bytes."""
+        if isinstance(program, torch.export.ExportedProgram):
+            buf = io.BytesIO()
+            torch.export.save(program, buf)
+            data = buf.getvalue()
+        else:
+            data = bytes(program)
+        reply, _, _, _ = self._request({"op": "load", "name": name, "sha256": hashlib.sha256(data).hexdigest()}, data)
+        return reply
+
+    def run(self, name: str, tensors: Sequence[torch.Tensor], encoding: str = "fp32", *,
+            reply_encoding: str = "fp32") -> tuple[list[torch.Tensor], float, int]:
+        payload = codec.encode([t.detach().cpu() for t in tensors], encoding)
+        t0 = time.perf_counter_ns()
+        reply, data, up, down = self._request(
+            {"op": "run", "name": name, "encoding": encoding, "reply_encoding": reply_encoding,
+             "size": len(payload)}, payload)
+        rtt = (time.perf_counter_ns() - t0) / 1e6
+        outputs = list(codec.decode(data))
+        server_parts = reply["server_ms"] + reply["decode_ms"] + reply["encode_ms"]
+        self.last = {"bytes_up": up, "bytes_down": down, "payload_up": len(payload), "payload_down": len(data),
+                     "round_trip_ms": rtt, "server_ms": reply["server_ms"], "decode_ms": reply["decode_ms"],
+                     "encode_ms": reply["encode_ms"], "network_ms": rtt - server_parts}
+        return outputs, float(reply["server_ms"]), up + down
+
+    def profile(self, name: str, program: Any, inputs: Sequence[torch.Tensor], runs: int = 10
+                ) -> tuple[dict[str, float], dict[str, Any]]:
+        """Load ``program`` as ``name`` and time each of its nodes on the server: (per-node ms, info)."""
+        self.load(name, program)
+        reply, _, _, _ = self._request({"op": "profile", "name": name, "runs": int(runs)},
+                                       codec.encode([t.detach().cpu() for t in inputs], "fp32"))
+        return {k: float(v) for k, v in reply["per_node_ms"].items()}, {"device": reply["device"],
+                                                                         "whole_ms": reply["whole_ms"]}
+
+    def server_info(self) -> dict[str, Any]:
+        reply, _, _, _ = self._request({"op": "info"})
+        return reply["info"]
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self) -> "TailClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="edgeprobe serve",
+                                description="Serve tail programs of split models over TCP (the cloud side).")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=0, help="0: pick a free port (printed)")
+    p.add_argument("--token", default=os.environ.get("EDGEPROBE_TOKEN"),
+                   help="clients must send it (default: $EDGEPROBE_TOKEN, else a random one, printed)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where tails run (auto: CUDA if available)")
+    p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="largest load or run payload, bytes")
+    p.add_argument("--max-programs", type=int, default=DEFAULT_MAX_PROGRAMS, help="most tail programs kept in memory")
+    p.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, help="idle timeout of a connection, per read/write")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads on CPU (0: torch's default)")
+    args = p.parse_args(argv)
+    if args.max_bytes < 0 or args.max_programs < 1 or args.timeout_s <= 0 or args.threads < 0:
+        p.error("--max-bytes >= 0, --max-programs >= 1, --timeout-s > 0 and --threads >= 0 are required")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        p.error(str(exc))
+    token = args.token or secrets.token_urlsafe(16)
+    server = TailServer((args.host, args.port), token=token, device=device, max_bytes=args.max_bytes,
+                        timeout_s=args.timeout_s, max_programs=args.max_programs)
+    info = server.info()
+    print(json.dumps({"listening": f"{args.host}:{server.port}", "token": token, "device": info["device"],
+                      "device_type": info["device_type"], "torch": info["torch"], "max_bytes": args.max_bytes}),
+          flush=True)
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
