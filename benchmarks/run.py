@@ -73,14 +73,14 @@ def main() -> int:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--only", choices=["push", "sweep"], help="run one section only")
+    ap.add_argument("--only", choices=["push", "sweep", "split"], help="run one section only")
     ap.add_argument("--push-size-mb", type=float, default=50)
     ap.add_argument("--push-repeats", type=int, default=3)
     args = ap.parse_args()
-    if args.only in ("push", "sweep"):
+    if args.only in ("push", "sweep", "split"):
         print(f"# edgeprobe benchmarks\n\nmachine: {platform.machine()}, {os.cpu_count()} cores, "
               f"{platform.platform()}\n")
-        return push_section(args) if args.only == "push" else sweep_section(args)
+        return {"push": push_section, "sweep": sweep_section, "split": split_section}[args.only](args)
     threads_list = [int(t) for t in args.threads.split(",")]
     models = args.models.split(",")
     say = lambda m: print(f"  .. {m}", file=sys.stderr, flush=True)  # noqa: E731
@@ -129,7 +129,22 @@ def main() -> int:
     # 3. ADB push throughput
     push_section(args)
     # 4. compression sweep
-    return sweep_section(args)
+    sweep_section(args)
+    # 5. split planning
+    return split_section(args)
+
+
+def split_section(args) -> int:
+    """Planning time of the split planner on a synthetic 1000-node DAG (benchmarks/split_planning.py)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from split_planning import GOAL_MS, main as planning
+
+    print("\n## Split planning time (synthetic 1000-node DAG, latency objective)\n")
+    print("```")
+    ms = planning(["--check"])
+    print("```")
+    print(f"\nmedian {ms:.1f} ms; ratio to the {GOAL_MS:.0f} ms goal: {ms / GOAL_MS:.2f}")
+    return 0
 
 
 def sweep_section(args) -> int:
