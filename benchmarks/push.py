@@ -19,7 +19,6 @@ The wall time of each whole push is timed; the table shows the median over the r
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import platform
 import shutil
@@ -48,11 +47,9 @@ with TestAdbd(Path(sys.argv[2]), maxdata=int(sys.argv[3])) as d:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from edgeprobe.lower import sha256_file
+
+    return sha256_file(path)
 
 
 def _free_port() -> int:

@@ -258,8 +258,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         zc, _ = advertise(server, args.host)
     print(json.dumps({"listening": f"{args.host}:{server.port}", "name": args.name, "token": token,
                       "workdir": str(server.workdir), "zeroconf": not args.no_zeroconf}), flush=True)
+    try:
+        serve_until_stopped(server)
+    finally:
+        if zc is not None:
+            zc.unregister_all_services()
+            zc.close()
+        if args.workdir is None:
+            shutil.rmtree(workdir / "tmp", ignore_errors=True)
+    return 0
+
+
+def serve_until_stopped(server: socketserver.BaseServer) -> None:
+    """Serve in a thread until SIGTERM or Ctrl-C, then shut the server down and close it."""
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     try:
@@ -268,12 +282,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         pass
     finally:
         server.shutdown()
-        if zc is not None:
-            zc.unregister_all_services()
-            zc.close()
-        if args.workdir is None:
-            shutil.rmtree(workdir / "tmp", ignore_errors=True)
-    return 0
+        server.server_close()
 
 
 if __name__ == "__main__":

@@ -55,7 +55,6 @@ import io
 import json
 import os
 import secrets
-import signal
 import socket
 import socketserver
 import sys
@@ -66,7 +65,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from edgeprobe_runner import codec
-from edgeprobe_runner.server import ProtocolError, recv_exact, recv_msg, send_msg
+from edgeprobe_runner.server import ProtocolError, recv_exact, recv_msg, send_msg, serve_until_stopped
 
 DEFAULT_MAX_BYTES = 1 << 30
 DEFAULT_TIMEOUT_S = 300.0
@@ -457,18 +456,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(json.dumps({"listening": f"{args.host}:{server.port}", "token": token, "device": info["device"],
                       "device_type": info["device_type"], "torch": info["torch"], "max_bytes": args.max_bytes}),
           flush=True)
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.shutdown()
-        server.server_close()
+    serve_until_stopped(server)
     return 0
 
 
