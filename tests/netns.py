@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence
 
 CMD_TIMEOUT_S = 20
+_MAX_FRAME_BYTES = 1514  # the largest frame a veth (MTU 1500) hands its qdisc: tbf's bucket holds two
 
 
 class NetnsError(RuntimeError):
@@ -155,9 +156,16 @@ def set_shaping(ns: str, ifname: str, rate_mbit: Optional[float], delay_ms: Opti
     if not ok:
         raise ShapingUnavailable(f"rate limiting needs tc netem or tbf: {_qdisc_works('netem')[1]}; {why}")
     rate_bytes = rate_mbit * 1e6 / 8
-    burst = max(32 * 1024, int(rate_bytes / 100))  # 10 ms of traffic, and at least a few GSO segments
+    # A small bucket, so that short messages are rate limited too, as on a real link (netem's rate has
+    # no bucket at all): the tokens saved while the link idles (up to the burst) send at line rate, so
+    # a 32 KB burst let a 12 KB message through unshaped after any pause. Two full frames (tbf splits
+    # GSO packets larger than the bucket into segments), or 2 ms of traffic at fast rates.
+    burst = max(2 * _MAX_FRAME_BYTES, int(rate_bytes * 0.002))
+    # The queue: at least 256 KB or 0.5 s of traffic, so a burst of a few 64 KB messages is queued, not
+    # dropped (a drop costs a TCP retransmission timeout, >= 200 ms, in a latency measurement).
+    limit = burst + max(256 * 1024, int(rate_bytes * 0.5))
     _cmd(["tc", "-n", ns, "qdisc", "replace", "dev", ifname, "root", "tbf", "rate", _rate_arg(rate_mbit),
-          "burst", str(burst), "latency", "500ms"])
+          "burst", str(burst), "limit", str(limit)])
     return "tbf"
 
 

@@ -93,17 +93,49 @@ def _connect(server: str, token: str, timeout_s: float) -> tuple[socket.socket, 
     return sock, reply.get("info", {})
 
 
-def _load_head(path: str):
-    from executorch.runtime import Runtime
+def _portable_lib():
+    """ExecuTorch's runtime bindings without ``executorch.exir``.
 
+    ``portable_lib`` imports ``executorch.exir._warnings`` for one warning class, and importing it
+    runs ``executorch/exir/__init__.py``: torch.export, EXIR passes, about 10 s on this 2-core VM
+    per process. The device side needs none of the compiler, so that one small module is loaded by
+    path under a bare package entry (only when exir is not already imported). A split client is a
+    short-lived process that never imports exir, so the stub cannot shadow a real import."""
+    import importlib.util
+    import os
+    import types
+
+    import executorch
+
+    if "executorch.exir" not in sys.modules:
+        path = os.path.join(list(executorch.__path__)[0], "exir", "_warnings.py")
+        spec = importlib.util.spec_from_file_location("executorch.exir._warnings", path)
+        if spec is not None and spec.loader is not None:
+            pkg = types.ModuleType("executorch.exir")
+            pkg.__path__ = []  # a package with nothing else in it
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            sys.modules["executorch.exir"], sys.modules["executorch.exir._warnings"] = pkg, mod
+    from executorch.extension.pybindings import portable_lib
+
+    return portable_lib
+
+
+class _Head:
+    def __init__(self, module) -> None:
+        self._module = module
+
+    def execute(self, inputs: list) -> list:
+        return list(self._module.run_method("forward", tuple(inputs)))
+
+
+def _load_head(path: str):
     try:
-        method = Runtime.get().load_program(path).load_method("forward")
+        module = _portable_lib()._load_for_executorch(path)
     except Exception as exc:  # noqa: BLE001
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SplitError("load_failed", f"cannot load {path} method 'forward': {msg}") from None
-    if method is None:
-        raise SplitError("load_failed", f"{path} has no method 'forward'")
-    return method
+    return _Head(module)
 
 
 def _ms(a: int, b: int) -> float:

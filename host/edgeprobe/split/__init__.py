@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import secrets
 import statistics
 import subprocess
 import sys
@@ -267,6 +268,10 @@ def _verify(og, spec, rows: list[CandidateRow], client, addr, token: str, encodi
                                                                          if spec.module is not None else
                                                                          spec.exported.module()(*spec.example_inputs))])
     todo = rows if limit is None else rows[:limit]
+    # One program name for the whole sweep, reloaded per candidate (the same name replaces the last tail):
+    # a name per candidate would hit the server's --max-programs (64) on models with more candidates, and
+    # fixed names would let two plans sharing one server replace each other's tails.
+    tail_name = f"edgeprobe-split-{os.getpid()}-{secrets.token_hex(4)}"
     out: list[CandidateRow] = []
     with tempfile.TemporaryDirectory(prefix="edgeprobe-split-") as tmp:
         inputs = Path(tmp) / "inputs.bin"
@@ -284,11 +289,14 @@ def _verify(og, spec, rows: list[CandidateRow], client, addr, token: str, encodi
                 if s.device_only:
                     argv += ["--server", "none"]
                 else:
-                    name = f"tail{k}"
-                    client.load(name, export_tail(s))
-                    argv += ["--server", f"{addr[0]}:{addr[1]}", "--token", token, "--name", name]
+                    client.load(tail_name, export_tail(s))
+                    argv += ["--server", f"{addr[0]}:{addr[1]}", "--token", token, "--name", tail_name]
                 p = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-                rec = json.loads((Path(tmp) / f"r{k}.json").read_text())
+                rec_path = Path(tmp) / f"r{k}.json"
+                if not rec_path.exists():  # killed, crashed or refused its arguments: say how
+                    tail = " | ".join(p.stderr.strip().splitlines()[-3:]) or "no output"
+                    raise RuntimeError(f"the split client exited with code {p.returncode} and no result: {tail}")
+                rec = json.loads(rec_path.read_text())
                 if rec["status"] != "ok":
                     raise RuntimeError(rec["error"]["message"])
                 e2e = sorted(it["e2e_ms"] for it in rec["iterations"])
