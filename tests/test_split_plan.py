@@ -99,3 +99,5 @@ def test_bad_requests_are_refused_clearly():
         plan_split("tiny_cnn", verify=True)
     with pytest.raises(UsageError, match="encoding"):
         plan_split("tiny_cnn", encoding="bf8")
+    with pytest.raises(UsageError, match="per-operator device energy meter"):
+        plan_split("tiny_cnn", objective="energy")

@@ -166,6 +166,9 @@ def plan_split(
         raise UsageError(f"--encoding {encoding!r}: use fp32, fp16 or int8")
     if objective not in ("latency", "energy"):
         raise UsageError(f"--objective {objective!r}: use latency or energy")
+    if objective == "energy":  # the planner can (edgeprobe.split.planner); the meters cannot price operators
+        raise UsageError("the energy objective needs a per-operator device energy meter; edgeprobe measures "
+                         "whole-run energy only (battery/ODPM/RAPL), so it cannot price operators. Use latency.")
     up = parse_rate_bps(uplink) if isinstance(uplink, str) else float(uplink)
     down = parse_rate_bps(downlink) if isinstance(downlink, str) else float(downlink)
     rtt_ms = parse_time_ms(rtt) if isinstance(rtt, str) else float(rtt)
@@ -181,9 +184,6 @@ def plan_split(
     dev = measure_device_costs(og.exported, device=device, iterations=iterations, warmup=warmup, token=token,
                                node_names=names, progress=say)
     notes = list(dev.notes)
-    if objective == "energy":
-        raise UsageError("the energy objective needs a per-operator device energy meter; edgeprobe measures "
-                         "whole-run energy only (battery/ODPM/RAPL), so it cannot price operators. Use latency.")
     client = None
     overhead = 0
     if addr is not None:
