@@ -27,7 +27,7 @@ from edgeprobe.models import ModelSpec
 from edgeprobe.results import Manifest, TensorSpec, from_dict, to_dict
 from edgeprobe_runner import vectors as epv
 
-LOWERING_VERSION = 1  # bump when what lowering writes changes
+LOWERING_VERSION = 2  # bump when what lowering writes changes (2: quantized vectors from the .pte itself)
 MANIFEST = "manifest.json"
 VECTORS = "vectors.epv"
 
