@@ -382,3 +382,29 @@ def tcp_transfer_seconds(net: VethPair, src_ns: str, dst_ns: str, dst_addr: str,
         if sink.poll() is None:
             sink.kill()
         sink.wait(timeout=10)
+
+
+def require_netns() -> None:
+    """Skip the calling test, with the reason, where network namespaces cannot be made."""
+    import pytest
+
+    ok, why = netns_available()
+    if not ok:
+        pytest.skip(why)
+
+
+def first_line(proc: "subprocess.Popen", timeout_s: float) -> str:
+    """The first stdout line of a server process (its JSON start line), or a failure that says why:
+    no output in time, or the process exited (with its stderr when that is piped)."""
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    if not sel.select(timeout_s):
+        raise AssertionError(f"no output from {proc.args} in {timeout_s} s")
+    line = proc.stdout.readline()
+    if not line:
+        err = proc.stderr.read() if proc.stderr is not None else ""
+        raise AssertionError(f"{proc.args} exited ({proc.poll()}) without a line" + (f": {err}" if err else ""))
+    return line
+

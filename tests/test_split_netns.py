@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import selectors
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from typing import Any, Optional
 
 import pytest
 
-from netns import netns_available, shaping_available, veth_pair  # tests/ is on sys.path
+from netns import first_line, shaping_available, veth_pair, require_netns  # tests/ is on sys.path
 
 TOKEN = "split-netns-s3cret"
 MODEL = "tiny_cnn"
@@ -69,19 +68,7 @@ class ProfileRun:
 
 @pytest.fixture(autouse=True)
 def _needs_netns():
-    ok, why = netns_available()
-    if not ok:
-        pytest.skip(why)
-
-
-def _first_line(proc: subprocess.Popen, timeout_s: float) -> str:
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    if not sel.select(timeout_s):
-        raise AssertionError(f"no output from {proc.args} in {timeout_s} s")
-    line = proc.stdout.readline()
-    assert line, f"{proc.args} exited ({proc.poll()}) without a line"
-    return line
+    require_netns()
 
 
 def _run_profile(name: str, rate_mbit: float, rtt_ms: float, delay_emulated: bool, workdir: Path,
@@ -96,7 +83,7 @@ def _run_profile(name: str, rate_mbit: float, rtt_ms: float, delay_emulated: boo
             server = net.popen(net.ns_a, [sys.executable, "-m", "edgeprobe", "serve", "--host", net.addr_a,
                                           "--port", "0", "--token", TOKEN, "--threads", "1"],
                                stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-            info = json.loads(_first_line(server, 120))
+            info = json.loads(first_line(server, 120))
             host, port = info["listening"].rsplit(":", 1)
             assert host == net.addr_a, info
             plan_json = workdir / f"plan-{name}.json"

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import selectors
 import subprocess
 import sys
 import time
 
 import pytest
 
-from netns import netns_available, ping_rtts, shaping_available, tcp_transfer_seconds, veth_pair  # tests/ is on sys.path
+from netns import first_line, ping_rtts, shaping_available, tcp_transfer_seconds, veth_pair, require_netns  # tests/ is on sys.path
 
 TOKEN = "netns-s3cret"
 
@@ -27,19 +26,7 @@ print(json.dumps(discover(timeout_s=float(sys.argv[2]), interfaces=[sys.argv[1]]
 
 @pytest.fixture(autouse=True)
 def _needs_netns():
-    ok, why = netns_available()
-    if not ok:
-        pytest.skip(why)
-
-
-def _first_line(proc: subprocess.Popen, timeout_s: float) -> str:
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    if not sel.select(timeout_s):
-        raise AssertionError(f"no output from {proc.args} in {timeout_s} s")
-    line = proc.stdout.readline()
-    assert line, f"{proc.args} exited ({proc.poll()}): {proc.stderr.read()}"
-    return line
+    require_netns()
 
 
 def test_runner_discovered_over_zeroconf_and_benched_from_another_namespace(tmp_path, native_runner, tiny_pte):
@@ -51,7 +38,7 @@ def test_runner_discovered_over_zeroconf_and_benched_from_another_namespace(tmp_
             [sys.executable, "-m", "edgeprobe", "runner", "serve", "--host", net.addr_a, "--port", "0",
              "--token", TOKEN, "--name", name, "--workdir", tmp_path / "device", "--native-runner", native_runner],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        info = json.loads(_first_line(server, 60))
+        info = json.loads(first_line(server, 60))
         host, port = info["listening"].rsplit(":", 1)
         assert host == net.addr_a and info["zeroconf"]
 
