@@ -37,6 +37,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence
@@ -295,6 +296,101 @@ def _wait_link_up(net: VethPair, timeout_s: float = 10.0) -> None:
             raise NetnsError(f"the veth pair did not come up: {states}")
         time.sleep(0.05)
 
+
+
+# --- a userspace-emulated link (rate + delay without netem) -------------------------------------------
+_LINKEMU = os.path.join(os.path.dirname(os.path.abspath(__file__)), "linkemu.py")
+
+
+@functools.lru_cache(maxsize=None)
+def emulation_available() -> tuple[bool, str]:
+    """(True, "") when :func:`emulated_link` can run here (root, namespaces and /dev/net/tun)."""
+    ok, why = netns_available()
+    if not ok:
+        return ok, why
+    if not os.path.exists("/dev/net/tun"):
+        return False, "/dev/net/tun is missing (no TUN driver): the userspace link emulator needs it"
+    return True, ""
+
+
+@dataclass
+class EmulatedLink(VethPair):
+    """Two namespaces joined through ``tests/linkemu.py`` (a TUN device in each, a point-to-point
+    link between ``addr_a`` and ``addr_b``) instead of a veth pair. ``shaping`` is "linkemu"."""
+
+    control: str = ""
+    emulator: Optional[subprocess.Popen] = field(default=None, repr=False)
+    counters: dict = field(default_factory=dict)
+
+    def set_shaping(self, rate_mbit: Optional[float], delay_ms: Optional[float], *, ends: str = "ab") -> Optional[str]:
+        """Both directions: the emulator shapes the link as a whole (``ends`` must be "ab")."""
+        if ends != "ab":
+            raise ValueError("an emulated link is shaped in both directions at once (ends='ab')")
+        import linkemu  # tests/ is on sys.path
+
+        linkemu.set_shaping(self.control, rate_mbit, delay_ms or 0.0)
+        self.shaping = "linkemu"
+        return self.shaping
+
+
+@contextlib.contextmanager
+def emulated_link(prefix: str = "ep", subnet: Optional[str] = None, rate_mbit: Optional[float] = None,
+                  delay_ms: Optional[float] = None, limit_packets: int = 10000) -> Iterator[EmulatedLink]:
+    """Like :func:`veth_pair`, but the link is the userspace emulator (``tests/linkemu.py``): rate
+    *and* one-way delay each way on any kernel, netem or not, counted on whole IP packets. The
+    planner's model of it: rate over IP bytes (52 B of TCP/IPv4 headers per 1448 B segment),
+    RTT = 2 x ``delay_ms``. Always cleaned up; ``link.counters`` holds the emulator's counters after."""
+    if not _NAME_OK.match(prefix):
+        raise ValueError("prefix must be 1-20 characters of [A-Za-z0-9_-]")
+    if subnet is None:
+        subnet = f"10.{random.randint(0, 255)}.{random.randint(0, 255)}"
+    base = _unique(prefix)
+    tag = secrets.token_hex(3)
+    # The TUN devices are made in this namespace, then moved: their names must be unique here.
+    net = EmulatedLink(ns_a=f"{base}-a", ns_b=f"{base}-b", addr_a=f"{subnet}.1", addr_b=f"{subnet}.2",
+                       ifname_a=f"{prefix[:6]}{tag}a", ifname_b=f"{prefix[:6]}{tag}b", prefixlen=32,
+                       control=os.path.join(tempfile.gettempdir(), f"linkemu-{base}.sock"))
+    made: list[str] = []
+    try:
+        for ns in (net.ns_a, net.ns_b):
+            _cmd(["ip", "netns", "add", ns])
+            made.append(ns)
+        argv = [sys.executable, _LINKEMU, "--names", net.ifname_a, net.ifname_b, "--delay-ms", str(delay_ms or 0.0),
+                "--limit", str(limit_packets), "--control", net.control]
+        if rate_mbit is not None:
+            argv += ["--rate-mbit", str(rate_mbit)]
+        net.emulator = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True)
+        line = first_line(net.emulator, 20)
+        if not line.startswith("ready"):
+            raise NetnsError(f"the link emulator did not start: {line!r}")
+        for ns, ifname, addr, peer in ((net.ns_a, net.ifname_a, net.addr_a, net.addr_b),
+                                       (net.ns_b, net.ifname_b, net.addr_b, net.addr_a)):
+            _cmd(["ip", "link", "set", "dev", ifname, "netns", ns])
+            _cmd(["ip", "-n", ns, "addr", "add", addr, "peer", f"{peer}/32", "dev", ifname])
+            _cmd(["ip", "-n", ns, "link", "set", "dev", "lo", "up"])
+            _cmd(["ip", "-n", ns, "link", "set", "dev", ifname, "multicast", "on"])
+            _cmd(["ip", "-n", ns, "link", "set", "dev", ifname, "up"])
+        net.shaping = "linkemu" if (rate_mbit is not None or delay_ms) else None
+        yield net
+    finally:
+        try:
+            if made:
+                net._stop_everything()
+        finally:
+            if net.emulator is not None:
+                try:
+                    out, _ = net.emulator.communicate(timeout=10)  # closing stdin stops it
+                    last = (out or "").strip().splitlines()[-1:] or [""]
+                    with contextlib.suppress(ValueError):
+                        net.counters = json.loads(last[0])
+                except subprocess.TimeoutExpired:
+                    net.emulator.kill()
+                    net.emulator.wait(timeout=5)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(net.control)
+            for ns in made:
+                _cmd(["ip", "netns", "del", ns], check=False)
 
 # --- measuring the link (stdlib scripts run in the namespaces) --------------------------------------
 
