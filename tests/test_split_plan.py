@@ -71,14 +71,21 @@ def test_plan_and_verify_every_candidate_on_a_dag(tail_server, native_runner, tm
     assert plan.regret is not None and plan.regret >= 1.0
     assert plan.best_measured in {r.label for r in rows}
     assert plan.per_message_overhead_bytes > 0  # measured against the server
-    assert plan.chosen.predicted_total_ms == min(r.predicted_total_ms for r in rows)
+    # confirmation: the heads of the 3 best-predicted splits (and the chosen one) timed on the device, and
+    # the choice is the best total with those measured heads
+    confirmed = [r for r in rows if r.confirmed_total_ms is not None]
+    assert len([r for r in confirmed if r.kind == "split"]) >= min(3, sum(r.kind == "split" for r in rows))
+    assert all(r.measured_head_ms > 0 for r in confirmed if r.kind != "cloud-only")
+    for r in confirmed:
+        assert r.confirmed_total_ms == pytest.approx(r.predicted_total_ms - r.predicted_device_ms + r.measured_head_ms)
+    assert plan.chosen.confirmed_total_ms == min(r.confirmed_total_ms for r in confirmed)
     # predictions are what the components say
     for r in rows:
         parts = (r.predicted_device_ms + r.predicted_uplink_ms + r.predicted_server_ms + r.predicted_downlink_ms
                  + r.predicted_rtt_ms)
         assert r.predicted_total_ms == pytest.approx(parts)
     data = json.loads(plan.to_json())
-    assert data["schema_version"] == 1 and data["chosen"]["label"] == plan.chosen.label
+    assert data["schema_version"] == 2 and data["chosen"]["label"] == plan.chosen.label
     assert plan.policy and plan.policy[0][0] <= plan.uplink_bps
 
 

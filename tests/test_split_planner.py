@@ -286,9 +286,21 @@ def test_round_trip_is_paid_once_and_decides_between_split_and_device_only():
         assert cut.total_ms == approx(brute_force(g, Network(1e6, 1e6, rtt)).total_ms)
 
 
-def test_per_message_overhead_is_charged_per_tensor():
+def test_framing_is_charged_once_per_message_and_headers_per_packet():
     net = Network(8e3, 8e3, 0.0, per_message_overhead_bytes=100)  # 1 byte/ms
-    assert net.up_ms(0) == 100.0 and net.up_ms(900) == 1000.0 and net.down_ms(1) == 101.0
+    assert net.up_ms(900) == 900.0 and net.framing_ms() == (100.0, 100.0)
+    g = skip_block(parallel=True)
+    cloud = evaluate(g, net, {"stem", "b1"})
+    bare = evaluate(g, Network(8e3, 8e3, 0.0), {"stem", "b1"})
+    assert cloud.crossing == ("a", "t1")  # one request and one reply, whatever the number of tensors crossing
+    assert cloud.breakdown.uplink_ms == approx(bare.breakdown.uplink_ms + 100.0)
+    assert cloud.breakdown.downlink_ms == approx(bare.breakdown.downlink_ms + 100.0)
+    assert evaluate(g, net, {n.name for n in g.nodes}).total_ms == approx(
+        evaluate(g, Network(8e3, 8e3, 0.0), {n.name for n in g.nodes}).total_ms)  # device only: no message
+    hdr = Network(8e3, 8e3, 0.0, packet_overhead_bytes=52, mss_bytes=1448)
+    assert hdr.up_ms(1448) == approx(1500.0) and hdr.wire_bytes(2896) == approx(3000.0)
+    with pytest.raises(ValueError, match="mss_bytes"):
+        Network(1, 1, 0, mss_bytes=0)
 
 
 def test_evaluate_rejects_invalid_cuts_and_unknown_nodes():

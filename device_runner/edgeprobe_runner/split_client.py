@@ -18,6 +18,10 @@ request, receive the whole reply: network + server), ``server_ms``, ``server_dec
 ``decode_ms`` (codec decode of the outputs) and ``e2e_ms`` (all of it, from before the head to after
 the decode); and the bytes put on the connection each way, framing included.
 
+``--jobs``: one process runs many splits (the host's sweep over candidates), saving the start-up
+per split (importing the runtime, about 2.5 s on a 2-core VM): each stdin line is a JSON list of the
+arguments above for one split; after each, one JSON line ``{"out": PATH, "status": ...}`` on stdout.
+
 The result (``--out``): ``{schema_version: 1, status: "ok"|"error", error, head, server, name,
 encoding, reply_encoding, warmup, iterations: [...], bytes_up, bytes_down, payload_bytes_up,
 payload_bytes_down, outputs_sha256, outputs_file, server_info}``. ``outputs_sha256`` is the sha256
@@ -217,7 +221,28 @@ def _write_outputs(args: argparse.Namespace, record: dict[str, Any], outputs: li
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--jobs"]:
+        return _jobs()
+    return _one(parse_args(argv))
+
+
+def _jobs() -> int:
+    _portable_lib()  # once, before the first job
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            args = parse_args([str(a) for a in json.loads(line)])
+        except (SystemExit, ValueError, TypeError):  # not a JSON list, or argparse refused it (stderr says why)
+            print(json.dumps({"out": None, "status": "error", "error": "bad arguments"}), flush=True)
+            continue
+        rc = _one(args)
+        print(json.dumps({"out": args.out, "status": "ok" if rc == 0 else "error"}), flush=True)
+    return 0
+
+
+def _one(args: argparse.Namespace) -> int:
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "status": "ok", "error": None, "head": args.head,
         "server": args.server, "name": args.name, "encoding": args.encoding,

@@ -202,7 +202,11 @@ def render_split(plan, top: int = 12) -> list:
                     f"{plan.encoding}", title_justify="left")
     cols = ["", "cut", "device ops", "bytes up", "device ms", "uplink ms", "server ms", "downlink ms", "rtt ms",
             "predicted ms"]
-    verified = any(r.measured_e2e_p50_ms is not None or r.error for r in plan.candidates)
+    verified = any(r.measured_e2e_p50_ms is not None or (r.error and not r.error.startswith("confirm:"))
+                   for r in plan.candidates)
+    confirmed = any(r.measured_head_ms is not None for r in plan.candidates if r.kind == "split")
+    if confirmed:
+        cols += ["head ms (measured)", "confirmed ms"]
     if verified:
         cols += ["measured p50 ms", "pred. error", "SQNR dB"]
     for c in cols:
@@ -216,8 +220,12 @@ def render_split(plan, top: int = 12) -> list:
         cells = [mark, escape(r.label), str(r.device_nodes), f"{r.bytes_up:,}", f"{r.predicted_device_ms:.3f}",
                  f"{r.predicted_uplink_ms:.3f}", f"{r.predicted_server_ms:.3f}", f"{r.predicted_downlink_ms:.3f}",
                  f"{r.predicted_rtt_ms:.1f}", f"{r.predicted_total_ms:.3f}"]
+        confirm_error = bool(r.error and r.error.startswith("confirm:"))
+        if confirmed:
+            cells += ([f"{r.measured_head_ms:.3f}", f"{r.confirmed_total_ms:.3f}"] if r.confirmed_total_ms is not None
+                      else [f"[red]{escape(r.error or '')}[/red]", ""] if confirm_error else ["", ""])
         if verified:
-            if r.error:
+            if r.error and not confirm_error:
                 cells += [f"[red]{escape(r.error)}[/red]", "", ""]
             elif r.measured_e2e_p50_ms is not None:
                 sq = "inf" if r.sqnr_db is not None and r.sqnr_db == float("inf") else f"{r.sqnr_db:.1f}"
@@ -225,7 +233,9 @@ def render_split(plan, top: int = 12) -> list:
             else:
                 cells += ["", "", ""]
         t.add_row(*cells)
-    cap = ["* chosen (minimum s-t cut). Components are predictions from measured costs: " +
+    cap = ["* chosen (minimum s-t cut" + (", then the best confirmed total: the predicted total with the head "
+                                          "timed on the device" if confirmed else "") +
+           "). Components are predictions from measured costs: " +
            "; ".join(f"{k}: {v}" for k, v in plan.cost_sources.items())]
     if plan.regret is not None:
         cap.append(f"measured: chosen {plan.chosen.label} {plan.chosen.measured_e2e_p50_ms:.3f} ms, best "
@@ -319,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--warmup", type=int, default=2)
     sp.add_argument("--verify", action="store_true", help="run every candidate end to end and report the regret")
     sp.add_argument("--verify-candidates", type=int, help="verify only the N best-predicted candidates")
+    sp.add_argument("--confirm", type=int, default=3, metavar="N",
+                    help="time the compiled heads of the N best-predicted splits on the device and choose with "
+                         "them (0: predictions only)")
+    sp.add_argument("--packet-overhead", type=int, default=52, metavar="BYTES",
+                    help="TCP/IP header bytes per 1448-byte segment carried by the link rates (default 52: "
+                         "TCP/IPv4 with timestamps; 0 if the rates are goodput, e.g. from a speed test)")
     sp.add_argument("--top", type=int, default=12, help="candidate rows to print")
     sp.add_argument("--json", help="write the plan here")
 
@@ -462,7 +478,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                           memory_limit_bytes=int(args.memory_limit_mb * 2**20) if args.memory_limit_mb else None,
                           input_shape=_shape(args.input_shape), weights=args.weights, iterations=args.iterations,
                           warmup=args.warmup, verify=args.verify, verify_candidates=args.verify_candidates,
-                          progress=_progress)
+                          confirm=args.confirm, packet_overhead_bytes=args.packet_overhead, progress=_progress)
         for table in render_split(plan, args.top):
             console.print(table)
         if args.json:

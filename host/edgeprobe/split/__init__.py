@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from edgeprobe.errors import UsageError
 
-PLAN_SCHEMA_VERSION = 1
+PLAN_SCHEMA_VERSION = 2  # 2: measured_head_ms/confirmed_total_ms, packet_overhead_bytes, framing per message
 Progress = Callable[[str], None]
 
 _RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmg]?)(bit|bps|b)?(?:/s)?\s*$", re.I)
@@ -74,6 +74,8 @@ class CandidateRow:
     sqnr_db: Optional[float] = None  # final outputs vs the unsplit model (verify)
     error: Optional[str] = None
     device_node_names: tuple[str, ...] = ()
+    measured_head_ms: Optional[float] = None  # confirm: the compiled (XNNPACK) head's p50 on the device
+    confirmed_total_ms: Optional[float] = None  # predicted total with the measured head in place of its prediction
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class SplitPlan:
     encoding: str
     objective: str
     per_message_overhead_bytes: int
+    packet_overhead_bytes: int
     chosen: CandidateRow
     device_only: CandidateRow
     cloud_only: CandidateRow
@@ -149,12 +152,22 @@ def plan_split(
     warmup: int = 2,
     verify: bool = False,
     verify_candidates: Optional[int] = None,
+    confirm: int = 3,
+    packet_overhead_bytes: int = 52,
+    device_costs: Any = None,
     policy_bps: Optional[Sequence[float]] = None,
     progress: Optional[Progress] = None,
 ) -> SplitPlan:
     """Plan (and with ``verify`` run end to end) the split of ``model`` between ``device`` and
     ``server`` (``tcp:HOST:PORT`` of ``edgeprobe serve``; ``None``/``local``: server costs timed on
-    this machine, and no verification)."""
+    this machine, and no verification).
+
+    ``confirm``: lower the heads of the ``confirm`` best-predicted splits (and the chosen one) for the
+    device, time them there, and choose among them with the measured head in place of its predicted
+    time (0: choose from predictions only). ``packet_overhead_bytes``: TCP/IP header bytes per 1448-byte
+    segment that the link rates also carry (52 for TCP/IPv4 with timestamps; 0 if the rates are goodput).
+    ``device_costs``: ``costs.measure_device_costs(graph.op_graph(...).exported, ...)`` of the same model
+    on the same device, reused instead of measured again (planning one model for several networks)."""
     from edgeprobe.models import load_model
     from edgeprobe.split import planner
     from edgeprobe.split.costs import measure_device_costs, time_nodes
@@ -164,6 +177,8 @@ def plan_split(
     say = progress or (lambda _m: None)
     if encoding not in ("fp32", "fp16", "int8"):
         raise UsageError(f"--encoding {encoding!r}: use fp32, fp16 or int8")
+    if confirm < 0 or packet_overhead_bytes < 0:
+        raise UsageError("--confirm and --packet-overhead must be >= 0")
     if objective not in ("latency", "energy"):
         raise UsageError(f"--objective {objective!r}: use latency or energy")
     if objective == "energy":  # the planner can (edgeprobe.split.planner); the meters cannot price operators
@@ -180,9 +195,15 @@ def plan_split(
     say(f"exporting {spec.ref} and building its operator graph")
     og = op_graph(spec.module if spec.module is not None else spec.exported, spec.example_inputs)
     names = {n.name for n in og.nodes}
-    say(f"{len(og.nodes)} operator nodes; measuring per-operator device costs on {device} (ETDump)")
-    dev = measure_device_costs(og.exported, device=device, iterations=iterations, warmup=warmup, token=token,
-                               node_names=names, progress=say)
+    if device_costs is not None:
+        if device_costs.device != device or not set(device_costs.per_node_ms) <= names:
+            raise UsageError(f"device_costs were measured on {device_costs.device} for another graph; "
+                             f"they cannot price {spec.ref} on {device}")
+        dev = device_costs
+    else:
+        say(f"{len(og.nodes)} operator nodes; measuring per-operator device costs on {device} (ETDump)")
+        dev = measure_device_costs(og.exported, device=device, iterations=iterations, warmup=warmup, token=token,
+                                   node_names=names, progress=say)
     notes = list(dev.notes)
     client = None
     overhead = 0
@@ -213,7 +234,7 @@ def plan_split(
             info_ = prod.outputs[n.getitem_of[1]]
             tensor_bytes[n.name] = _codec.encoded_bytes([(info_.shape, info_.dtype)], encoding)
     graph = to_cost_graph(og, dev.per_node_ms, server_ms, tensor_bytes=tensor_bytes)
-    net = planner.Network(up, down, rtt_ms, overhead)
+    net = planner.Network(up, down, rtt_ms, overhead, packet_overhead_bytes=packet_overhead_bytes)
     say("solving the minimum cut")
     chosen = planner.plan(graph, net, objective, memory_limit_bytes)
     cands = planner.candidates(graph, net)
@@ -224,7 +245,12 @@ def plan_split(
     bps = list(policy_bps) if policy_bps else [up * f for f in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)]
     pol = tuple((bw, _label(og, c)) for bw, c in planner.policy(graph, sorted(bps), down, rtt_ms,
                                                                 per_message_overhead_bytes=overhead,
-                                                                memory_limit_bytes=memory_limit_bytes))
+                                                                memory_limit_bytes=memory_limit_bytes,
+                                                                packet_overhead_bytes=packet_overhead_bytes))
+    if confirm:
+        rows, chosen_row, note = _confirm(og, spec, rows, chosen_row, dev.xnnpack_total_ms, confirm, device, token,
+                                          iterations, warmup, memory_limit_bytes is None, say)
+        notes += [note] if note else []
     regret = best = med_err = None
     if verify and client is not None:
         rows = _verify(og, spec, rows, client, addr, token, encoding, iterations, warmup, verify_candidates,
@@ -242,13 +268,124 @@ def plan_split(
     if client is not None:
         client.close()
     sources = {"device": dev.method, "server": server_src,
-               "network": f"exact encoded bytes ({encoding}, edgeprobe_runner.codec) + {overhead} B framing per "
-                          "message (measured)" if addr else f"exact encoded bytes ({encoding}); framing not measured",
+               "network": (f"exact encoded bytes ({encoding}, edgeprobe_runner.codec) + {packet_overhead_bytes} B "
+                           "TCP/IP headers per 1448 B + " + (f"{overhead} B framing per message (measured)" if addr
+                                                             else "framing not measured (no server)")),
                "scale": f"portable total {dev.portable_total_ms:.3f} ms -> XNNPACK p50 {dev.xnnpack_total_ms:.3f} ms"}
-    return SplitPlan(spec.ref, device, server, up, down, rtt_ms, encoding, objective, overhead, chosen_row,
+    return SplitPlan(spec.ref, device, server, up, down, rtt_ms, encoding, objective, overhead,
+                     packet_overhead_bytes, chosen_row,
                      device_only, cloud_only, tuple(rows), pol, sources,
                      _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), regret, best, med_err,
                      tuple(notes))
+
+
+def _confirm(og, spec, rows: list[CandidateRow], chosen: CandidateRow, device_only_ms: float, k: int, device: str,
+             token: Optional[str], iterations: int, warmup: int, may_switch: bool, say: Progress
+             ) -> tuple[list[CandidateRow], CandidateRow, Optional[str]]:
+    """Time the compiled heads of the ``k`` best-predicted splits (and the chosen one) on the device.
+
+    The per-operator device costs are predictions (portable-kernel ETDump times scaled to the XNNPACK
+    whole-model p50); this measures each of these heads as lowered (XNNPACK) and run by the runner on
+    the device. The device-only row's head is the whole model, measured already; cloud-only has no
+    head. Among the confirmed rows the best ``confirmed_total_ms`` is chosen (``may_switch``: not under
+    a memory limit, whose choice the confirmation does not re-check)."""
+    from edgeprobe import api
+    from edgeprobe.lower import lower
+    from edgeprobe.models import ModelSpec
+    from edgeprobe.split.graph import export_head, split
+
+    splits = [r for r in rows if r.kind == "split"]
+    picked = {r.device_node_names for r in splits[:k]} | ({chosen.device_node_names} if chosen.kind == "split" else set())
+    out: list[CandidateRow] = []
+    for r in rows:
+        measured: Optional[float] = None
+        if r.kind == "device-only":
+            measured = device_only_ms
+        elif r.kind == "cloud-only":
+            measured = 0.0
+        elif r.device_node_names in picked:
+            say(f"confirming {r.label}: lowering its head and timing it on {device}")
+            try:
+                s = split(og, spec.example_inputs, set(r.device_node_names))
+                art = lower(ModelSpec(f"{spec.ref}-head", s.head_example_inputs, exported=export_head(s)))
+                res = api.bench(art, device=device, token=token, iterations=max(iterations, 10), warmup=warmup)
+                if not res.ok or res.stats is None:
+                    raise RuntimeError(res.run.error.message if res.run.error else "no timing")
+                measured = res.stats.p50_ms
+            except Exception as exc:  # noqa: BLE001 - the row keeps its prediction and says why
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                out.append(dataclasses.replace(r, error=f"confirm: {type(exc).__name__}: {msg}"))
+                continue
+        if measured is None:
+            out.append(r)
+        else:
+            out.append(dataclasses.replace(r, measured_head_ms=measured, confirmed_total_ms=(
+                r.predicted_total_ms - r.predicted_device_ms + measured)))
+    by_nodes = {r.device_node_names: r for r in out}
+    new_chosen = by_nodes.get(chosen.device_node_names, chosen)
+    note = None
+    confirmed = [r for r in out if r.confirmed_total_ms is not None]
+    if may_switch and confirmed and new_chosen.confirmed_total_ms is not None:
+        best = min(confirmed, key=lambda r: r.confirmed_total_ms)
+        if best.confirmed_total_ms < new_chosen.confirmed_total_ms:
+            note = (f"confirmation changed the choice: {new_chosen.label} {new_chosen.confirmed_total_ms:.3f} ms -> "
+                    f"{best.label} {best.confirmed_total_ms:.3f} ms with the measured heads")
+            new_chosen = best
+    return out, new_chosen, note
+
+
+class _ClientProcess:
+    """One ``edgeprobe_runner.split_client --jobs`` process for a whole sweep (it imports the runtime
+    once instead of once per candidate); restarted after a crash or a timeout."""
+
+    def __init__(self, tmp: Path) -> None:
+        self._err_path = tmp / "split_client.stderr"
+        self._proc: Optional[subprocess.Popen] = None
+
+    def __enter__(self) -> "_ClientProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait(timeout=10)
+            for pipe in (self._proc.stdin, self._proc.stdout):
+                if pipe is not None:
+                    pipe.close()
+            self._proc = None
+
+    def stderr_tail(self) -> str:
+        try:
+            lines = self._err_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            lines = []
+        return " | ".join(lines[-3:]) or "no output"
+
+    def run(self, argv: list[str], timeout_s: float) -> None:
+        import selectors
+
+        if self._proc is None or self._proc.poll() is not None:
+            self._stop()
+            with open(self._err_path, "ab") as err:
+                self._proc = subprocess.Popen([sys.executable, "-m", "edgeprobe_runner.split_client", "--jobs"],
+                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        try:
+            self._proc.stdin.write(json.dumps(argv) + "\n")
+            self._proc.stdin.flush()
+        except OSError:
+            self._stop()
+            return
+        sel = selectors.DefaultSelector()
+        sel.register(self._proc.stdout, selectors.EVENT_READ)
+        ready = sel.select(timeout_s)
+        sel.close()
+        if not ready or not self._proc.stdout.readline():  # hung, or exited: the next job gets a fresh one
+            self._stop()
 
 
 def _verify(og, spec, rows: list[CandidateRow], client, addr, token: str, encoding: str, iterations: int,
@@ -273,14 +410,14 @@ def _verify(og, spec, rows: list[CandidateRow], client, addr, token: str, encodi
     # fixed names would let two plans sharing one server replace each other's tails.
     tail_name = f"edgeprobe-split-{os.getpid()}-{secrets.token_hex(4)}"
     out: list[CandidateRow] = []
-    with tempfile.TemporaryDirectory(prefix="edgeprobe-split-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgeprobe-split-") as tmp, _ClientProcess(Path(tmp)) as proc:
         inputs = Path(tmp) / "inputs.bin"
         inputs.write_bytes(codec.encode(list(spec.example_inputs), "fp32"))
         for k, r in enumerate(todo):
             say(f"verify [{k + 1}/{len(todo)}] {r.label}")
             try:
                 s = split(og, spec.example_inputs, set(r.device_node_names))
-                argv = [sys.executable, "-m", "edgeprobe_runner.split_client", "--inputs", str(inputs),
+                argv = ["--inputs", str(inputs),
                         "--iterations", str(iterations), "--warmup", str(warmup), "--encoding", encoding,
                         "--out", str(Path(tmp) / f"r{k}.json"), "--outputs-file", str(Path(tmp) / f"o{k}.bin")]
                 if not s.cloud_only:
@@ -291,11 +428,10 @@ def _verify(og, spec, rows: list[CandidateRow], client, addr, token: str, encodi
                 else:
                     client.load(tail_name, export_tail(s))
                     argv += ["--server", f"{addr[0]}:{addr[1]}", "--token", token, "--name", tail_name]
-                p = subprocess.run(argv, capture_output=True, text=True, timeout=600)
                 rec_path = Path(tmp) / f"r{k}.json"
+                proc.run(argv, timeout_s=600)
                 if not rec_path.exists():  # killed, crashed or refused its arguments: say how
-                    tail = " | ".join(p.stderr.strip().splitlines()[-3:]) or "no output"
-                    raise RuntimeError(f"the split client exited with code {p.returncode} and no result: {tail}")
+                    raise RuntimeError(f"the split client wrote no result: {proc.stderr_tail()}")
                 rec = json.loads(rec_path.read_text())
                 if rec["status"] != "ok":
                     raise RuntimeError(rec["error"]["message"])
@@ -309,7 +445,6 @@ def _verify(og, spec, rows: list[CandidateRow], client, addr, token: str, encodi
                 out.append(dataclasses.replace(r, measured_e2e_p50_ms=p50, measured_e2e_p90_ms=p90,
                                                prediction_error=(r.predicted_total_ms - p50) / p50,
                                                sqnr_db=sqnr_db(want, got_flat)))
-                del p
             except Exception as exc:  # noqa: BLE001 - a failing candidate is a row with its error
                 msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 out.append(dataclasses.replace(r, error=f"{type(exc).__name__}: {msg}"))

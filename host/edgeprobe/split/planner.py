@@ -23,7 +23,11 @@ Latency of a split (``objective="latency"``)::
   + downlink of every model output produced by a server node
   + rtt_ms if at least one node runs on the server (one round trip), else 0
 
-Every transfer is one message: ``Network.up_ms(n)`` = (n + per_message_overhead_bytes) * 8 / uplink_bps.
+A run that uses the server is one request message (all the crossing tensors) and one reply (the outputs
+made on the server): ``Network.up_ms(n)`` = wire(n) * 8 / uplink_bps for a tensor of n bytes, where
+wire(n) = n * (1 + packet_overhead_bytes / mss_bytes) adds the TCP/IP headers the link also carries
+(linear, so that it stays additive over tensors: at most one header away from the exact count), and the
+framing of the two messages (``per_message_overhead_bytes`` each way) is charged once, with the round trip.
 
 Device energy (``objective="energy"``) uses the same structure with other coefficients: device nodes cost
 their measured ``device_energy_mj``; an uplinked tensor costs ``tx_power_w * up_ms`` and a downloaded output
@@ -153,8 +157,12 @@ class CostGraph:
 
 @dataclass(frozen=True)
 class Network:
-    """Link model. ``tx_power_w``/``rx_power_w``/``idle_power_w`` describe the user's radio and SoC (parameters
-    for the energy objective, not measurements)."""
+    """Link model. ``per_message_overhead_bytes``: the framing of one message (length prefix and header),
+    charged once per direction of a run that uses the server. ``packet_overhead_bytes`` per ``mss_bytes``
+    of payload: the headers below the framing that the link's rate also carries (52 for TCP/IPv4 with
+    timestamps over a 1500-byte MTU; 0 when the rates are TCP goodput, e.g. from a speed test).
+    ``tx_power_w``/``rx_power_w``/``idle_power_w`` describe the user's radio and SoC (parameters for the
+    energy objective, not measurements)."""
 
     uplink_bps: float
     downlink_bps: float
@@ -163,24 +171,35 @@ class Network:
     tx_power_w: float = 1.0
     rx_power_w: float = 1.0
     idle_power_w: float = 0.0
+    packet_overhead_bytes: int = 0
+    mss_bytes: int = 1448
 
     def __post_init__(self) -> None:
-        for name in ("uplink_bps", "downlink_bps"):
+        for name in ("uplink_bps", "downlink_bps", "mss_bytes"):
             v = getattr(self, name)
             if not v > 0:  # also rejects NaN
                 raise ValueError(f"Network.{name} must be > 0, got {v!r}")
-        for name in ("rtt_ms", "per_message_overhead_bytes", "tx_power_w", "rx_power_w", "idle_power_w"):
+        for name in ("rtt_ms", "per_message_overhead_bytes", "tx_power_w", "rx_power_w", "idle_power_w",
+                     "packet_overhead_bytes"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 raise ValueError(f"Network.{name} must be finite and >= 0, got {v!r}")
 
-    def up_ms(self, nbytes: int) -> float:
-        """Predicted time to send one message of ``nbytes`` (plus the per-message overhead) device -> server."""
-        return (nbytes + self.per_message_overhead_bytes) * 8000.0 / self.uplink_bps
+    def wire_bytes(self, nbytes: float) -> float:
+        """Bytes on the link for ``nbytes`` of payload: the payload plus its share of packet headers."""
+        return nbytes * (1.0 + self.packet_overhead_bytes / self.mss_bytes)
 
-    def down_ms(self, nbytes: int) -> float:
-        """Predicted time to send one message of ``nbytes`` (plus the per-message overhead) server -> device."""
-        return (nbytes + self.per_message_overhead_bytes) * 8000.0 / self.downlink_bps
+    def up_ms(self, nbytes: float) -> float:
+        """Predicted time to put ``nbytes`` of one message on the uplink (device -> server)."""
+        return self.wire_bytes(nbytes) * 8000.0 / self.uplink_bps
+
+    def down_ms(self, nbytes: float) -> float:
+        """Predicted time to put ``nbytes`` of one message on the downlink (server -> device)."""
+        return self.wire_bytes(nbytes) * 8000.0 / self.downlink_bps
+
+    def framing_ms(self) -> tuple[float, float]:
+        """(uplink, downlink) time of the framing of one request and one reply."""
+        return self.up_ms(self.per_message_overhead_bytes), self.down_ms(self.per_message_overhead_bytes)
 
 
 @dataclass(frozen=True)
@@ -376,14 +395,15 @@ class _Costs:
             self.srv = [nd.server_ms for nd in g.nodes]
             self.up = [net.up_ms(b) for b in ix.tbytes]
             self.down = [net.down_ms(b) if out else 0.0 for b, out in zip(ix.tbytes, ix.tout)]
-            self.fixed = net.rtt_ms
+            self.fixed = net.rtt_ms + sum(net.framing_ms())
         elif objective == "energy":
             _require_energy(g)
             self.dev = [float(nd.device_energy_mj) for nd in g.nodes]  # type: ignore[arg-type]
             self.srv = [net.idle_power_w * nd.server_ms for nd in g.nodes]
             self.up = [net.tx_power_w * net.up_ms(b) for b in ix.tbytes]
             self.down = [net.rx_power_w * net.down_ms(b) if out else 0.0 for b, out in zip(ix.tbytes, ix.tout)]
-            self.fixed = net.idle_power_w * net.rtt_ms
+            fu, fd = net.framing_ms()
+            self.fixed = net.idle_power_w * net.rtt_ms + net.tx_power_w * fu + net.rx_power_w * fd
         else:
             raise ValueError(f"unknown objective {objective!r} (expected one of {', '.join(OBJECTIVES)})")
         for name, values in (("device", self.dev), ("server", self.srv)):
@@ -481,8 +501,11 @@ def _cut(ix: _Index, net: Network, mask: int, objective: str = "latency") -> Cut
             down_mj += net.rx_power_w * t
     uses_server = not all(on)
     rtt = net.rtt_ms if uses_server else 0.0
-    if uses_server:
+    if uses_server:  # one request and one reply, each with its framing
         idle_mj += net.idle_power_w * net.rtt_ms
+        fu, fd = net.framing_ms()
+        up_ms, down_ms = up_ms + fu, down_ms + fd
+        up_mj, down_mj = up_mj + net.tx_power_w * fu, down_mj + net.rx_power_w * fd
     bd = Breakdown(dev_ms, up_ms, srv_ms, down_ms, rtt, dev_ms + up_ms + srv_ms + down_ms + rtt)
     en = EnergyBreakdown(dev_mj, up_mj, down_mj, idle_mj, dev_mj + up_mj + down_mj + idle_mj) if has_energy else None
     return Cut(
@@ -998,7 +1021,8 @@ def candidates(graph: CostGraph, network: Network) -> list[Cut]:
 
 def policy(graph: CostGraph, uplink_range_bps: Sequence[float], downlink_bps: float, rtt_ms: float, *,
            per_message_overhead_bytes: int = 0, objective: str = "latency", memory_limit_bytes: int | None = None,
-           tx_power_w: float = 1.0, rx_power_w: float = 1.0, idle_power_w: float = 0.0) -> list[tuple[float, Cut]]:
+           tx_power_w: float = 1.0, rx_power_w: float = 1.0, idle_power_w: float = 0.0,
+           packet_overhead_bytes: int = 0, mss_bytes: int = 1448) -> list[tuple[float, Cut]]:
     """Bandwidth -> split policy: plan at each uplink bandwidth (in the given order) and keep only the
     bandwidths where the chosen device set changes (the first one always). Each entry's cut holds the
     prediction at that bandwidth; the decision holds until the next entry's bandwidth."""
@@ -1006,7 +1030,7 @@ def policy(graph: CostGraph, uplink_range_bps: Sequence[float], downlink_bps: fl
     prev: frozenset[str] | None = None
     for bw in uplink_range_bps:
         net = Network(float(bw), downlink_bps, rtt_ms, per_message_overhead_bytes, tx_power_w, rx_power_w,
-                      idle_power_w)
+                      idle_power_w, packet_overhead_bytes, mss_bytes)
         cut = plan(graph, net, objective=objective, memory_limit_bytes=memory_limit_bytes)
         if prev is None or cut.device_nodes != prev:
             out.append((float(bw), cut))
