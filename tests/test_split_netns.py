@@ -1,20 +1,17 @@
 """Split computing end to end across a shaped link: `edgeprobe serve` (the cloud half) in one network
 namespace, the whole `edgeprobe split --verify` (host side and the device-side split client) in another,
-joined by a veth pair shaped with tc (tests/netns.py; root only, else skipped) for the three profiles
-of issue 5: 3G 1.1 Mbit/s 40 ms, 4G 5.85 Mbit/s 30 ms, Wi-Fi 18.88 Mbit/s 5 ms.
+joined by a link with the rate and the delay of each of the three profiles of issue 5: 3G 1.1 Mbit/s
+40 ms, 4G 5.85 Mbit/s 30 ms, Wi-Fi 18.88 Mbit/s 5 ms (RTTs; half of each is the one-way delay).
 
-With tc netem the rate and the delay (RTT/2 each way) are both emulated and the planner is told the
-RTT. Kernels without sch_netem shape the rate only (tbf): the planner gets ``--rtt 0ms``, and the
-test says, in a warning, in its report and in its assertion messages, that the delay was not emulated.
+The link is ``tests/linkemu.py`` (netns.emulated_link), a userspace emulator between two TUN devices,
+rather than ``tc netem`` on a veth pair: this VM's kernel has no sch_netem (tbf can limit a rate but
+cannot delay), and the emulator shapes the same way on every kernel (IP bytes at the rate, then the
+delay; see tests/test_linkemu.py). The planner is told the profile's rates and RTT. One link and one
+server serve the three profiles one after the other; the shaping changes between them.
 
 Every candidate cut of tiny_cnn is run end to end; the plan's predicted components are printed next
 to the measured e2e p50 per candidate and profile (``pytest -rP`` or ``-s`` shows the tables; they are
 also written to ``split_netns_report.txt`` under the test's tmp_path), with the regret of each profile.
-
-The profiles run one after the other, one veth pair and one server each: running them concurrently
-gains nothing on two cores and adds the others' CPU load to the measurements. Most of the ~8
-minutes this takes on two cores is the split client's start-up per candidate (11 per profile):
-``import executorch.runtime`` imports ``executorch.exir``, about 10 s each.
 """
 
 from __future__ import annotations
@@ -25,24 +22,21 @@ import os
 import subprocess
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 
-from netns import first_line, shaping_available, veth_pair, require_netns  # tests/ is on sys.path
+from netns import EmulatedLink, emulated_link, emulation_available, first_line  # tests/ is on sys.path
 
 TOKEN = "split-netns-s3cret"
 MODEL = "tiny_cnn"
 ITERATIONS, WARMUP = 5, 1
 # (name, rate Mbit/s both ways, RTT ms)
 PROFILES = (("3G", 1.1, 40.0), ("4G", 5.85, 30.0), ("Wi-Fi", 18.88, 5.0))
-# Shaping is really applied when a message takes at least this share of its predicted uplink time
-# (tbf lets its bucket, two frames, through at line rate; the framing overhead in the prediction
-# leaves out the TCP/IP headers, which make the wire a few % slower than predicted).
-MIN_SHARE_OF_PREDICTED_UPLINK = 0.8
+# The link really is shaped when a candidate takes at least this share of its predicted uplink + RTT.
+MIN_SHARE_OF_PREDICTED_NETWORK = 0.8
 
 
 @dataclass
@@ -50,7 +44,6 @@ class ProfileRun:
     name: str
     rate_mbit: float
     rtt_ms: float
-    delay_emulated: bool
     shaping: Optional[str] = None
     plan: dict[str, Any] = field(default_factory=dict)
     returncode: Optional[int] = None
@@ -60,49 +53,34 @@ class ProfileRun:
 
     @property
     def context(self) -> str:
-        how = (f"netem rate {self.rate_mbit} Mbit/s + {self.rtt_ms / 2:g} ms delay each way" if self.delay_emulated
-               else f"tbf rate {self.rate_mbit} Mbit/s only; the {self.rtt_ms:g} ms RTT was NOT emulated "
-                    "(no sch_netem in this kernel) and the planner was given --rtt 0ms")
-        return f"[{self.name}: {how}]"
+        return f"[{self.name}: linkemu rate {self.rate_mbit} Mbit/s + {self.rtt_ms / 2:g} ms delay each way]"
 
 
 @pytest.fixture(autouse=True)
-def _needs_netns():
-    require_netns()
+def _needs_emulation():
+    ok, why = emulation_available()
+    if not ok:
+        pytest.skip(why)
 
 
-def _run_profile(name: str, rate_mbit: float, rtt_ms: float, delay_emulated: bool, workdir: Path,
+def _run_profile(link: EmulatedLink, port: str, name: str, rate_mbit: float, rtt_ms: float, workdir: Path,
                  env: dict[str, str]) -> ProfileRun:
-    run = ProfileRun(name, rate_mbit, rtt_ms, delay_emulated)
+    run = ProfileRun(name, rate_mbit, rtt_ms)
     t0 = time.monotonic()
-    server_log = workdir / f"serve-{name}.log"
     try:
-        with veth_pair(prefix=f"epsp{PROFILES.index((name, rate_mbit, rtt_ms))}") as net, \
-                server_log.open("w") as log:
-            run.shaping = net.set_shaping(rate_mbit, rtt_ms / 2 if delay_emulated else None)
-            server = net.popen(net.ns_a, [sys.executable, "-m", "edgeprobe", "serve", "--host", net.addr_a,
-                                          "--port", "0", "--token", TOKEN, "--threads", "1"],
-                               stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-            info = json.loads(first_line(server, 120))
-            host, port = info["listening"].rsplit(":", 1)
-            assert host == net.addr_a, info
-            plan_json = workdir / f"plan-{name}.json"
-            p = net.run(net.ns_b, [sys.executable, "-m", "edgeprobe", "split", MODEL,
-                                   "--server", f"tcp:{net.addr_a}:{port}", "--token", TOKEN,
-                                   "--uplink", f"{rate_mbit}mbit", "--downlink", f"{rate_mbit}mbit",
-                                   "--rtt", f"{rtt_ms:g}ms" if delay_emulated else "0ms",
-                                   "--iterations", str(ITERATIONS), "--warmup", str(WARMUP), "--verify",
-                                   "--top", "50", "--json", plan_json],
-                        capture_output=True, text=True, timeout=600, env=env)
-            run.returncode, run.output = p.returncode, p.stdout + p.stderr
-            if p.returncode == 0:
-                run.plan = json.loads(plan_json.read_text())
-            if server.poll() is not None:
-                run.error = (f"edgeprobe serve exited early with code {server.returncode}: "
-                             f"{server_log.read_text()[-2000:]}")
+        run.shaping = link.set_shaping(rate_mbit, rtt_ms / 2)
+        plan_json = workdir / f"plan-{name}.json"
+        p = link.run(link.ns_b, [sys.executable, "-m", "edgeprobe", "split", MODEL,
+                                 "--server", f"tcp:{link.addr_a}:{port}", "--token", TOKEN,
+                                 "--uplink", f"{rate_mbit}mbit", "--downlink", f"{rate_mbit}mbit",
+                                 "--rtt", f"{rtt_ms:g}ms", "--iterations", str(ITERATIONS), "--warmup", str(WARMUP),
+                                 "--verify", "--top", "50", "--json", plan_json],
+                     capture_output=True, text=True, timeout=600, env=env)
+        run.returncode, run.output = p.returncode, p.stdout + p.stderr
+        if p.returncode == 0:
+            run.plan = json.loads(plan_json.read_text())
     except Exception as exc:  # noqa: BLE001 - reported with the profile, asserted in the test
-        log = server_log.read_text()[-2000:] if server_log.exists() else ""
-        run.error = f"{type(exc).__name__}: {exc}" + (f"; the server's log: {log}" if log else "")
+        run.error = f"{type(exc).__name__}: {exc}"
     run.seconds = time.monotonic() - t0
     return run
 
@@ -118,7 +96,7 @@ def _table(run: ProfileRun) -> str:
     chosen, best = plan["chosen"]["device_node_names"], plan.get("best_measured")
     med = plan.get("median_abs_prediction_error")
     lines = [
-        f"{run.name} {run.rate_mbit} Mbit/s, RTT {run.rtt_ms:g} ms {run.context} qdisc {run.shaping}; {run.seconds:.0f} s",
+        f"{run.name} {run.rate_mbit} Mbit/s, RTT {run.rtt_ms:g} ms {run.context}; {run.seconds:.0f} s",
         (f"  chosen (predicted): {plan['chosen']['label']}; best measured: {best}; regret "
          f"{_fmt(plan.get('regret'), '.3f')}; median |prediction error| {_fmt(None if med is None else 100 * med, '.1f')} %; "
          f"framing {plan['per_message_overhead_bytes']} B/message"),
@@ -140,17 +118,20 @@ def _table(run: ProfileRun) -> str:
 
 
 def test_split_verified_end_to_end_over_three_shaped_profiles(tmp_path, native_runner, record_property):
-    delay_ok, why_no_delay = shaping_available(delay=True)
-    if not delay_ok:
-        rate_ok, why = shaping_available(delay=False)
-        if not rate_ok:
-            pytest.skip(f"cannot shape the link here: {why}")
-        warnings.warn(f"split over netns: the 40/30/5 ms RTTs of the three profiles are NOT emulated, only their "
-                      f"rates (tbf), and the planner is given --rtt 0ms: {why_no_delay}", UserWarning)
     env = {k: v for k, v in os.environ.items() if k != "EDGEPROBE_TOKEN"}
     env.update(EDGEPROBE_NATIVE_RUNNER=str(native_runner), OMP_NUM_THREADS="1", COLUMNS="200")
     t0 = time.monotonic()
-    runs = [_run_profile(*prof, delay_ok, tmp_path, env) for prof in PROFILES]
+    server_log = tmp_path / "serve.log"
+    with emulated_link(prefix="epsp") as link, server_log.open("w") as log:
+        server = link.popen(link.ns_a, [sys.executable, "-m", "edgeprobe", "serve", "--host", link.addr_a,
+                                        "--port", "0", "--token", TOKEN, "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        info = json.loads(first_line(server, 120))
+        host, port = info["listening"].rsplit(":", 1)
+        assert host == link.addr_a, info
+        runs = [_run_profile(link, port, *prof, tmp_path, env) for prof in PROFILES]
+        if server.poll() is not None:
+            runs[-1].error = f"edgeprobe serve exited early with code {server.returncode}: {server_log.read_text()[-2000:]}"
     wall = time.monotonic() - t0
 
     # The report first, so that a failing profile still shows what the others measured.
@@ -170,8 +151,7 @@ def test_split_verified_end_to_end_over_three_shaped_profiles(tmp_path, native_r
     if "3G" in chosen and "Wi-Fi" in chosen:
         summary.append(f"the chosen cut at 1.1 Mbit/s {'equals' if chosen['3G'] == chosen['Wi-Fi'] else 'differs from'}"
                        f" the one at 18.88 Mbit/s ({chosen['3G']} vs {chosen['Wi-Fi']})")
-    if not delay_ok:
-        summary.append(f"NOTE: delay not emulated (rate only, tbf; --rtt 0ms): {why_no_delay}")
+    summary.append(f"link emulator counters: {link.counters}")
     report = "\n\n".join(parts + ["\n".join(summary)])
     (tmp_path / "split_netns_report.txt").write_text(report + "\n")
     record_property("split_netns_report", report)
@@ -183,9 +163,9 @@ def test_split_verified_end_to_end_over_three_shaped_profiles(tmp_path, native_r
         assert run.error is None and run.returncode == 0 and run.plan, \
             f"{ctx} {run.error or ''} exit {run.returncode}: {run.output[-3000:]}"
         plan, rows = run.plan, run.plan["candidates"]
-        assert run.shaping == ("netem" if delay_ok else "tbf"), f"{ctx} shaped with {run.shaping}"
+        assert run.shaping == "linkemu", f"{ctx} shaped with {run.shaping}"
         assert plan["uplink_bps"] == pytest.approx(run.rate_mbit * 1e6), ctx
-        assert plan["rtt_ms"] == pytest.approx(run.rtt_ms if delay_ok else 0.0), ctx
+        assert plan["rtt_ms"] == pytest.approx(run.rtt_ms), ctx
         assert {r["kind"] for r in rows} >= {"device-only", "cloud-only", "split"}, ctx
         bad = [(r["label"], r["error"]) for r in rows if r.get("error") or r.get("measured_e2e_p50_ms") is None]
         assert not bad, f"{ctx} candidates without a measured e2e p50: {bad}"
@@ -196,15 +176,16 @@ def test_split_verified_end_to_end_over_three_shaped_profiles(tmp_path, native_r
         assert plan["best_measured"] in {r["label"] for r in rows}, ctx
         assert plan["per_message_overhead_bytes"] > 0, ctx
 
-        # The shaping is really applied, so the prediction means something: the largest upload (and on
-        # the 1.1 Mbit/s link the cloud-only candidate, the raw 12 KB input) takes at least most of the
-        # time the planner predicts for its uplink alone.
-        checks = [max(rows, key=lambda r: (r["bytes_up"], r["predicted_uplink_ms"]))]
-        if run.rate_mbit == 1.1:
-            checks.append(next(r for r in rows if r["kind"] == "cloud-only"))
+        # The shaping is really applied, so the prediction means something: the largest upload and the
+        # cloud-only candidate (the raw 12 KB input) take at least most of the time the planner predicts
+        # for their uplink and the round trip alone.
+        checks = [max(rows, key=lambda r: (r["bytes_up"], r["predicted_uplink_ms"])),
+                  next(r for r in rows if r["kind"] == "cloud-only")]
         for r in checks:
-            share = r["measured_e2e_p50_ms"] / r["predicted_uplink_ms"]
-            assert share >= MIN_SHARE_OF_PREDICTED_UPLINK, (
+            network = r["predicted_uplink_ms"] + r["predicted_rtt_ms"]
+            share = r["measured_e2e_p50_ms"] / network
+            assert share >= MIN_SHARE_OF_PREDICTED_NETWORK, (
                 f"{ctx} {r['label']} ({r['bytes_up']:,} B up) measured {r['measured_e2e_p50_ms']:.2f} ms e2e, only "
-                f"{100 * share:.0f} % of its predicted uplink time {r['predicted_uplink_ms']:.2f} ms: the link is "
-                "not shaped as the profile says")
+                f"{100 * share:.0f} % of its predicted uplink + RTT {network:.2f} ms: the link is not shaped as "
+                "the profile says")
+    assert link.counters.get("a_to_b", {}).get("drops") == 0 and link.counters["b_to_a"]["drops"] == 0, link.counters

@@ -71,6 +71,8 @@ def test_plan_and_verify_every_candidate_on_a_dag(tail_server, native_runner, tm
     assert plan.regret is not None and plan.regret >= 1.0
     assert plan.best_measured in {r.label for r in rows}
     assert plan.per_message_overhead_bytes > 0  # measured against the server
+    assert plan.request_overhead_ms > 0  # measured: the server's handling + the client's codec of an echo
+    assert all(r.predicted_overhead_ms == plan.request_overhead_ms for r in rows if r.kind != "device-only")
     # confirmation: the heads of the 3 best-predicted splits (and the chosen one) timed on the device, and
     # the choice is the best total with those measured heads
     confirmed = [r for r in rows if r.confirmed_total_ms is not None]
@@ -82,7 +84,7 @@ def test_plan_and_verify_every_candidate_on_a_dag(tail_server, native_runner, tm
     # predictions are what the components say
     for r in rows:
         parts = (r.predicted_device_ms + r.predicted_uplink_ms + r.predicted_server_ms + r.predicted_downlink_ms
-                 + r.predicted_rtt_ms)
+                 + r.predicted_rtt_ms + r.predicted_overhead_ms)
         assert r.predicted_total_ms == pytest.approx(parts)
     data = json.loads(plan.to_json())
     assert data["schema_version"] == 2 and data["chosen"]["label"] == plan.chosen.label

@@ -200,7 +200,7 @@ def render_split(plan, top: int = 12) -> list:
     t = Table(title=f"split · {plan.model_ref} · device {plan.device} · server {plan.server or 'this host (timed)'} · "
                     f"up {mbit(plan.uplink_bps)}, down {mbit(plan.downlink_bps)}, RTT {plan.rtt_ms:g} ms · "
                     f"{plan.encoding}", title_justify="left")
-    cols = ["", "cut", "device ops", "bytes up", "device ms", "uplink ms", "server ms", "downlink ms", "rtt ms",
+    cols = ["", "cut", "device ops", "bytes up", "device ms", "uplink ms", "server ms", "downlink ms", "rtt + sw ms",
             "predicted ms"]
     verified = any(r.measured_e2e_p50_ms is not None or (r.error and not r.error.startswith("confirm:"))
                    for r in plan.candidates)
@@ -219,7 +219,7 @@ def render_split(plan, top: int = 12) -> list:
         mark = "[bold red]*[/bold red]" if r.device_node_names == plan.chosen.device_node_names else ""
         cells = [mark, escape(r.label), str(r.device_nodes), f"{r.bytes_up:,}", f"{r.predicted_device_ms:.3f}",
                  f"{r.predicted_uplink_ms:.3f}", f"{r.predicted_server_ms:.3f}", f"{r.predicted_downlink_ms:.3f}",
-                 f"{r.predicted_rtt_ms:.1f}", f"{r.predicted_total_ms:.3f}"]
+                 f"{r.predicted_rtt_ms + r.predicted_overhead_ms:.1f}", f"{r.predicted_total_ms:.3f}"]
         confirm_error = bool(r.error and r.error.startswith("confirm:"))
         if confirmed:
             cells += ([f"{r.measured_head_ms:.3f}", f"{r.confirmed_total_ms:.3f}"] if r.confirmed_total_ms is not None

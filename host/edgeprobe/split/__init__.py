@@ -74,6 +74,7 @@ class CandidateRow:
     sqnr_db: Optional[float] = None  # final outputs vs the unsplit model (verify)
     error: Optional[str] = None
     device_node_names: tuple[str, ...] = ()
+    predicted_overhead_ms: float = 0.0  # per-request software time (measured), part of predicted_total_ms
     measured_head_ms: Optional[float] = None  # confirm: the compiled (XNNPACK) head's p50 on the device
     confirmed_total_ms: Optional[float] = None  # predicted total with the measured head in place of its prediction
 
@@ -90,6 +91,7 @@ class SplitPlan:
     objective: str
     per_message_overhead_bytes: int
     packet_overhead_bytes: int
+    request_overhead_ms: float
     chosen: CandidateRow
     device_only: CandidateRow
     cloud_only: CandidateRow
@@ -121,7 +123,8 @@ def _row(og, cut, bytes_of: dict[str, int]) -> CandidateRow:
     b = cut.breakdown
     return CandidateRow(_label(og, cut), cut.kind, len(cut.device_nodes), tuple(cut.crossing),
                         sum(bytes_of.get(t, 0) for t in cut.crossing), b.device_ms, b.uplink_ms, b.server_ms,
-                        b.downlink_ms, b.rtt_ms, b.total_ms, device_node_names=tuple(sorted(cut.device_nodes)))
+                        b.downlink_ms, b.rtt_ms, b.total_ms, device_node_names=tuple(sorted(cut.device_nodes)),
+                        predicted_overhead_ms=b.overhead_ms)
 
 
 def _server_address(server: Optional[str]) -> Optional[tuple[str, int]]:
@@ -207,6 +210,10 @@ def plan_split(
     notes = list(dev.notes)
     client = None
     overhead = 0
+    request_ms = 0.0
+    # One program name per plan, reused for every program it loads (the whole model, the echo, each
+    # tail), and unloaded at the end: two plans sharing a server never replace each other's programs.
+    prog = f"edgeprobe-split-{os.getpid()}-{secrets.token_hex(4)}"
     if addr is not None:
         from edgeprobe.split.server import TailClient
 
@@ -214,10 +221,19 @@ def plan_split(
             raise UsageError("--server needs its token: --token or $EDGEPROBE_TOKEN (`edgeprobe serve` prints it)")
         client = TailClient(addr[0], addr[1], token)
         say(f"measuring per-operator server costs on {server}")
-        server_ms, info = client.profile("__whole__", og.exported, list(spec.example_inputs), runs=iterations)
-        server_src = f"per-node times on the server ({info.get('device', '?')}), fx interpreter, median of {iterations}"
-        client.run("__whole__", list(spec.example_inputs), encoding)
+        server_ms, info = client.profile(prog, og.exported, list(spec.example_inputs), runs=iterations)
+        # Timing node by node synchronizes after each one: on CUDA that serializes the kernel launches the
+        # whole program overlaps (the per-node sum was 1.7-1.8x the whole-model time for ResNet18 and
+        # MobileNetV2 on an H200, 0.97-1.03x on CPU). Scaled to the whole-model time, as the device side is.
+        node_sum = sum(server_ms.values())
+        s_scale = float(info.get("whole_ms") or 0.0) / node_sum if node_sum > 0 else 1.0
+        if s_scale > 0:
+            server_ms = {k: v * s_scale for k, v in server_ms.items()}
+        server_src = (f"per-node times on the server ({info.get('device', '?')}), fx interpreter, median of "
+                      f"{iterations}, scaled x{s_scale:.3f} to its whole-model time {info.get('whole_ms', 0):.3f} ms")
+        client.run(prog, list(spec.example_inputs), encoding)
         overhead = int(client.last["bytes_up"] - client.last["payload_up"])  # length prefix + JSON header
+        request_ms = _request_overhead_ms(client, prog, iterations, warmup)
     else:
         say("timing per-operator server costs on this machine (CPU; no --server given)")
         server_ms = time_nodes(og.exported.module(), spec.example_inputs, runs=iterations, warmup=warmup)
@@ -234,7 +250,8 @@ def plan_split(
             info_ = prod.outputs[n.getitem_of[1]]
             tensor_bytes[n.name] = _codec.encoded_bytes([(info_.shape, info_.dtype)], encoding)
     graph = to_cost_graph(og, dev.per_node_ms, server_ms, tensor_bytes=tensor_bytes)
-    net = planner.Network(up, down, rtt_ms, overhead, packet_overhead_bytes=packet_overhead_bytes)
+    net = planner.Network(up, down, rtt_ms, overhead, packet_overhead_bytes=packet_overhead_bytes,
+                          request_overhead_ms=request_ms)
     say("solving the minimum cut")
     chosen = planner.plan(graph, net, objective, memory_limit_bytes)
     cands = planner.candidates(graph, net)
@@ -246,7 +263,8 @@ def plan_split(
     pol = tuple((bw, _label(og, c)) for bw, c in planner.policy(graph, sorted(bps), down, rtt_ms,
                                                                 per_message_overhead_bytes=overhead,
                                                                 memory_limit_bytes=memory_limit_bytes,
-                                                                packet_overhead_bytes=packet_overhead_bytes))
+                                                                packet_overhead_bytes=packet_overhead_bytes,
+                                                                request_overhead_ms=request_ms))
     if confirm:
         rows, chosen_row, note = _confirm(og, spec, rows, chosen_row, dev.xnnpack_total_ms, confirm, device, token,
                                           iterations, warmup, memory_limit_bytes is None, say)
@@ -254,7 +272,7 @@ def plan_split(
     regret = best = med_err = None
     if verify and client is not None:
         rows = _verify(og, spec, rows, client, addr, token, encoding, iterations, warmup, verify_candidates,
-                       server or "", say)
+                       prog, say)
         measured = [r for r in rows if r.measured_e2e_p50_ms is not None]
         if measured:
             best_row = min(measured, key=lambda r: r.measured_e2e_p50_ms)
@@ -266,14 +284,20 @@ def plan_split(
             errs = [abs(r.prediction_error) for r in measured if r.prediction_error is not None]
             med_err = statistics.median(errs) if errs else None
     if client is not None:
+        try:
+            client.unload(prog)
+        except Exception:  # noqa: BLE001 - best effort: the plan is complete either way
+            pass
         client.close()
     sources = {"device": dev.method, "server": server_src,
                "network": (f"exact encoded bytes ({encoding}, edgeprobe_runner.codec) + {packet_overhead_bytes} B "
                            "TCP/IP headers per 1448 B + " + (f"{overhead} B framing per message (measured)" if addr
-                                                             else "framing not measured (no server)")),
+                                                             else "framing not measured (no server)")) +
+                          (f"; {request_ms:.3f} ms software time per request (server handling + client encode/"
+                           "decode of a 1-element echo, measured)" if addr else ""),
                "scale": f"portable total {dev.portable_total_ms:.3f} ms -> XNNPACK p50 {dev.xnnpack_total_ms:.3f} ms"}
     return SplitPlan(spec.ref, device, server, up, down, rtt_ms, encoding, objective, overhead,
-                     packet_overhead_bytes, chosen_row,
+                     packet_overhead_bytes, request_ms, chosen_row,
                      device_only, cloud_only, tuple(rows), pol, sources,
                      _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), regret, best, med_err,
                      tuple(notes))
@@ -388,8 +412,29 @@ class _ClientProcess:
             self._stop()
 
 
+def _request_overhead_ms(client, prog: str, iterations: int, warmup: int) -> float:
+    """The software time of one request/reply, whatever the network: a 1-element echo program run
+    through the server; per run, the server's handling (``handle_ms``) plus this client's encode and
+    decode; the median. The socket time (the network's part) is left out on purpose."""
+    import torch
+
+    class _Echo(torch.nn.Module):
+        def forward(self, x):
+            return x + 0
+
+    x = torch.zeros(1)
+    client.load(prog, torch.export.export(_Echo(), (x,)))
+    samples = []
+    for i in range(warmup + max(iterations, 10)):
+        client.run(prog, [x])
+        if i >= warmup:
+            last = client.last
+            samples.append(last["handle_ms"] + last["client_encode_ms"] + last["client_decode_ms"])
+    return statistics.median(samples)
+
+
 def _verify(og, spec, rows: list[CandidateRow], client, addr, token: str, encoding: str, iterations: int,
-            warmup: int, limit: Optional[int], server: str, say: Progress) -> list[CandidateRow]:
+            warmup: int, limit: Optional[int], tail_name: str, say: Progress) -> list[CandidateRow]:
     """Run each candidate end to end: head lowered to .pte (XNNPACK) and run by the device-side split
     client, tail on the server. Device ``local`` only: the split client runs as a process here."""
     import torch
@@ -405,10 +450,8 @@ def _verify(og, spec, rows: list[CandidateRow], client, addr, token: str, encodi
                                                                          if spec.module is not None else
                                                                          spec.exported.module()(*spec.example_inputs))])
     todo = rows if limit is None else rows[:limit]
-    # One program name for the whole sweep, reloaded per candidate (the same name replaces the last tail):
-    # a name per candidate would hit the server's --max-programs (64) on models with more candidates, and
-    # fixed names would let two plans sharing one server replace each other's tails.
-    tail_name = f"edgeprobe-split-{os.getpid()}-{secrets.token_hex(4)}"
+    # The plan's one program name, reloaded per candidate (the same name replaces the last tail): a name
+    # per candidate would hit the server's --max-programs (64) on models with more candidates.
     out: list[CandidateRow] = []
     with tempfile.TemporaryDirectory(prefix="edgeprobe-split-") as tmp, _ClientProcess(Path(tmp)) as proc:
         inputs = Path(tmp) / "inputs.bin"

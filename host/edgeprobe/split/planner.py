@@ -21,7 +21,7 @@ Latency of a split (``objective="latency"``)::
     consumed by at least one server node -- charged ONCE however many server consumers it has
   + sum(server_ms of server nodes)
   + downlink of every model output produced by a server node
-  + rtt_ms if at least one node runs on the server (one round trip), else 0
+  + rtt_ms + request_overhead_ms if at least one node runs on the server (one round trip), else 0
 
 A run that uses the server is one request message (all the crossing tensors) and one reply (the outputs
 made on the server): ``Network.up_ms(n)`` = wire(n) * 8 / uplink_bps for a tensor of n bytes, where
@@ -173,6 +173,7 @@ class Network:
     idle_power_w: float = 0.0
     packet_overhead_bytes: int = 0
     mss_bytes: int = 1448
+    request_overhead_ms: float = 0.0  # software time of one request/reply (client + server), fixed per run
 
     def __post_init__(self) -> None:
         for name in ("uplink_bps", "downlink_bps", "mss_bytes"):
@@ -180,7 +181,7 @@ class Network:
             if not v > 0:  # also rejects NaN
                 raise ValueError(f"Network.{name} must be > 0, got {v!r}")
         for name in ("rtt_ms", "per_message_overhead_bytes", "tx_power_w", "rx_power_w", "idle_power_w",
-                     "packet_overhead_bytes"):
+                     "packet_overhead_bytes", "request_overhead_ms"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 raise ValueError(f"Network.{name} must be finite and >= 0, got {v!r}")
@@ -213,6 +214,7 @@ class Breakdown:
     rtt_ms: float
     total_ms: float
     predicted: bool = True
+    overhead_ms: float = 0.0  # the per-request software overhead (in total_ms)
 
 
 @dataclass(frozen=True)
@@ -395,7 +397,7 @@ class _Costs:
             self.srv = [nd.server_ms for nd in g.nodes]
             self.up = [net.up_ms(b) for b in ix.tbytes]
             self.down = [net.down_ms(b) if out else 0.0 for b, out in zip(ix.tbytes, ix.tout)]
-            self.fixed = net.rtt_ms + sum(net.framing_ms())
+            self.fixed = net.rtt_ms + sum(net.framing_ms()) + net.request_overhead_ms
         elif objective == "energy":
             _require_energy(g)
             self.dev = [float(nd.device_energy_mj) for nd in g.nodes]  # type: ignore[arg-type]
@@ -403,7 +405,8 @@ class _Costs:
             self.up = [net.tx_power_w * net.up_ms(b) for b in ix.tbytes]
             self.down = [net.rx_power_w * net.down_ms(b) if out else 0.0 for b, out in zip(ix.tbytes, ix.tout)]
             fu, fd = net.framing_ms()
-            self.fixed = net.idle_power_w * net.rtt_ms + net.tx_power_w * fu + net.rx_power_w * fd
+            self.fixed = (net.idle_power_w * (net.rtt_ms + net.request_overhead_ms) + net.tx_power_w * fu
+                          + net.rx_power_w * fd)
         else:
             raise ValueError(f"unknown objective {objective!r} (expected one of {', '.join(OBJECTIVES)})")
         for name, values in (("device", self.dev), ("server", self.srv)):
@@ -501,12 +504,14 @@ def _cut(ix: _Index, net: Network, mask: int, objective: str = "latency") -> Cut
             down_mj += net.rx_power_w * t
     uses_server = not all(on)
     rtt = net.rtt_ms if uses_server else 0.0
+    over = net.request_overhead_ms if uses_server else 0.0
     if uses_server:  # one request and one reply, each with its framing
-        idle_mj += net.idle_power_w * net.rtt_ms
+        idle_mj += net.idle_power_w * (net.rtt_ms + over)
         fu, fd = net.framing_ms()
         up_ms, down_ms = up_ms + fu, down_ms + fd
         up_mj, down_mj = up_mj + net.tx_power_w * fu, down_mj + net.rx_power_w * fd
-    bd = Breakdown(dev_ms, up_ms, srv_ms, down_ms, rtt, dev_ms + up_ms + srv_ms + down_ms + rtt)
+    bd = Breakdown(dev_ms, up_ms, srv_ms, down_ms, rtt, dev_ms + up_ms + srv_ms + down_ms + rtt + over,
+                   overhead_ms=over)
     en = EnergyBreakdown(dev_mj, up_mj, down_mj, idle_mj, dev_mj + up_mj + down_mj + idle_mj) if has_energy else None
     return Cut(
         device_nodes=frozenset(ix.names[i] for i in range(n) if on[i]),
@@ -1022,7 +1027,8 @@ def candidates(graph: CostGraph, network: Network) -> list[Cut]:
 def policy(graph: CostGraph, uplink_range_bps: Sequence[float], downlink_bps: float, rtt_ms: float, *,
            per_message_overhead_bytes: int = 0, objective: str = "latency", memory_limit_bytes: int | None = None,
            tx_power_w: float = 1.0, rx_power_w: float = 1.0, idle_power_w: float = 0.0,
-           packet_overhead_bytes: int = 0, mss_bytes: int = 1448) -> list[tuple[float, Cut]]:
+           packet_overhead_bytes: int = 0, mss_bytes: int = 1448,
+           request_overhead_ms: float = 0.0) -> list[tuple[float, Cut]]:
     """Bandwidth -> split policy: plan at each uplink bandwidth (in the given order) and keep only the
     bandwidths where the chosen device set changes (the first one always). Each entry's cut holds the
     prediction at that bandwidth; the decision holds until the next entry's bandwidth."""
@@ -1030,7 +1036,7 @@ def policy(graph: CostGraph, uplink_range_bps: Sequence[float], downlink_bps: fl
     prev: frozenset[str] | None = None
     for bw in uplink_range_bps:
         net = Network(float(bw), downlink_bps, rtt_ms, per_message_overhead_bytes, tx_power_w, rx_power_w,
-                      idle_power_w, packet_overhead_bytes, mss_bytes)
+                      idle_power_w, packet_overhead_bytes, mss_bytes, request_overhead_ms)
         cut = plan(graph, net, objective=objective, memory_limit_bytes=memory_limit_bytes)
         if prev is None or cut.device_nodes != prev:
             out.append((float(bw), cut))

@@ -20,7 +20,7 @@ Requests, in order:
   kept in memory under ``name`` (a dictionary key, never a path; the same name again replaces it).
   Nothing is written to disk.
 - ``run {name, size, encoding, reply_encoding?}`` + ``size`` bytes -> ``{ok, size, encoding, outputs,
-  server_ms, decode_ms, encode_ms}`` + ``size`` bytes of outputs. The request payload is the tail's
+  server_ms, decode_ms, encode_ms, handle_ms}`` + ``size`` bytes of outputs. The request payload is the tail's
   inputs as ``edgeprobe_runner.codec.encode(tensors, encoding)`` (fp32, fp16 or int8; a frame
   describes its own encoding, ``encoding`` is checked against the codec's names). The outputs
   (tensor, tuple, list or dict leaves, in pytree order) are encoded with ``reply_encoding``, **fp32
@@ -28,7 +28,11 @@ Requests, in order:
   fidelity cost of a split at the cut alone; ask for fp16/int8 to trade. ``server_ms`` is the tail's
   compute alone (inputs already on the device; ``torch.cuda.synchronize()`` before and after on
   CUDA); ``decode_ms`` is codec decode + copy to the device, ``encode_ms`` copy back + codec encode.
-  Socket reads and writes are in none of them: they are the network part of the client's round trip.
+  ``handle_ms`` is all the server did between the request's last byte and writing the reply (the three
+  parts, lookups, the reply's header). Socket reads and writes are in none of them: they are the
+  network part of the client's round trip.
+- ``unload {name}`` -> ``{ok, name, unloaded}`` (``unloaded`` false when no such program was kept):
+  frees the name, so that a long-running server's ``--max-programs`` is not used up by finished plans.
 - ``info`` -> ``{ok, info}``, info = ``{device (cpu or the CUDA device's name), device_type, torch,
   cuda, threads, max_bytes, programs, version}``.
 
@@ -188,6 +192,14 @@ class TailServer(socketserver.ThreadingTCPServer):
         return {"ok": True, "name": name, "sha256": digest, "program_bytes": len(payload),
                 "load_ms": (time.perf_counter_ns() - t0) / 1e6, "device": str(self.device)}, b""
 
+    def unload(self, req: dict[str, Any]) -> dict[str, Any]:
+        name = req.get("name")
+        if not isinstance(name, str) or not name:
+            raise _Fail("unload needs the name of a loaded program")
+        with self.lock:
+            gone = self.programs.pop(name, None) is not None
+        return {"ok": True, "name": name, "unloaded": gone}
+
     def run(self, req: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         name = req.get("name")
         with self.lock:
@@ -300,6 +312,7 @@ class _Handler(socketserver.BaseRequestHandler):
                                 f"{srv.max_bytes}-byte limit (--max-bytes); the payload was not read, closing"})
                 return False
             payload = _recv_payload(sock, size)
+        t_start = time.perf_counter_ns()
         try:
             if op == "info":
                 reply, data = {"ok": True, "info": srv.info()}, b""
@@ -309,12 +322,16 @@ class _Handler(socketserver.BaseRequestHandler):
                 reply, data = srv.run(req, payload)
             elif op == "profile":
                 reply, data = srv.profile(req, payload)
+            elif op == "unload":
+                reply, data = srv.unload(req), b""
             else:
-                raise _Fail(f"unknown op {op!r} (hello, load, run, profile, info)")
+                raise _Fail(f"unknown op {op!r} (hello, load, run, profile, unload, info)")
         except _Fail as exc:
             reply, data = {"ok": False, "error": str(exc)}, b""
         except Exception as exc:  # noqa: BLE001  (a bug or an odd program must not take the server down)
             reply, data = {"ok": False, "error": f"{op} failed: {_first_line(exc)}"}, b""
+        if op == "run" and reply.get("ok"):  # everything between the request's last byte and the reply
+            reply["handle_ms"] = (time.perf_counter_ns() - t_start) / 1e6
         send_msg(sock, reply, data)
         return True
 
@@ -386,17 +403,22 @@ class TailClient:
 
     def run(self, name: str, tensors: Sequence[torch.Tensor], encoding: str = "fp32", *,
             reply_encoding: str = "fp32") -> tuple[list[torch.Tensor], float, int]:
+        t_enc = time.perf_counter_ns()
         payload = codec.encode([t.detach().cpu() for t in tensors], encoding)
         t0 = time.perf_counter_ns()
         reply, data, up, down = self._request(
             {"op": "run", "name": name, "encoding": encoding, "reply_encoding": reply_encoding,
              "size": len(payload)}, payload)
-        rtt = (time.perf_counter_ns() - t0) / 1e6
+        t1 = time.perf_counter_ns()
+        rtt = (t1 - t0) / 1e6
         outputs = list(codec.decode(data))
+        t2 = time.perf_counter_ns()
         server_parts = reply["server_ms"] + reply["decode_ms"] + reply["encode_ms"]
         self.last = {"bytes_up": up, "bytes_down": down, "payload_up": len(payload), "payload_down": len(data),
                      "round_trip_ms": rtt, "server_ms": reply["server_ms"], "decode_ms": reply["decode_ms"],
-                     "encode_ms": reply["encode_ms"], "network_ms": rtt - server_parts}
+                     "encode_ms": reply["encode_ms"], "handle_ms": reply.get("handle_ms", server_parts),
+                     "network_ms": rtt - server_parts, "client_encode_ms": (t0 - t_enc) / 1e6,
+                     "client_decode_ms": (t2 - t1) / 1e6}
         return outputs, float(reply["server_ms"]), up + down
 
     def profile(self, name: str, program: Any, inputs: Sequence[torch.Tensor], runs: int = 10
@@ -407,6 +429,11 @@ class TailClient:
                                        codec.encode([t.detach().cpu() for t in inputs], "fp32"))
         return {k: float(v) for k, v in reply["per_node_ms"].items()}, {"device": reply["device"],
                                                                          "whole_ms": reply["whole_ms"]}
+
+    def unload(self, name: str) -> bool:
+        """Free ``name`` on the server; False when it held no such program."""
+        reply, _, _, _ = self._request({"op": "unload", "name": name})
+        return bool(reply["unloaded"])
 
     def server_info(self) -> dict[str, Any]:
         reply, _, _, _ = self._request({"op": "info"})
