@@ -312,3 +312,45 @@ def test_split_client_does_not_import_the_host_package(codec_env):
     _, env = codec_env
     code = "import sys, edgeprobe_runner.split_client; sys.exit('edgeprobe' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], env=env, timeout=120).returncode == 0
+
+
+def test_unload_frees_the_name_and_runs_report_their_handling_time(loaded, client, split):
+    client.load("scratch", split["tail_ep"])
+    out, _, _ = client.run("scratch", [loaded["act"]], "fp32")
+    last = client.last
+    # handle_ms: everything the server did for the request, which holds its three timed parts
+    assert last["handle_ms"] >= last["server_ms"] + last["decode_ms"] + last["encode_ms"] - 1e-6
+    assert last["client_encode_ms"] >= 0 and last["client_decode_ms"] >= 0
+    assert "scratch" in client.server_info()["programs"]
+    assert client.unload("scratch") is True
+    assert "scratch" not in client.server_info()["programs"]
+    assert client.unload("scratch") is False  # nothing by that name any more: said, not an error
+    from edgeprobe.errors import TransportError
+
+    with pytest.raises(TransportError, match="no tail program named 'scratch'"):
+        client.run("scratch", [loaded["act"]], "fp32")
+
+
+def test_client_reconnects_after_the_server_drops_an_idle_connection(codec_env):
+    import time
+
+    from edgeprobe.split.server import TailClient
+
+    _, env = codec_env
+    proc, info = _start_server(env, "--host", "127.0.0.1", "--port", "0", "--token", TOKEN, "--device", "cpu",
+                               "--timeout-s", "0.5", "--threads", "1")
+    host, port = info["listening"].rsplit(":", 1)
+    try:
+        with TailClient(host, int(port), TOKEN, timeout_s=30) as c:
+            assert c.server_info()["programs"] == []
+            time.sleep(1.5)  # the server closes the idle connection
+            assert c.server_info()["programs"] == []  # sent again on a new connection
+        from edgeprobe.errors import ConnectionLostError
+
+        with TailClient(host, int(port), TOKEN, timeout_s=30, reconnects=0) as c:
+            time.sleep(1.5)
+            with pytest.raises(ConnectionLostError, match="connection lost during info"):
+                c.server_info()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

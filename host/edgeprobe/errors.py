@@ -68,6 +68,10 @@ class TransportError(EdgeprobeError):
     pass
 
 
+class ConnectionLostError(TransportError):
+    """A connection dropped in the middle of a request (reset, timeout, peer restarted)."""
+
+
 class DeviceNotReadyError(EdgeprobeError):
     pass
 

@@ -68,6 +68,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from edgeprobe.errors import ConnectionLostError
 from edgeprobe_runner import codec
 from edgeprobe_runner.server import ProtocolError, recv_exact, recv_msg, send_msg, serve_until_stopped
 
@@ -345,27 +346,48 @@ class TailClient:
     ``run`` returns ``(outputs, server_ms, wire_bytes)``: ``wire_bytes`` is everything this request
     put on the connection, both ways, framing included; ``self.last`` has the parts (``bytes_up``,
     ``bytes_down``, ``payload_up``, ``payload_down``, ``round_trip_ms``, ``server_ms``,
-    ``decode_ms``, ``encode_ms`` (the server's), ``network_ms`` = round trip - server parts)."""
+    ``decode_ms``, ``encode_ms`` (the server's), ``network_ms`` = round trip - server parts).
 
-    def __init__(self, host: str, port: int, token: str, timeout_s: float = 30.0) -> None:
+    A request whose connection is lost (reset, timeout, server restarted) is sent again on a new
+    connection, up to ``reconnects`` times: every request is idempotent (a load under the same name
+    replaces the program). A program loaded before a server restart is gone; the run then says so."""
+
+    def __init__(self, host: str, port: int, token: str, timeout_s: float = 30.0, reconnects: int = 1) -> None:
         from edgeprobe.errors import TransportError
 
         self._error = TransportError
         self.where = f"{host}:{port}"
         self.last: dict[str, Any] = {}
+        self._addr, self._token, self._timeout_s, self.reconnects = (host, int(port)), token, timeout_s, reconnects
+        self.sock: Optional[socket.socket] = None
+        self.info: dict[str, Any] = self._connect()
+
+    def _connect(self) -> dict[str, Any]:
         try:
-            self.sock = socket.create_connection((host, int(port)), timeout=timeout_s)
+            self.sock = socket.create_connection(self._addr, timeout=self._timeout_s)
         except OSError as exc:
-            raise TransportError(f"cannot connect to edgeprobe serve at {self.where}: {exc}") from None
+            raise self._error(f"cannot connect to edgeprobe serve at {self.where}: {exc}") from None
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            reply, _, _, _ = self._request({"op": "hello", "token": token})
+            reply, _, _, _ = self._once({"op": "hello", "token": self._token})
         except BaseException:
             self.close()
             raise
-        self.info: dict[str, Any] = reply["info"]
+        return reply["info"]
 
     def _request(self, header: dict[str, Any], payload: bytes = b"") -> tuple[dict[str, Any], bytes, int, int]:
+        for attempt in range(self.reconnects + 1):
+            try:
+                if self.sock is None:
+                    self.info = self._connect()
+                return self._once(header, payload)
+            except ConnectionLostError:
+                if attempt == self.reconnects:
+                    raise
+                self.close()
+        raise AssertionError("unreachable")
+
+    def _once(self, header: dict[str, Any], payload: bytes = b"") -> tuple[dict[str, Any], bytes, int, int]:
         if payload:
             header = {**header, "size": len(payload)}
         up = 4 + len(json.dumps(header).encode()) + len(payload)
@@ -380,7 +402,7 @@ class TailClient:
         except (OSError, ProtocolError) as exc:
             cause = send_error or exc
             self.close()
-            raise self._error(f"edgeprobe serve at {self.where}: connection lost during {header.get('op')} "
+            raise ConnectionLostError(f"edgeprobe serve at {self.where}: connection lost during {header.get('op')} "
                               f"({cause}); payload {len(payload)} bytes, server limit "
                               f"{getattr(self, 'info', {}).get('max_bytes', 'unknown')}") from None
         down = 4 + len(json.dumps(reply).encode()) + len(data)
@@ -440,10 +462,12 @@ class TailClient:
         return reply["info"]
 
     def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = None
 
     def __enter__(self) -> "TailClient":
         return self
