@@ -41,7 +41,7 @@ from edgeprobe_runner import __version__
 SERVICE_TYPE = "_edgeprobe._tcp.local."
 MAX_HEADER_BYTES = 1 << 20
 DEFAULT_MAX_UPLOAD_BYTES = 2 << 30
-PATH_FLAGS = ("--model", "--vectors", "--output", "--etdump", "--save-outputs")
+PATH_FLAGS = ("--model", "--vectors", "--output", "--etdump", "--save-outputs", "--split-outputs")
 CHUNK = 1 << 20
 
 

@@ -10,12 +10,18 @@
 #include <executorch/extension/tensor/tensor_ptr.h>
 #include <executorch/runtime/platform/runtime.h>
 
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cctype>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -681,17 +687,409 @@ std::string compare(const RawTensor& a, const RawTensor& e, double rtol, double 
 
 // ------------------------------------------------------------------ arguments
 
+// ------------------------------------------------------------------ split mode (PROTOCOL.md, "Split mode")
+// The device half of a split: the head runs here, its first --split-send outputs go to `edgeprobe
+// serve` (the tail) as one codec frame, the tail's outputs come back. Written by hand: the wire codec
+// (edgeprobe_runner/codec.py) and the framing (edgeprobe_runner/server.py) are edgeprobe's own.
+
+struct JVal {  // a top-level JSON value; nested objects and arrays are skipped, not kept
+  enum Kind { Null, Bool, Num, Str, Other } kind = Null;
+  bool b = false;
+  double num = 0;
+  std::string str;
+};
+
+class JsonScan {  // just enough JSON for the server's flat replies
+ public:
+  explicit JsonScan(const std::string& s) : s_(s) {}
+  std::map<std::string, JVal> object() {
+    std::map<std::string, JVal> out;
+    ws();
+    expect('{');
+    ws();
+    if (peek() == '}') return ++i_, out;
+    while (true) {
+      ws();
+      std::string k = string();
+      ws();
+      expect(':');
+      ws();
+      out[k] = value();
+      ws();
+      if (peek() == ',') { ++i_; continue; }
+      expect('}');
+      return out;
+    }
+  }
+
+ private:
+  char peek() const { return i_ < s_.size() ? s_[i_] : '\0'; }
+  void ws() { while (i_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[i_]))) ++i_; }
+  void expect(char c) {
+    if (peek() != c) throw Failure{"split_protocol", std::string("bad JSON from the server: expected '") + c + "'"};
+    ++i_;
+  }
+  std::string string() {
+    expect('"');
+    std::string o;
+    while (i_ < s_.size() && s_[i_] != '"') {
+      char c = s_[i_++];
+      if (c == '\\' && i_ < s_.size()) {
+        char e = s_[i_++];
+        switch (e) {
+          case 'n': o += '\n'; break;
+          case 't': o += '\t'; break;
+          case 'r': o += '\r'; break;
+          case 'b': o += '\b'; break;
+          case 'f': o += '\f'; break;
+          case 'u': {
+            unsigned v = 0;
+            for (int k = 0; k < 4 && i_ < s_.size(); ++k) v = v * 16 + static_cast<unsigned>(std::stoi(std::string(1, s_[i_++]), nullptr, 16));
+            o += v < 0x80 ? static_cast<char>(v) : '?';
+            break;
+          }
+          default: o += e;
+        }
+      } else {
+        o += c;
+      }
+    }
+    expect('"');
+    return o;
+  }
+  void skip_nested() {  // an object or array, strings inside respected
+    int depth = 0;
+    do {
+      char c = s_[i_];
+      if (c == '"') { string(); continue; }
+      if (c == '{' || c == '[') ++depth;
+      if (c == '}' || c == ']') --depth;
+      ++i_;
+    } while (depth > 0 && i_ < s_.size());
+  }
+  JVal value() {
+    JVal v;
+    char c = peek();
+    if (c == '"') { v.kind = JVal::Str; v.str = string(); return v; }
+    if (c == '{' || c == '[') { v.kind = JVal::Other; skip_nested(); return v; }
+    if (s_.compare(i_, 4, "true") == 0) { i_ += 4; v.kind = JVal::Bool; v.b = true; return v; }
+    if (s_.compare(i_, 5, "false") == 0) { i_ += 5; v.kind = JVal::Bool; return v; }
+    if (s_.compare(i_, 4, "null") == 0) { i_ += 4; return v; }
+    const char* start = s_.c_str() + i_;
+    char* end = nullptr;
+    v.num = std::strtod(start, &end);
+    if (end == start) throw Failure{"split_protocol", "bad JSON value from the server"};
+    i_ += static_cast<size_t>(end - start);
+    v.kind = JVal::Num;
+    return v;
+  }
+  const std::string& s_;
+  size_t i_ = 0;
+};
+
+double jget_num(const std::map<std::string, JVal>& m, const char* k) {
+  auto it = m.find(k);
+  return it != m.end() && it->second.kind == JVal::Num ? it->second.num : 0.0;
+}
+
+class Conn {  // one TCP connection to `edgeprobe serve`, with the runner framing
+ public:
+  Conn(const std::string& hostport, double timeout_s) {
+    auto colon = hostport.rfind(':');
+    if (colon == std::string::npos || colon == 0) throw Failure{"usage", "--split-server must be HOST:PORT, not " + hostport};
+    std::string host = hostport.substr(0, colon), port = hostport.substr(colon + 1);
+    if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* res = nullptr;
+    if (int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &res); rc != 0)
+      throw Failure{"connect_failed", "cannot resolve " + hostport + ": " + gai_strerror(rc)};
+    std::string why = "no address";
+    for (addrinfo* a = res; a && fd_ < 0; a = a->ai_next) {
+      int fd = ::socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+      if (fd < 0) continue;
+      timeval tv{static_cast<time_t>(timeout_s), static_cast<suseconds_t>((timeout_s - std::floor(timeout_s)) * 1e6)};
+      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+      setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      if (::connect(fd, a->ai_addr, a->ai_addrlen) == 0) fd_ = fd;
+      else { why = std::strerror(errno); ::close(fd); }
+    }
+    freeaddrinfo(res);
+    if (fd_ < 0) throw Failure{"connect_failed", "cannot connect to " + hostport + ": " + why};
+  }
+  ~Conn() { if (fd_ >= 0) ::close(fd_); }
+  Conn(const Conn&) = delete;
+  Conn& operator=(const Conn&) = delete;
+
+  // header JSON + payload; returns the bytes put on the connection
+  size_t send(const std::string& header, const uint8_t* payload, size_t n) {
+    uint8_t len[4] = {static_cast<uint8_t>(header.size() >> 24), static_cast<uint8_t>(header.size() >> 16),
+                      static_cast<uint8_t>(header.size() >> 8), static_cast<uint8_t>(header.size())};
+    std::string head(reinterpret_cast<char*>(len), 4);
+    head += header;
+    write_all(reinterpret_cast<const uint8_t*>(head.data()), head.size());
+    write_all(payload, n);
+    return head.size() + n;
+  }
+  // a reply: its header (parsed, and its raw size with the length prefix) and payload ("size" bytes when ok)
+  std::map<std::string, JVal> recv(std::vector<uint8_t>& payload, size_t& wire_bytes) {
+    uint8_t len[4];
+    read_all(len, 4);
+    size_t n = (size_t(len[0]) << 24) | (size_t(len[1]) << 16) | (size_t(len[2]) << 8) | size_t(len[3]);
+    if (n > (1u << 20)) throw Failure{"split_protocol", "reply header of " + std::to_string(n) + " bytes is over 1 MiB"};
+    std::string text(n, '\0');
+    read_all(reinterpret_cast<uint8_t*>(text.data()), n);
+    auto m = JsonScan(text).object();
+    size_t size = 0;
+    auto ok = m.find("ok");
+    if (ok != m.end() && ok->second.kind == JVal::Bool && ok->second.b) size = static_cast<size_t>(jget_num(m, "size"));
+    payload.resize(size);
+    read_all(payload.data(), size);
+    wire_bytes = 4 + n + size;
+    return m;
+  }
+
+ private:
+  void write_all(const uint8_t* p, size_t n) {
+    while (n) {
+      ssize_t k = ::send(fd_, p, n, MSG_NOSIGNAL);
+      if (k < 0 && errno == EINTR) continue;
+      if (k <= 0) throw Failure{"connection_lost", std::string("connection to the server lost while sending: ") + std::strerror(errno)};
+      p += k;
+      n -= static_cast<size_t>(k);
+    }
+  }
+  void read_all(uint8_t* p, size_t n) {
+    while (n) {
+      ssize_t k = ::recv(fd_, p, n, 0);
+      if (k < 0 && errno == EINTR) continue;
+      if (k == 0) throw Failure{"connection_lost", "the server closed the connection"};
+      if (k < 0) throw Failure{"connection_lost", std::string("connection to the server lost while receiving: ") + std::strerror(errno)};
+      p += k;
+      n -= static_cast<size_t>(k);
+    }
+  }
+  int fd_ = -1;
+};
+
+const char* codec_dtype(uint32_t code) {
+  switch (code) {
+    case 0: return "uint8";
+    case 1: return "int8";
+    case 2: return "int16";
+    case 3: return "int32";
+    case 4: return "int64";
+    case 5: return "float16";
+    case 6: return "float32";
+    case 7: return "float64";
+    case 11: return "bool";
+    case 15: return "bfloat16";
+    default: throw Failure{"unsupported", "the wire codec has no dtype for ScalarType " + std::to_string(code)};
+  }
+}
+
+uint16_t to_half(float f) {  // IEEE binary16, round to nearest even (after clamping to +-65504)
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  uint32_t sign = (x >> 16) & 0x8000u, mant = x & 0x7fffffu;
+  int exp = static_cast<int>((x >> 23) & 0xff);
+  if (exp == 0xff) return static_cast<uint16_t>(sign | 0x7c00u | (mant ? 0x200u : 0u));
+  int e = exp - 127 + 15;
+  if (e >= 0x1f) return static_cast<uint16_t>(sign | 0x7c00u);
+  if (e <= 0) {
+    if (e < -10) return static_cast<uint16_t>(sign);
+    mant |= 0x800000u;
+    int shift = 14 - e;
+    uint32_t h = mant >> shift, rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (h & 1u))) ++h;
+    return static_cast<uint16_t>(sign | h);
+  }
+  uint32_t h = (static_cast<uint32_t>(e) << 10) | (mant >> 13), rem = mant & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
+  return static_cast<uint16_t>(sign | h);
+}
+
+// codec.encode(tensors, encoding): "EPW1", u32 header length, JSON header padded to the width it has
+// with the widest scale/zero-point texts (so the frame size depends on shapes alone), payloads.
+std::vector<uint8_t> encode_frame(const std::vector<RawTensor>& ts, const std::string& enc) {
+  std::string entries, widest;
+  std::vector<std::vector<uint8_t>> payloads;
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const RawTensor& t = ts[i];
+    const char* dtype = codec_dtype(t.dtype);
+    bool floating = t.dtype == 5 || t.dtype == 6 || t.dtype == 7 || t.dtype == 15;
+    std::string eff = (enc == "fp16" && t.dtype == 6) ? "fp16" : (enc == "int8" && floating) ? "int8" : "raw";
+    size_t numel = t.data.size() / item_bytes(t.dtype);
+    std::vector<uint8_t> data;
+    std::string scale_text = "null", zp_text = "null";
+    if (eff == "fp16") {
+      data.resize(numel * 2);
+      for (size_t k = 0; k < numel; ++k) {
+        float v;
+        std::memcpy(&v, t.data.data() + 4 * k, 4);
+        v = std::isnan(v) ? v : std::min(65504.0f, std::max(-65504.0f, v));
+        uint16_t h = to_half(v);
+        std::memcpy(data.data() + 2 * k, &h, 2);
+      }
+    } else if (eff == "int8") {
+      if (t.dtype != 6 && t.dtype != 7) throw Failure{"unsupported", std::string("int8 encoding of ") + dtype + " is not built in the native runner"};
+      std::vector<float> x(numel);
+      for (size_t k = 0; k < numel; ++k) {
+        if (t.dtype == 6) std::memcpy(&x[k], t.data.data() + 4 * k, 4);
+        else { double d; std::memcpy(&d, t.data.data() + 8 * k, 8); x[k] = static_cast<float>(d); }
+      }
+      float lo = 0, hi = 0;
+      for (float v : x) {
+        if (!std::isfinite(v)) throw Failure{"encode_failed", "int8 encoding needs finite values (the tensor holds inf or nan)"};
+        lo = std::min(lo, v);
+        hi = std::max(hi, v);
+      }
+      float scale = static_cast<float>((static_cast<double>(hi) - lo) / 255.0);
+      if (scale == 0.0f) scale = 1.0f;
+      long zp = std::lrint(-128.0 - static_cast<double>(lo) / static_cast<double>(scale));
+      zp = std::max(-128L, std::min(127L, zp));
+      data.resize(numel);
+      for (size_t k = 0; k < numel; ++k) {
+        float q = std::nearbyint(x[k] / scale) + static_cast<float>(zp);
+        data[k] = static_cast<uint8_t>(static_cast<int8_t>(std::max(-128.0f, std::min(127.0f, q))));
+      }
+      scale_text = jnum(static_cast<double>(scale));
+      zp_text = std::to_string(zp);
+    } else {
+      data = t.data;
+    }
+    std::string shape = "[";
+    for (size_t d = 0; d < t.sizes.size(); ++d) shape += (d ? "," : "") + std::to_string(t.sizes[d]);
+    shape += "]";
+    auto entry = [&](const std::string& sc, const std::string& z) {
+      return std::string("{\"dtype\":\"") + dtype + "\",\"shape\":" + shape + ",\"encoding\":\"" + eff +
+             "\",\"scale\":" + sc + ",\"zero_point\":" + z + ",\"nbytes\":" + std::to_string(data.size()) + "}";
+    };
+    entries += (i ? "," : "") + entry(scale_text, zp_text);
+    widest += (i ? "," : "") + (eff == "int8" ? entry("-2.2250738585072014e-308", "-128") : entry("null", "null"));
+    payloads.push_back(std::move(data));
+  }
+  std::string header = "{\"tensors\":[" + entries + "]}", cap = "{\"tensors\":[" + widest + "]}";
+  if (header.size() > cap.size()) throw Failure{"encode_failed", "codec header wider than its capacity"};
+  header.append(cap.size() - header.size(), ' ');
+  std::vector<uint8_t> out = {'E', 'P', 'W', '1'};
+  uint32_t hl = static_cast<uint32_t>(header.size());
+  for (int k = 0; k < 4; ++k) out.push_back(static_cast<uint8_t>(hl >> (8 * k)));
+  out.insert(out.end(), header.begin(), header.end());
+  for (auto& p : payloads) out.insert(out.end(), p.begin(), p.end());
+  return out;
+}
+
+void write_file(const std::string& path, const uint8_t* p, size_t n) {
+  std::ofstream f(path, std::ios::binary);
+  f.write(reinterpret_cast<const char*>(p), static_cast<std::streamsize>(n));
+  if (!f) throw Failure{"io_failed", "cannot write " + path};
+}
+
+struct SplitArgs {
+  std::string server, token, name, encoding = "fp32", outputs;
+  long send = -1;  // -1: send every head output
+  bool send_inputs = false;  // cloud only: send the inputs themselves, the program is not run in the loop
+  double timeout_s = 60;
+};
+
+// warmup + iterations of head -> encode -> run request -> reply; writes the per-iteration split times
+// to <outputs>.json, the head's outputs (codec fp32) to <outputs> and the tail's reply frame to
+// <outputs>.tail. Returns the e2e nanoseconds per timed iteration.
+std::vector<long long> run_split(const SplitArgs& sa, long warmup, long iterations,
+                                 const std::function<std::vector<RawTensor>()>& head) {
+  bool device_only = sa.server == "none";
+  std::unique_ptr<Conn> conn;
+  std::string info_json = "null";
+  if (!device_only) {
+    if (sa.token.empty() || sa.name.empty()) throw Failure{"usage", "--split-token and --split-name are required with a server"};
+    if (sa.encoding != "fp32" && sa.encoding != "fp16" && sa.encoding != "int8")
+      throw Failure{"usage", "--split-encoding must be fp32, fp16 or int8"};
+    conn = std::make_unique<Conn>(sa.server, sa.timeout_s);
+    conn->send("{\"op\": \"hello\", \"token\": " + jstr(sa.token) + "}", nullptr, 0);
+    std::vector<uint8_t> none;
+    size_t wire = 0;
+    auto hello = conn->recv(none, wire);
+    auto ok = hello.find("ok");
+    if (ok == hello.end() || ok->second.kind != JVal::Bool || !ok->second.b)
+      throw Failure{"refused", sa.server + " refused the connection: " + (hello.count("error") ? hello["error"].str : "no reason")};
+  }
+  std::vector<long long> e2e;
+  std::string iters = "[";
+  std::vector<RawTensor> outs;
+  std::vector<uint8_t> reply_payload;
+  size_t bytes_up = 0, bytes_down = 0, payload_up = 0;
+  for (long i = 0; i < warmup + iterations; ++i) {
+    auto t0 = Clock::now();
+    outs = head();
+    auto t1 = Clock::now();
+    double enc_ms = 0, rt_ms = 0, server_ms = 0, sdec = 0, senc = 0, handle = 0;
+    if (!device_only) {
+      size_t k = sa.send < 0 ? outs.size() : std::min(outs.size(), static_cast<size_t>(sa.send));
+      std::vector<RawTensor> acts(outs.begin(), outs.begin() + static_cast<long>(k));
+      auto frame = encode_frame(acts, sa.encoding);
+      auto t2 = Clock::now();
+      std::string header = "{\"op\": \"run\", \"name\": " + jstr(sa.name) + ", \"encoding\": " + jstr(sa.encoding) +
+                           ", \"reply_encoding\": \"fp32\", \"size\": " + std::to_string(frame.size()) + "}";
+      bytes_up = conn->send(header, frame.data(), frame.size());
+      payload_up = frame.size();
+      auto reply = conn->recv(reply_payload, bytes_down);
+      auto t3 = Clock::now();
+      auto ok = reply.find("ok");
+      if (ok == reply.end() || ok->second.kind != JVal::Bool || !ok->second.b)
+        throw Failure{"server_error", "the server refused run '" + sa.name + "': " + (reply.count("error") ? reply["error"].str : "no reason")};
+      enc_ms = std::chrono::duration<double, std::milli>(t2 - t1).count();
+      rt_ms = std::chrono::duration<double, std::milli>(t3 - t2).count();
+      server_ms = jget_num(reply, "server_ms");
+      sdec = jget_num(reply, "decode_ms");
+      senc = jget_num(reply, "encode_ms");
+      handle = jget_num(reply, "handle_ms");
+    }
+    auto t4 = Clock::now();
+    if (i < warmup) continue;
+    e2e.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(t4 - t0).count());
+    double head_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
+    iters += (iters.size() > 1 ? ", " : "") +
+             Obj().add("head_ms", jnum(head_ms)).add("encode_ms", jnum(enc_ms)).add("round_trip_ms", jnum(rt_ms))
+                 .add("server_ms", jnum(server_ms)).add("server_decode_ms", jnum(sdec)).add("server_encode_ms", jnum(senc))
+                 .add("server_handle_ms", jnum(handle)).add("network_ms", jnum(rt_ms - server_ms - sdec - senc))
+                 .add("decode_ms", "0").add("e2e_ms", jnum(static_cast<double>(e2e.back()) / 1e6))
+                 .add("bytes_up", jint(static_cast<long long>(bytes_up)))
+                 .add("bytes_down", jint(static_cast<long long>(bytes_down))).str();
+  }
+  auto head_frame = encode_frame(outs, "fp32");
+  write_file(sa.outputs, head_frame.data(), head_frame.size());
+  if (!device_only) write_file(sa.outputs + ".tail", reply_payload.data(), reply_payload.size());
+  std::string block = Obj().add("schema_version", "1").add("server", jstr(sa.server)).add("name", jstr(sa.name))
+      .add("encoding", jstr(sa.encoding)).add("reply_encoding", jstr("fp32")).add("warmup", jint(warmup))
+      .add("iterations", iters + "]").add("bytes_up", jint(static_cast<long long>(bytes_up)))
+      .add("bytes_down", jint(static_cast<long long>(bytes_down)))
+      .add("payload_bytes_up", jint(static_cast<long long>(payload_up)))
+      .add("payload_bytes_down", jint(static_cast<long long>(reply_payload.size())))
+      .add("head_outputs_count", jint(static_cast<long long>(outs.size())))
+      .add("outputs_file", jstr(sa.outputs)).add("tail_outputs_file", device_only ? "null" : jstr(sa.outputs + ".tail")).str();
+  std::string jpath = sa.outputs + ".json";
+  write_file(jpath, reinterpret_cast<const uint8_t*>(block.data()), block.size());
+  return e2e;
+}
+
 struct Args {
   std::string model, vectors, etdump, method = "forward", output, save_outputs;
   long warmup = 3, iterations = 20, threads = 0;
   double min_seconds = 0, idle_s = 0, rtol = 1e-3, atol = 1e-3;  // idle_s: energy baseline before the timed loop
+  SplitArgs split;  // split.server set: split mode
 };
 
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
                "edgeprobe_runner: %s\nusage: edgeprobe_runner --model PATH [--vectors PATH] [--warmup N] "
                "[--iterations N] [--min-seconds S] [--idle-s S] [--threads N] [--rtol X] [--atol X] [--etdump PATH] "
-               "[--method NAME] [--save-outputs PATH] [--output PATH]\n",
+               "[--method NAME] [--save-outputs PATH] [--output PATH]\n"
+               "       split mode: --split-server HOST:PORT|none --split-outputs PATH [--split-token T] [--split-name N]\n"
+               "                   [--split-send K] [--split-encoding fp32|fp16|int8] [--split-timeout-s S]\n"
+               "                   [--split-send-inputs 1]\n",
                why.c_str());
   std::exit(2);
 }
@@ -722,8 +1120,19 @@ Args parse(int argc, char** argv) {
     else if (f == "--idle-s") a.idle_s = num(f, v, false);
     else if (f == "--rtol") a.rtol = num(f, v, false);
     else if (f == "--atol") a.atol = num(f, v, false);
+    else if (f == "--split-server") a.split.server = v;
+    else if (f == "--split-token") a.split.token = v;
+    else if (f == "--split-name") a.split.name = v;
+    else if (f == "--split-encoding") a.split.encoding = v;
+    else if (f == "--split-outputs") a.split.outputs = v;
+    else if (f == "--split-send") a.split.send = static_cast<long>(num(f, v, true));
+    else if (f == "--split-timeout-s") a.split.timeout_s = num(f, v, false);
+    else if (f == "--split-send-inputs") a.split.send_inputs = num(f, v, true) != 0;
     else usage("unknown argument " + f);
   }
+  if (!a.split.server.empty() && a.split.outputs.empty()) usage("--split-server needs --split-outputs");
+  if (a.split.token.empty())
+    if (const char* t = std::getenv("EDGEPROBE_SPLIT_TOKEN")) a.split.token = t;  // keeps it out of `ps`
   if (a.model.empty()) usage("--model is required");
   if (a.iterations < 1) usage("--iterations must be >= 1");
   return a;
@@ -884,6 +1293,18 @@ int main(int argc, char** argv) {
           .add("reason", jstr("no test vectors given; inputs are ones")).str();
     }
 
+    // 5'. split mode: the timed loop is the split (head, network, tail), e2e per iteration; no meters
+    if (!args.split.server.empty()) {
+      auto samples = run_split(args.split, args.warmup, args.iterations, [&]() {
+        return args.split.send_inputs ? input_raw : outputs_raw(run_once(inputs));
+      });
+      std::string arr = "[";
+      for (size_t i = 0; i < samples.size(); ++i) arr += (i ? ", " : "") + jint(samples[i]);
+      timing = Obj().add("load_ms", jnum(load_ms)).add("first_inference_ms", jnum(first_ms)).add("iteration_ns", arr + "]").str();
+      energy = Obj().add("available", "false")
+          .add("reason", jstr("split mode: iteration_ns are end-to-end split times (head, network, tail); no energy window"))
+          .str();
+    } else {
     // 5. warm-up, then the timed loop with meters running
     for (long i = 0; i < args.warmup; ++i) run_once(inputs);
     auto meter = energy_meter();
@@ -907,6 +1328,7 @@ int main(int argc, char** argv) {
     std::string arr = "[";
     for (size_t i = 0; i < samples.size(); ++i) arr += (i ? ", " : "") + jint(samples[i]);
     timing = Obj().add("load_ms", jnum(load_ms)).add("first_inference_ms", jnum(first_ms)).add("iteration_ns", arr + "]").str();
+    }
 
     // 6. ETDump
     if (etdump != nullptr) {

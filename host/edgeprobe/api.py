@@ -133,13 +133,14 @@ def profile(
     weights: Optional[Union[str, Path]] = None,
     etdump_path: Optional[Union[str, Path]] = None,
     progress: Optional[Progress] = None,
+    token: Optional[str] = None,
 ) -> ProfileReport:
     """Run the native runner with ETDump and return per-operator times from the Inspector.
 
     Timings from a profiled run include the tracer's overhead; use ``bench`` for latency.
     """
     config = MeasureConfig(warmup=warmup, iterations=iterations, threads=threads, timeout_s=timeout_s)
-    with open_device(device, runner="native") as dev:
+    with open_device(device, runner="native", token=token) as dev:
         artifact = _artifact_for(model, "pte", backend, input_shape, None, weights, True, progress)
         if artifact.etrecord_path is None or not artifact.etrecord_path.is_file():
             raise ArtifactError(f"{artifact.dir} has no ETRecord; export it again to profile it")

@@ -318,7 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="local")
     sp.add_argument("--server", help="tcp:HOST:PORT of `edgeprobe serve` (without it: server costs timed on this "
                                      "host, no verification)")
+    sp.add_argument("--device-server", metavar="tcp:HOST:PORT",
+                    help="the same server as the device reaches it, if not at --server (the host's way in, which "
+                         "loads the tail programs)")
     sp.add_argument("--token", help="the server's token (default: $EDGEPROBE_TOKEN)")
+    sp.add_argument("--device-token", help="a tcp: device runner's token (default: $EDGEPROBE_TOKEN)")
     sp.add_argument("--uplink", default="5.85mbit")
     sp.add_argument("--downlink", default="20mbit")
     sp.add_argument("--rtt", default="40ms")
@@ -329,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--warmup", type=int, default=2)
     sp.add_argument("--verify", action="store_true", help="run every candidate end to end and report the regret")
     sp.add_argument("--verify-candidates", type=int, help="verify only the N best-predicted candidates")
+    sp.add_argument("--split-runner", default="auto", choices=["auto", "native", "python"],
+                    help="the device half in --verify: native (the C++ runner's split mode; any device) or python "
+                         "(local only); auto: python on local, native elsewhere")
     sp.add_argument("--confirm", type=int, default=3, metavar="N",
                     help="time the compiled heads of the N best-predicted splits on the device and choose with "
                          "them (0: predictions only)")
@@ -473,12 +480,14 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "split":
         from edgeprobe.split import plan_split
 
-        plan = plan_split(args.model, device=args.device, server=args.server, token=args.token, uplink=args.uplink,
+        plan = plan_split(args.model, device=args.device, server=args.server, device_server=args.device_server,
+                          token=args.token, device_token=args.device_token, uplink=args.uplink,
                           downlink=args.downlink, rtt=args.rtt, encoding=args.encoding, objective=args.objective,
                           memory_limit_bytes=int(args.memory_limit_mb * 2**20) if args.memory_limit_mb else None,
                           input_shape=_shape(args.input_shape), weights=args.weights, iterations=args.iterations,
                           warmup=args.warmup, verify=args.verify, verify_candidates=args.verify_candidates,
-                          confirm=args.confirm, packet_overhead_bytes=args.packet_overhead, progress=_progress)
+                          confirm=args.confirm, packet_overhead_bytes=args.packet_overhead,
+                          split_runner=args.split_runner, progress=_progress)
         for table in render_split(plan, args.top):
             console.print(table)
         if args.json:

@@ -142,7 +142,9 @@ def plan_split(
     *,
     device: str = "local",
     server: Optional[str] = None,
+    device_server: Optional[str] = None,
     token: Optional[str] = None,
+    device_token: Optional[str] = None,
     uplink: str | float = "5.85mbit",
     downlink: str | float = "20mbit",
     rtt: str | float = "40ms",
@@ -158,6 +160,7 @@ def plan_split(
     confirm: int = 3,
     packet_overhead_bytes: int = 52,
     device_costs: Any = None,
+    split_runner: str = "auto",
     policy_bps: Optional[Sequence[float]] = None,
     progress: Optional[Progress] = None,
 ) -> SplitPlan:
@@ -165,10 +168,18 @@ def plan_split(
     ``server`` (``tcp:HOST:PORT`` of ``edgeprobe serve``; ``None``/``local``: server costs timed on
     this machine, and no verification).
 
+    ``device_server``: the server as the device reaches it, when that differs from ``server`` (the
+    host's way in, which loads the tail programs: tens of MB that a deployment puts on the server
+    ahead of time rather than over the device's link). Default: ``server``.
+
     ``confirm``: lower the heads of the ``confirm`` best-predicted splits (and the chosen one) for the
     device, time them there, and choose among them with the measured head in place of its predicted
     time (0: choose from predictions only). ``packet_overhead_bytes``: TCP/IP header bytes per 1448-byte
     segment that the link rates also carry (52 for TCP/IPv4 with timestamps; 0 if the rates are goodput).
+    ``split_runner``: what runs the device half in ``verify``: "native" (the C++ runner's split mode, on
+    any device: local, adb:, tcp:) or "python" (``edgeprobe_runner.split_client``, ``local`` only);
+    "auto": python on local, native elsewhere.
+
     ``device_costs``: ``costs.measure_device_costs(graph.op_graph(...).exported, ...)`` of the same model
     on the same device, reused instead of measured again (planning one model for several networks)."""
     from edgeprobe.models import load_model
@@ -180,6 +191,12 @@ def plan_split(
     say = progress or (lambda _m: None)
     if encoding not in ("fp32", "fp16", "int8"):
         raise UsageError(f"--encoding {encoding!r}: use fp32, fp16 or int8")
+    if split_runner == "auto":
+        split_runner = "python" if device == "local" else "native"
+    if split_runner not in ("python", "native"):
+        raise UsageError(f"split runner {split_runner!r}: use native or python")
+    if split_runner == "python" and device != "local":
+        raise UsageError("the Python split client runs on this host only (device local); use the native runner")
     if confirm < 0 or packet_overhead_bytes < 0:
         raise UsageError("--confirm and --packet-overhead must be >= 0")
     if objective not in ("latency", "energy"):
@@ -191,9 +208,13 @@ def plan_split(
     down = parse_rate_bps(downlink) if isinstance(downlink, str) else float(downlink)
     rtt_ms = parse_time_ms(rtt) if isinstance(rtt, str) else float(rtt)
     addr = _server_address(server)
+    dev_addr = _server_address(device_server) if device_server else addr
+    if device_server and addr is None:
+        raise UsageError("--device-server is the device's way to --server; give --server too")
     if verify and addr is None:
         raise UsageError("--verify runs the split end to end and needs --server tcp:HOST:PORT (edgeprobe serve)")
     token = token or os.environ.get("EDGEPROBE_TOKEN")
+    device_token = device_token or os.environ.get("EDGEPROBE_TOKEN")  # a tcp: runner's (not the server's)
     spec = load_model(model, input_shape=input_shape, weights=weights)
     say(f"exporting {spec.ref} and building its operator graph")
     og = op_graph(spec.module if spec.module is not None else spec.exported, spec.example_inputs)
@@ -205,7 +226,7 @@ def plan_split(
         dev = device_costs
     else:
         say(f"{len(og.nodes)} operator nodes; measuring per-operator device costs on {device} (ETDump)")
-        dev = measure_device_costs(og.exported, device=device, iterations=iterations, warmup=warmup, token=token,
+        dev = measure_device_costs(og.exported, device=device, iterations=iterations, warmup=warmup, token=device_token,
                                    node_names=names, progress=say)
     notes = list(dev.notes)
     client = None
@@ -266,13 +287,13 @@ def plan_split(
                                                                 packet_overhead_bytes=packet_overhead_bytes,
                                                                 request_overhead_ms=request_ms))
     if confirm:
-        rows, chosen_row, note = _confirm(og, spec, rows, chosen_row, dev.xnnpack_total_ms, confirm, device, token,
+        rows, chosen_row, note = _confirm(og, spec, rows, chosen_row, dev.xnnpack_total_ms, confirm, device, device_token,
                                           iterations, warmup, memory_limit_bytes is None, say)
         notes += [note] if note else []
     regret = best = med_err = None
     if verify and client is not None:
-        rows = _verify(og, spec, rows, client, addr, token, encoding, iterations, warmup, verify_candidates,
-                       prog, say)
+        rows = _verify(og, spec, rows, client, dev_addr, token, encoding, iterations, warmup, verify_candidates,
+                       prog, say, device=device, split_runner=split_runner, device_token=device_token)
         measured = [r for r in rows if r.measured_e2e_p50_ms is not None]
         if measured:
             best_row = min(measured, key=lambda r: r.measured_e2e_p50_ms)
@@ -433,13 +454,50 @@ def _request_overhead_ms(client, prog: str, iterations: int, warmup: int) -> flo
     return statistics.median(samples)
 
 
+class _NativeSplit:
+    """The native runner's split mode (device_runner/PROTOCOL.md) on ``device``, over its transport:
+    the runner measures the artifact as usual (load, output check), then times head -> network ->
+    tail; the split's times and its outputs come back in three files next to the artifact."""
+
+    def __init__(self, device: str, token: Optional[str]) -> None:
+        from edgeprobe.devices import open_device
+
+        self.dev = open_device(device, runner="native", token=token)
+
+    def run(self, art, extra: list[str], iterations: int, warmup: int, tmp: Path, k: int
+            ) -> tuple[dict[str, Any], bytes, Optional[bytes]]:
+        from edgeprobe.devices import MeasureConfig, measure
+
+        t = self.dev.transport
+        remote = f"{t.workdir}/{art.manifest.cache_key}/split-outputs.bin"
+        res = measure(self.dev, art, MeasureConfig(warmup=warmup, iterations=iterations, timeout_s=600.0),
+                      extra_args=[*extra, "--split-outputs", remote])
+        if not res.ok:
+            err = res.run.error
+            raise RuntimeError(f"{err.code}: {err.message}" if err else "the runner failed")
+        files: dict[str, Optional[bytes]] = {}
+        for suffix in (".json", "", ".tail"):
+            local = tmp / f"native{k}{suffix or '.bin'}"
+            try:
+                t.pull(remote + suffix, local)
+                files[suffix] = local.read_bytes()
+            except Exception:  # noqa: BLE001 - device-only runs write no .tail
+                files[suffix] = None
+        if files[".json"] is None or files[""] is None:
+            raise RuntimeError(f"the runner wrote no split record at {remote}.json")
+        return json.loads(files[".json"]), files[""] or b"", files[".tail"]
+
+    def close(self) -> None:
+        self.dev.close()
+
+
 def _verify(og, spec, rows: list[CandidateRow], client, addr, token: str, encoding: str, iterations: int,
-            warmup: int, limit: Optional[int], tail_name: str, say: Progress) -> list[CandidateRow]:
-    """Run each candidate end to end: head lowered to .pte (XNNPACK) and run by the device-side split
-    client, tail on the server. Device ``local`` only: the split client runs as a process here."""
+            warmup: int, limit: Optional[int], tail_name: str, say: Progress, *, device: str = "local",
+            split_runner: str = "python", device_token: Optional[str] = None) -> list[CandidateRow]:
+    """Run each candidate end to end: head lowered to .pte (XNNPACK) and run on the device (the native
+    runner's split mode, or the Python split client on this host), tail on the server."""
     import torch
 
-    from edgeprobe.compress.fidelity import sqnr_db
     from edgeprobe.lower import lower
     from edgeprobe.models import ModelSpec, flatten_outputs
     from edgeprobe.split.graph import export_head, export_tail, split
@@ -453,13 +511,21 @@ def _verify(og, spec, rows: list[CandidateRow], client, addr, token: str, encodi
     # The plan's one program name, reloaded per candidate (the same name replaces the last tail): a name
     # per candidate would hit the server's --max-programs (64) on models with more candidates.
     out: list[CandidateRow] = []
+    native = _NativeSplit(device, device_token) if split_runner == "native" else None
     with tempfile.TemporaryDirectory(prefix="edgeprobe-split-") as tmp, _ClientProcess(Path(tmp)) as proc:
         inputs = Path(tmp) / "inputs.bin"
         inputs.write_bytes(codec.encode(list(spec.example_inputs), "fp32"))
         for k, r in enumerate(todo):
-            say(f"verify [{k + 1}/{len(todo)}] {r.label}")
+            say(f"verify [{k + 1}/{len(todo)}] {r.label}" + (f" (native runner on {device})" if native else ""))
             try:
                 s = split(og, spec.example_inputs, set(r.device_node_names))
+                if native is not None:
+                    rec, head_b, tail_b = _native_candidate(native, s, spec, client, addr, token, encoding, tail_name,
+                                                            iterations, warmup, Path(tmp), k)
+                    head_outs = [] if s.cloud_only else codec.decode(head_b)
+                    got = s.assemble(head_outs, codec.decode(tail_b) if tail_b else [])
+                    out.append(_measured_row(r, rec, want, got))
+                    continue
                 argv = ["--inputs", str(inputs),
                         "--iterations", str(iterations), "--warmup", str(warmup), "--encoding", encoding,
                         "--out", str(Path(tmp) / f"r{k}.json"), "--outputs-file", str(Path(tmp) / f"o{k}.bin")]
@@ -478,17 +544,47 @@ def _verify(og, spec, rows: list[CandidateRow], client, addr, token: str, encodi
                 rec = json.loads(rec_path.read_text())
                 if rec["status"] != "ok":
                     raise RuntimeError(rec["error"]["message"])
-                e2e = sorted(it["e2e_ms"] for it in rec["iterations"])
                 outs = codec.decode((Path(tmp) / f"o{k}.bin").read_bytes())
                 nh = rec.get("head_outputs_count", 0)
-                got = s.assemble(outs[:nh], outs[nh:])
-                got_flat = torch.cat([t.reshape(-1).float() for t in got])
-                p50 = statistics.median(e2e)
-                p90 = e2e[min(len(e2e) - 1, math.ceil(0.9 * len(e2e)) - 1)]
-                out.append(dataclasses.replace(r, measured_e2e_p50_ms=p50, measured_e2e_p90_ms=p90,
-                                               prediction_error=(r.predicted_total_ms - p50) / p50,
-                                               sqnr_db=sqnr_db(want, got_flat)))
+                out.append(_measured_row(r, rec, want, s.assemble(outs[:nh], outs[nh:])))
             except Exception as exc:  # noqa: BLE001 - a failing candidate is a row with its error
                 msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 out.append(dataclasses.replace(r, error=f"{type(exc).__name__}: {msg}"))
+    if native is not None:
+        native.close()
     return out + rows[len(todo):]
+
+
+def _measured_row(r: CandidateRow, rec: dict[str, Any], want, got) -> CandidateRow:
+    import torch
+
+    from edgeprobe.compress.fidelity import sqnr_db
+
+    e2e = sorted(it["e2e_ms"] for it in rec["iterations"])
+    got_flat = torch.cat([t.reshape(-1).float() for t in got])
+    p50 = statistics.median(e2e)
+    p90 = e2e[min(len(e2e) - 1, math.ceil(0.9 * len(e2e)) - 1)]
+    return dataclasses.replace(r, measured_e2e_p50_ms=p50, measured_e2e_p90_ms=p90,
+                               prediction_error=(r.predicted_total_ms - p50) / p50, sqnr_db=sqnr_db(want, got_flat))
+
+
+def _native_candidate(native: _NativeSplit, s, spec, client, addr, token: str, encoding: str, tail_name: str,
+                      iterations: int, warmup: int, tmp: Path, k: int):
+    """One candidate on the native runner: its head artifact (cloud-only: the whole model's, whose
+    inputs are sent without running it), the tail loaded on the server."""
+    from edgeprobe.lower import lower
+    from edgeprobe.models import ModelSpec
+    from edgeprobe.split.graph import export_head, export_tail
+
+    extra = ["--split-encoding", encoding, "--split-send", str(len(s.crossing))]
+    if s.cloud_only:
+        art = lower(spec)
+        extra += ["--split-send-inputs", "1"]
+    else:
+        art = lower(ModelSpec(f"{spec.ref}-head", s.head_example_inputs, exported=export_head(s)))
+    if s.device_only:
+        extra += ["--split-server", "none"]
+    else:
+        client.load(tail_name, export_tail(s))
+        extra += ["--split-server", f"{addr[0]}:{addr[1]}", "--split-token", token, "--split-name", tail_name]
+    return native.run(art, extra, iterations, warmup, tmp, k)

@@ -96,7 +96,7 @@ def measure_device_costs(model: Any, *, device: str = "local", iterations: int =
     from edgeprobe import api
 
     rep = api.profile(model, device=device, backend="portable", iterations=iterations, warmup=warmup,
-                      threads=threads, progress=progress)
+                      threads=threads, progress=progress, token=token)
     if not rep.result.ok or rep.etdump_path is None:
         err = rep.result.run.error
         raise RuntimeError(f"profiling on {device} failed: {err.message if err else 'no ETDump'}")
