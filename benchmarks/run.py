@@ -6,6 +6,10 @@
    vs torch eager (in-process) vs TorchScript-Lite (.ptl, Python runner), at 1 and 2 threads.
 3. ADB push throughput: edgeprobe's ADB transport vs Debian's `adb push` to the same test adbd
    (benchmarks/push.py); ``--only push`` runs this section alone.
+4. Compression sweep (benchmarks/sweep.py), ``--only sweep``.
+5. Split planning time on a synthetic 1000-node DAG (benchmarks/split_planning.py), ``--only split``.
+6. Split end to end under 3G/4G/Wi-Fi, MobileNetV2 and ResNet18 (benchmarks/split_e2e.py),
+   ``--only split-e2e``; the CUDA tails (benchmarks/split_gpu_tails.py) run on a GPU machine.
 
 Prints a Markdown report (paste into docs/benchmarks.md with the command line).
 """
@@ -73,14 +77,15 @@ def main() -> int:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--only", choices=["push", "sweep", "split"], help="run one section only")
+    ap.add_argument("--only", choices=["push", "sweep", "split", "split-e2e"], help="run one section only")
     ap.add_argument("--push-size-mb", type=float, default=50)
     ap.add_argument("--push-repeats", type=int, default=3)
     args = ap.parse_args()
-    if args.only in ("push", "sweep", "split"):
+    if args.only:
         print(f"# edgeprobe benchmarks\n\nmachine: {platform.machine()}, {os.cpu_count()} cores, "
               f"{platform.platform()}\n")
-        return {"push": push_section, "sweep": sweep_section, "split": split_section}[args.only](args)
+        return {"push": push_section, "sweep": sweep_section, "split": split_section,
+                "split-e2e": split_e2e_section}[args.only](args)
     threads_list = [int(t) for t in args.threads.split(",")]
     models = args.models.split(",")
     say = lambda m: print(f"  .. {m}", file=sys.stderr, flush=True)  # noqa: E731
@@ -131,7 +136,20 @@ def main() -> int:
     # 4. compression sweep
     sweep_section(args)
     # 5. split planning
-    return split_section(args)
+    split_section(args)
+    # 6. split end to end under the three link profiles (needs root: namespaces, TUN)
+    return split_e2e_section(args)
+
+
+def split_e2e_section(args) -> int:
+    """MobileNetV2 and ResNet18 split end to end under 3G/4G/Wi-Fi (benchmarks/split_e2e.py): regret and
+    median prediction error against their goals. Long: every candidate is run (about an hour here)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from split_e2e import run_split_e2e_bench
+
+    print("\n## Split end to end under 3G/4G/Wi-Fi (MobileNetV2, ResNet18; every candidate measured)\n")
+    run_split_e2e_bench(say=lambda m: print(f"  .. {m}", file=sys.stderr, flush=True))
+    return 0
 
 
 def split_section(args) -> int:

@@ -64,7 +64,8 @@ def _worker(args: argparse.Namespace) -> int:
             linkemu.set_shaping(args.control, rate, rtt / 2)
             say(f"{name} {prof}: {rate} Mbit/s, RTT {rtt} ms; planning and verifying every candidate")
             t1 = time.monotonic()
-            plan = plan_split(module, input_shape=(1, 3, 224, 224), server=args.server, token=TOKEN,
+            plan = plan_split(module, input_shape=(1, 3, 224, 224), server=args.server,
+                              device_server=args.device_server, token=TOKEN,
                               uplink=f"{rate}mbit", downlink=f"{rate}mbit", rtt=f"{rtt}ms", encoding=args.encoding,
                               iterations=args.iterations, warmup=args.warmup, verify=True, device_costs=dc,
                               progress=say)
@@ -119,13 +120,18 @@ def run_split_e2e_bench(models=("mobilenet_v2", "resnet18"), profiles=tuple(p[0]
     out_path = Path(out).resolve()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("EDGEPROBE_TOKEN", None)
-    with emulated_link(prefix="epbs") as link, open(out_path.with_suffix(".serve.log"), "w") as log:
-        server = link.popen(link.ns_a, [sys.executable, "-m", "edgeprobe", "serve", "--host", link.addr_a, "--port",
+    # The tail programs (up to 45 MB each) are loaded over an unshaped side channel, as a deployment puts
+    # them on its server ahead of time; the split client reaches the server over the emulated link.
+    with emulated_link(prefix="epbs", side_channel=True) as link, \
+            open(out_path.with_suffix(".serve.log"), "w") as log:
+        server = link.popen(link.ns_a, [sys.executable, "-m", "edgeprobe", "serve", "--host", "0.0.0.0", "--port",
                                         "0", "--token", TOKEN, "--threads", "1"],
                             stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         port = json.loads(first_line(server, 120))["listening"].rsplit(":", 1)[1]
-        say(f"server in {link.ns_a} at {link.addr_a}:{port}; device side in {link.ns_b}")
-        argv = [sys.executable, str(Path(__file__).resolve()), "--worker", "--server", f"tcp:{link.addr_a}:{port}",
+        say(f"server in {link.ns_a}: {link.addr_a}:{port} over the link, {link.side_a}:{port} unshaped; "
+            f"device side in {link.ns_b}")
+        argv = [sys.executable, str(Path(__file__).resolve()), "--worker", "--server", f"tcp:{link.side_a}:{port}",
+                "--device-server", f"tcp:{link.addr_a}:{port}",
                 "--control", link.control, "--out", str(out_path), "--encoding", encoding,
                 "--iterations", str(iterations), "--warmup", str(warmup), "--models", *models,
                 "--profiles", *profiles]
@@ -149,6 +155,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", dest="out")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--server", help=argparse.SUPPRESS)
+    ap.add_argument("--device-server", help=argparse.SUPPRESS)
     ap.add_argument("--control", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:

@@ -319,6 +319,8 @@ class EmulatedLink(VethPair):
     link between ``addr_a`` and ``addr_b``) instead of a veth pair. ``shaping`` is "linkemu"."""
 
     control: str = ""
+    side_a: Optional[str] = None  # with side_channel: an unshaped veth pair between the same namespaces
+    side_b: Optional[str] = None
     emulator: Optional[subprocess.Popen] = field(default=None, repr=False)
     counters: dict = field(default_factory=dict)
 
@@ -335,11 +337,16 @@ class EmulatedLink(VethPair):
 
 @contextlib.contextmanager
 def emulated_link(prefix: str = "ep", subnet: Optional[str] = None, rate_mbit: Optional[float] = None,
-                  delay_ms: Optional[float] = None, limit_packets: int = 10000) -> Iterator[EmulatedLink]:
+                  delay_ms: Optional[float] = None, limit_packets: int = 10000,
+                  side_channel: bool = False) -> Iterator[EmulatedLink]:
     """Like :func:`veth_pair`, but the link is the userspace emulator (``tests/linkemu.py``): rate
     *and* one-way delay each way on any kernel, netem or not, counted on whole IP packets. The
     planner's model of it: rate over IP bytes (52 B of TCP/IPv4 headers per 1448 B segment),
-    RTT = 2 x ``delay_ms``. Always cleaned up; ``link.counters`` holds the emulator's counters after."""
+    RTT = 2 x ``delay_ms``. Always cleaned up; ``link.counters`` holds the emulator's counters after.
+
+    ``side_channel``: also an unshaped veth pair between the two namespaces (``side_a``/``side_b``, another
+    /24), for traffic that does not belong on the emulated link (a host loading programs onto a server
+    that the device then reaches over the slow link)."""
     if not _NAME_OK.match(prefix):
         raise ValueError("prefix must be 1-20 characters of [A-Za-z0-9_-]")
     if subnet is None:
@@ -371,6 +378,17 @@ def emulated_link(prefix: str = "ep", subnet: Optional[str] = None, rate_mbit: O
             _cmd(["ip", "-n", ns, "link", "set", "dev", "lo", "up"])
             _cmd(["ip", "-n", ns, "link", "set", "dev", ifname, "multicast", "on"])
             _cmd(["ip", "-n", ns, "link", "set", "dev", ifname, "up"])
+        if side_channel:
+            side = f"10.{random.randint(0, 255)}.{random.randint(0, 255)}"
+            while side == subnet:
+                side = f"10.{random.randint(0, 255)}.{random.randint(0, 255)}"
+            net.side_a, net.side_b = f"{side}.1", f"{side}.2"
+            _cmd(["ip", "link", "add", f"{prefix[:11]}-sa", "netns", net.ns_a, "type", "veth",
+                  "peer", "name", f"{prefix[:11]}-sb", "netns", net.ns_b])
+            for ns, ifname, addr in ((net.ns_a, f"{prefix[:11]}-sa", net.side_a),
+                                     (net.ns_b, f"{prefix[:11]}-sb", net.side_b)):
+                _cmd(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", ifname])
+                _cmd(["ip", "-n", ns, "link", "set", "dev", ifname, "up"])
         net.shaping = "linkemu" if (rate_mbit is not None or delay_ms) else None
         yield net
     finally:
