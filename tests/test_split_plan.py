@@ -72,6 +72,7 @@ def test_plan_and_verify_every_candidate_on_a_dag(tail_server, native_runner, tm
     assert all(r.sqnr_db > 100 for r in rows)  # fp32 everywhere: split outputs equal the unsplit model
     assert plan.regret is not None and plan.regret >= 1.0
     assert plan.best_measured in {r.label for r in rows}
+    assert plan.device_only.measured_e2e_p50_ms and plan.cloud_only.measured_e2e_p50_ms  # the verified rows
     assert plan.per_message_overhead_bytes > 0  # measured against the server
     assert plan.request_overhead_ms > 0  # measured: the server's handling + the client's codec of an echo
     assert all(r.predicted_overhead_ms == plan.request_overhead_ms for r in rows if r.kind != "device-only")

@@ -13,6 +13,7 @@ prediction error.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -278,8 +279,6 @@ def plan_split(
     cands = planner.candidates(graph, net)
     rows = [_row(og, c, tensor_bytes) for c in cands]
     chosen_row = _row(og, chosen, tensor_bytes)
-    device_only = next(r for r in rows if r.kind == "device-only")
-    cloud_only = next(r for r in rows if r.kind == "cloud-only")
     bps = list(policy_bps) if policy_bps else [up * f for f in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)]
     pol = tuple((bw, _label(og, c)) for bw, c in planner.policy(graph, sorted(bps), down, rtt_ms,
                                                                 per_message_overhead_bytes=overhead,
@@ -319,7 +318,8 @@ def plan_split(
                "scale": f"portable total {dev.portable_total_ms:.3f} ms -> XNNPACK p50 {dev.xnnpack_total_ms:.3f} ms"}
     return SplitPlan(spec.ref, device, server, up, down, rtt_ms, encoding, objective, overhead,
                      packet_overhead_bytes, request_ms, chosen_row,
-                     device_only, cloud_only, tuple(rows), pol, sources,
+                     next(r for r in rows if r.kind == "device-only"), next(r for r in rows if r.kind == "cloud-only"),
+                     tuple(rows), pol, sources,
                      _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), regret, best, med_err,
                      tuple(notes))
 
@@ -512,7 +512,8 @@ def _verify(og, spec, rows: list[CandidateRow], client, addr, token: str, encodi
     # per candidate would hit the server's --max-programs (64) on models with more candidates.
     out: list[CandidateRow] = []
     native = _NativeSplit(device, device_token) if split_runner == "native" else None
-    with tempfile.TemporaryDirectory(prefix="edgeprobe-split-") as tmp, _ClientProcess(Path(tmp)) as proc:
+    with tempfile.TemporaryDirectory(prefix="edgeprobe-split-") as tmp, _ClientProcess(Path(tmp)) as proc, \
+            contextlib.closing(native) if native is not None else contextlib.nullcontext():
         inputs = Path(tmp) / "inputs.bin"
         inputs.write_bytes(codec.encode(list(spec.example_inputs), "fp32"))
         for k, r in enumerate(todo):
@@ -550,8 +551,6 @@ def _verify(og, spec, rows: list[CandidateRow], client, addr, token: str, encodi
             except Exception as exc:  # noqa: BLE001 - a failing candidate is a row with its error
                 msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 out.append(dataclasses.replace(r, error=f"{type(exc).__name__}: {msg}"))
-    if native is not None:
-        native.close()
     return out + rows[len(todo):]
 
 

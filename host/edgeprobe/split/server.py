@@ -403,8 +403,8 @@ class TailClient:
             cause = send_error or exc
             self.close()
             raise ConnectionLostError(f"edgeprobe serve at {self.where}: connection lost during {header.get('op')} "
-                              f"({cause}); payload {len(payload)} bytes, server limit "
-                              f"{getattr(self, 'info', {}).get('max_bytes', 'unknown')}") from None
+                                      f"({cause}); payload {len(payload)} bytes, server limit "
+                                      f"{getattr(self, 'info', {}).get('max_bytes', 'unknown')}") from None
         down = 4 + len(json.dumps(reply).encode()) + len(data)
         if not reply.get("ok"):
             if send_error is not None or reply.get("closed") or header.get("op") == "hello":
