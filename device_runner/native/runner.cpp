@@ -744,7 +744,14 @@ class JsonScan {  // just enough JSON for the server's flat replies
           case 'f': o += '\f'; break;
           case 'u': {
             unsigned v = 0;
-            for (int k = 0; k < 4 && i_ < s_.size(); ++k) v = v * 16 + static_cast<unsigned>(std::stoi(std::string(1, s_[i_++]), nullptr, 16));
+            for (int k = 0; k < 4; ++k) {
+              char h = peek();
+              int d = std::isdigit(static_cast<unsigned char>(h)) ? h - '0'
+                      : (h >= 'a' && h <= 'f') ? h - 'a' + 10 : (h >= 'A' && h <= 'F') ? h - 'A' + 10 : -1;
+              if (d < 0) throw Failure{"split_protocol", "bad \\u escape in the server's JSON"};
+              v = v * 16 + static_cast<unsigned>(d);
+              ++i_;
+            }
             o += v < 0x80 ? static_cast<char>(v) : '?';
             break;
           }
