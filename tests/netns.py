@@ -259,22 +259,24 @@ def veth_pair(prefix: str = "ep", subnet: Optional[str] = None, rate_mbit: Optio
     # unique there (and at most 15 characters).
     net = VethPair(ns_a=f"{base}-a", ns_b=f"{base}-b", addr_a=f"{subnet}.1", addr_b=f"{subnet}.2",
                    ifname_a=f"{prefix[:13]}-a", ifname_b=f"{prefix[:13]}-b")
+    with _namespaces(net):
+        _add_veth(net.ns_a, net.ns_b, net.ifname_a, net.ifname_b, net.addr_a, net.addr_b, net.prefixlen)
+        if rate_mbit is not None or delay_ms is not None:
+            net.set_shaping(rate_mbit, delay_ms)
+        _wait_link_up(net)
+        yield net
+
+
+@contextlib.contextmanager
+def _namespaces(net: VethPair) -> Iterator[None]:
+    """Create ``net``'s two namespaces (lo up); on the way out, stop what runs in them and delete them."""
     made: list[str] = []
     try:
         for ns in (net.ns_a, net.ns_b):
             _cmd(["ip", "netns", "add", ns])
             made.append(ns)
-        _cmd(["ip", "link", "add", net.ifname_a, "netns", net.ns_a, "type", "veth",
-              "peer", "name", net.ifname_b, "netns", net.ns_b])
-        for ns, ifname, addr in ((net.ns_a, net.ifname_a, net.addr_a), (net.ns_b, net.ifname_b, net.addr_b)):
-            _cmd(["ip", "-n", ns, "addr", "add", f"{addr}/{net.prefixlen}", "dev", ifname])
             _cmd(["ip", "-n", ns, "link", "set", "dev", "lo", "up"])
-            _cmd(["ip", "-n", ns, "link", "set", "dev", ifname, "multicast", "on"])
-            _cmd(["ip", "-n", ns, "link", "set", "dev", ifname, "up"])
-        if rate_mbit is not None or delay_ms is not None:
-            net.set_shaping(rate_mbit, delay_ms)
-        _wait_link_up(net)
-        yield net
+        yield
     finally:
         try:
             if made:
@@ -282,6 +284,16 @@ def veth_pair(prefix: str = "ep", subnet: Optional[str] = None, rate_mbit: Optio
         finally:
             for ns in made:
                 _cmd(["ip", "netns", "del", ns], check=False)
+
+
+def _add_veth(ns_a: str, ns_b: str, if_a: str, if_b: str, addr_a: str, addr_b: str, prefixlen: int) -> None:
+    """A veth pair between two namespaces (its ends made inside them, so their names need only be
+    unique there), addressed, multicast on, up."""
+    _cmd(["ip", "link", "add", if_a, "netns", ns_a, "type", "veth", "peer", "name", if_b, "netns", ns_b])
+    for ns, ifname, addr in ((ns_a, if_a, addr_a), (ns_b, if_b, addr_b)):
+        _cmd(["ip", "-n", ns, "addr", "add", f"{addr}/{prefixlen}", "dev", ifname])
+        _cmd(["ip", "-n", ns, "link", "set", "dev", ifname, "multicast", "on"])
+        _cmd(["ip", "-n", ns, "link", "set", "dev", ifname, "up"])
 
 
 def _wait_link_up(net: VethPair, timeout_s: float = 10.0) -> None:
@@ -357,58 +369,43 @@ def emulated_link(prefix: str = "ep", subnet: Optional[str] = None, rate_mbit: O
     net = EmulatedLink(ns_a=f"{base}-a", ns_b=f"{base}-b", addr_a=f"{subnet}.1", addr_b=f"{subnet}.2",
                        ifname_a=f"{prefix[:6]}{tag}a", ifname_b=f"{prefix[:6]}{tag}b", prefixlen=32,
                        control=os.path.join(tempfile.gettempdir(), f"linkemu-{base}.sock"))
-    made: list[str] = []
-    try:
-        for ns in (net.ns_a, net.ns_b):
-            _cmd(["ip", "netns", "add", ns])
-            made.append(ns)
+    with _namespaces(net):
         argv = [sys.executable, _LINKEMU, "--names", net.ifname_a, net.ifname_b, "--delay-ms", str(delay_ms or 0.0),
                 "--limit", str(limit_packets), "--control", net.control]
         if rate_mbit is not None:
             argv += ["--rate-mbit", str(rate_mbit)]
         net.emulator = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True)
-        line = first_line(net.emulator, 20)
-        if not line.startswith("ready"):
-            raise NetnsError(f"the link emulator did not start: {line!r}")
-        for ns, ifname, addr, peer in ((net.ns_a, net.ifname_a, net.addr_a, net.addr_b),
-                                       (net.ns_b, net.ifname_b, net.addr_b, net.addr_a)):
-            _cmd(["ip", "link", "set", "dev", ifname, "netns", ns])
-            _cmd(["ip", "-n", ns, "addr", "add", addr, "peer", f"{peer}/32", "dev", ifname])
-            _cmd(["ip", "-n", ns, "link", "set", "dev", "lo", "up"])
-            _cmd(["ip", "-n", ns, "link", "set", "dev", ifname, "multicast", "on"])
-            _cmd(["ip", "-n", ns, "link", "set", "dev", ifname, "up"])
-        if side_channel:
-            side = f"10.{random.randint(0, 255)}.{random.randint(0, 255)}"
-            while side == subnet:
-                side = f"10.{random.randint(0, 255)}.{random.randint(0, 255)}"
-            net.side_a, net.side_b = f"{side}.1", f"{side}.2"
-            _cmd(["ip", "link", "add", f"{prefix[:11]}-sa", "netns", net.ns_a, "type", "veth",
-                  "peer", "name", f"{prefix[:11]}-sb", "netns", net.ns_b])
-            for ns, ifname, addr in ((net.ns_a, f"{prefix[:11]}-sa", net.side_a),
-                                     (net.ns_b, f"{prefix[:11]}-sb", net.side_b)):
-                _cmd(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", ifname])
-                _cmd(["ip", "-n", ns, "link", "set", "dev", ifname, "up"])
-        net.shaping = "linkemu" if (rate_mbit is not None or delay_ms) else None
-        yield net
-    finally:
         try:
-            if made:
-                net._stop_everything()
+            line = first_line(net.emulator, 20)
+            if not line.startswith("ready"):
+                raise NetnsError(f"the link emulator did not start: {line!r}")
+            for ns, ifname, addr, peer in ((net.ns_a, net.ifname_a, net.addr_a, net.addr_b),
+                                           (net.ns_b, net.ifname_b, net.addr_b, net.addr_a)):
+                _cmd(["ip", "link", "set", "dev", ifname, "netns", ns])
+                _cmd(["ip", "-n", ns, "addr", "add", addr, "peer", f"{peer}/32", "dev", ifname])
+                _cmd(["ip", "-n", ns, "link", "set", "dev", ifname, "multicast", "on"])
+                _cmd(["ip", "-n", ns, "link", "set", "dev", ifname, "up"])
+            if side_channel:
+                side = subnet
+                while side == subnet:
+                    side = f"10.{random.randint(0, 255)}.{random.randint(0, 255)}"
+                net.side_a, net.side_b = f"{side}.1", f"{side}.2"
+                _add_veth(net.ns_a, net.ns_b, f"{prefix[:11]}-sa", f"{prefix[:11]}-sb", net.side_a, net.side_b, 24)
+            net.shaping = "linkemu" if (rate_mbit is not None or delay_ms) else None
+            yield net
         finally:
-            if net.emulator is not None:
-                try:
-                    out, _ = net.emulator.communicate(timeout=10)  # closing stdin stops it
-                    last = (out or "").strip().splitlines()[-1:] or [""]
-                    with contextlib.suppress(ValueError):
-                        net.counters = json.loads(last[0])
-                except subprocess.TimeoutExpired:
-                    net.emulator.kill()
-                    net.emulator.wait(timeout=5)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(net.control)
-            for ns in made:
-                _cmd(["ip", "netns", "del", ns], check=False)
+            try:
+                out, _ = net.emulator.communicate(timeout=10)  # closing stdin stops it
+                last = (out or "").strip().splitlines()[-1:] or [""]
+                with contextlib.suppress(ValueError):
+                    net.counters = json.loads(last[0])
+            except subprocess.TimeoutExpired:
+                net.emulator.kill()
+                net.emulator.wait(timeout=5)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(net.control)
+
 
 # --- measuring the link (stdlib scripts run in the namespaces) --------------------------------------
 
