@@ -202,9 +202,8 @@ def render_split(plan, top: int = 12) -> list:
                     f"{plan.encoding}", title_justify="left")
     cols = ["", "cut", "device ops", "bytes up", "device ms", "uplink ms", "server ms", "downlink ms", "rtt + sw ms",
             "predicted ms"]
-    verified = any(r.measured_e2e_p50_ms is not None or (r.error and not r.error.startswith("confirm:"))
-                   for r in plan.candidates)
-    confirmed = any(r.measured_head_ms is not None for r in plan.candidates if r.kind == "split")
+    verified = any(r.measured_e2e_p50_ms is not None or r.error for r in plan.candidates)
+    confirmed = any(r.measured_head_ms is not None or r.confirm_error for r in plan.candidates if r.kind == "split")
     if confirmed:
         cols += ["head ms (measured)", "confirmed ms"]
     if verified:
@@ -220,12 +219,11 @@ def render_split(plan, top: int = 12) -> list:
         cells = [mark, escape(r.label), str(r.device_nodes), f"{r.bytes_up:,}", f"{r.predicted_device_ms:.3f}",
                  f"{r.predicted_uplink_ms:.3f}", f"{r.predicted_server_ms:.3f}", f"{r.predicted_downlink_ms:.3f}",
                  f"{r.predicted_rtt_ms + r.predicted_overhead_ms:.1f}", f"{r.predicted_total_ms:.3f}"]
-        confirm_error = bool(r.error and r.error.startswith("confirm:"))
         if confirmed:
             cells += ([f"{r.measured_head_ms:.3f}", f"{r.confirmed_total_ms:.3f}"] if r.confirmed_total_ms is not None
-                      else [f"[red]{escape(r.error or '')}[/red]", ""] if confirm_error else ["", ""])
+                      else [f"[red]{escape(r.confirm_error)}[/red]", ""] if r.confirm_error else ["", ""])
         if verified:
-            if r.error and not confirm_error:
+            if r.error:
                 cells += [f"[red]{escape(r.error)}[/red]", "", ""]
             elif r.measured_e2e_p50_ms is not None:
                 sq = "inf" if r.sqnr_db is not None and r.sqnr_db == float("inf") else f"{r.sqnr_db:.1f}"

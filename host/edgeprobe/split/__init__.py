@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from edgeprobe.errors import UsageError
 
-PLAN_SCHEMA_VERSION = 2  # 2: measured_head_ms/confirmed_total_ms, packet_overhead_bytes, framing per message
+PLAN_SCHEMA_VERSION = 2  # 2: measured_head_ms/confirmed_total_ms/confirm_error, packet_overhead_bytes, framing per message
 Progress = Callable[[str], None]
 
 _RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmg]?)(bit|bps|b)?(?:/s)?\s*$", re.I)
@@ -78,6 +78,7 @@ class CandidateRow:
     predicted_overhead_ms: float = 0.0  # per-request software time (measured), part of predicted_total_ms
     measured_head_ms: Optional[float] = None  # confirm: the compiled (XNNPACK) head's p50 on the device
     confirmed_total_ms: Optional[float] = None  # predicted total with the measured head in place of its prediction
+    confirm_error: Optional[str] = None  # why the head could not be timed (the row keeps its prediction)
 
 
 @dataclass(frozen=True)
@@ -359,7 +360,7 @@ def _confirm(og, spec, rows: list[CandidateRow], chosen: CandidateRow, device_on
                 measured = res.stats.p50_ms
             except Exception as exc:  # noqa: BLE001 - the row keeps its prediction and says why
                 msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                out.append(dataclasses.replace(r, error=f"confirm: {type(exc).__name__}: {msg}"))
+                out.append(dataclasses.replace(r, confirm_error=f"{type(exc).__name__}: {msg}"))
                 continue
         if measured is None:
             out.append(r)
