@@ -1,9 +1,13 @@
 """Lowering: a ``ModelSpec`` becomes an artifact directory (model file, test vectors, manifest).
 
-Artifacts live in a content-addressed cache: the key hashes the model's content, the target,
-backend, recipe and tool versions, so a second bench of the same model skips lowering. Each
-artifact is written into a temporary directory and renamed into place, so the cache never
-serves a half-written artifact; on read the artifact's sha256 is checked against its manifest.
+Artifacts live in a content-addressed cache: the key hashes the model's content (its exported
+graph and weights, see ``ModelSpec.fingerprint``), the target, backend, recipe and tool versions,
+so a second bench of the same model skips lowering. An artifact (in the cache or ``out_dir``) is
+reused only when its manifest's ``cache_key`` is the requested one, and its files match their
+sha256s. Each artifact is written into a temporary directory beside its place and swapped in
+atomically (``fsutil.replace_dir``), under a per-place lock, so a reader sees the old artifact or
+the new one, never a half-written one. ``out_dir`` may name a new or empty directory or an
+edgeprobe artifact; any other directory is the user's and is refused, never deleted.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from edgeprobe import versions
-from edgeprobe.errors import ArtifactError, LoweringError
+from edgeprobe.errors import ArtifactError, LoweringError, UsageError
+from edgeprobe.fsutil import _fault_point, fsync_tree, locked, remove_leftovers, replace_dir
 from edgeprobe.lower import capabilities
 from edgeprobe.models import ModelSpec
 from edgeprobe.results import Manifest, TensorSpec, from_dict, to_dict
@@ -115,23 +120,75 @@ def cache_key(spec: ModelSpec, cap: capabilities.Capability, recipe: str) -> str
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def load_artifact(directory: Path) -> Artifact:
-    """Read an artifact directory, verifying that the model file matches its manifest."""
-    directory = Path(directory)
+def _read_manifest(directory: Path) -> Manifest:
     mpath = directory / MANIFEST
     if not mpath.is_file():
         raise ArtifactError(f"{directory} has no {MANIFEST}; re-export it with `edgeprobe export`")
     try:
-        manifest = from_dict(Manifest, json.loads(mpath.read_text()))
+        return from_dict(Manifest, json.loads(mpath.read_text()))
     except (json.JSONDecodeError, Exception) as exc:  # noqa: BLE001
         raise ArtifactError(f"{mpath} is unreadable ({exc}); delete {directory} and export again") from None
-    model = directory / manifest.artifact_file
-    if not model.is_file() or sha256_file(model) != manifest.artifact_sha256:
-        raise ArtifactError(
-            f"{model} does not match the sha256 in its manifest (corrupt or truncated); "
-            f"delete {directory} and export again"
-        )
+
+
+def load_artifact(directory: Path) -> Artifact:
+    """Read an artifact directory, verifying that the model and vectors files match their manifest."""
+    directory = Path(directory)
+    manifest = _read_manifest(directory)
+    for name, sha in ((manifest.artifact_file, manifest.artifact_sha256), (manifest.vectors_file, manifest.vectors_sha256)):
+        path = directory / name
+        if not path.is_file() or sha256_file(path) != sha:
+            raise ArtifactError(
+                f"{path} does not match the sha256 in its manifest (corrupt or truncated); "
+                f"delete {directory} and export again"
+            )
     return Artifact(directory, manifest)
+
+
+def _is_artifact_dir(directory: Path) -> bool:
+    """A directory edgeprobe may replace: one with a readable manifest (its files may be damaged)."""
+    try:
+        _read_manifest(directory)
+        return True
+    except ArtifactError:
+        return False
+
+
+def _out_path(out_dir: Path) -> Path:
+    """Check ``out_dir`` before any work: a new or empty directory, or an edgeprobe artifact."""
+    out = Path(out_dir)
+    if out.is_symlink():
+        out = out.resolve()  # replace what the link names, not the link
+    here = Path.cwd().resolve()
+    resolved = out.resolve()
+    if resolved == here or resolved in here.parents:
+        raise UsageError(f"--out {out_dir} is the current directory or one of its parents, which edgeprobe will not "
+                         "replace; name a new directory for the artifact, e.g. --out artifact")
+    if os.path.lexists(out) and not out.is_dir():
+        raise UsageError(f"--out {out_dir} is a file; name a new directory for the artifact")
+    if out.is_dir() and any(out.iterdir()) and not _is_artifact_dir(out):
+        raise UsageError(f"--out {out_dir} is not empty and is not an edgeprobe artifact (no readable {MANIFEST}); "
+                         "edgeprobe replaces only its own artifact directories: name a new or empty directory, "
+                         "or move this one away yourself")
+    return out
+
+
+def _lock_path(final: Path) -> Path:
+    """One lock per artifact place, kept under the cache (never beside a user's --out)."""
+    digest = hashlib.sha256(str(final.resolve()).encode()).hexdigest()[:32]
+    return cache_dir() / ".locks" / f"{digest}.lock"
+
+
+def _reusable(final: Path, key: str) -> Optional[Artifact]:
+    """The artifact at ``final`` when it is complete, undamaged and lowered for ``key``."""
+    if not (final / MANIFEST).is_file():
+        return None
+    try:
+        art = load_artifact(final)
+    except ArtifactError:
+        return None  # damaged: rebuilt and swapped in, never served
+    if art.manifest.cache_key != key:
+        return None  # another model, recipe or tool version: replaced, never served
+    return Artifact(art.dir, art.manifest, cached=True)
 
 
 def lower(
@@ -153,16 +210,26 @@ def lower(
     int8 kernels round differently from the fp32-simulated q/dq reference."""
     cap = capabilities.resolve(format, backend)
     say = progress or (lambda _msg: None)
+    checked_out = _out_path(Path(out_dir)) if out_dir else None  # refused before any work
     key = cache_key(spec, cap, recipe)
-    final = Path(out_dir) if out_dir else cache_dir() / key
-    if use_cache and (final / MANIFEST).is_file():
-        try:
-            art = load_artifact(final)
-            say(f"cached artifact {final}")
-            return Artifact(art.dir, art.manifest, cached=True)
-        except ArtifactError:
-            shutil.rmtree(final, ignore_errors=True)  # a damaged cache entry is rebuilt, never served
+    final = checked_out or cache_dir() / key
+    with locked(_lock_path(final)):
+        remove_leftovers(final, ".tmp-", ".old-")  # from killed writers: under the lock no live one owns them
+        if use_cache:
+            cached = _reusable(final, key)
+            if cached is not None:
+                say(f"cached artifact {final}")
+                return cached
+        if checked_out is not None:
+            _out_path(checked_out)  # still new, empty or an artifact now that the lock is held
+        manifest = _lower_into(spec, cap, recipe, key, final, say, compression, quantized)
+    say(f"artifact {final}")
+    return Artifact(final, manifest)
 
+
+def _lower_into(spec: ModelSpec, cap: capabilities.Capability, recipe: str, key: str, final: Path, say: Progress,
+                compression: Sequence[dict], quantized: bool) -> Manifest:
+    """Write the artifact into a temporary directory beside ``final``, then swap it in."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
@@ -189,6 +256,7 @@ def lower(
                          f"host (not the q/dq reference graph), within rtol {rtol:g}, atol {atol:.3g}")
         with open(tmp / VECTORS, "wb") as f:
             epv.write(f, [epv.TestSet(tuple(_raw(x) for x in spec.example_inputs), tuple(_raw(y) for y in expected))])
+        _fault_point("lower:vectors-written")
         model_path = tmp / lowered.file_name
         manifest = Manifest(
             model_ref=spec.ref,
@@ -213,15 +281,14 @@ def lower(
             notes=tuple(notes),
             compression=tuple(compression),
         )
-        (tmp / MANIFEST).write_text(json.dumps(to_dict(manifest), indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)  # atomic on one filesystem: readers see all of it or nothing
+        (tmp / MANIFEST).write_text(json.dumps(to_dict(manifest), indent=2) + "\n")  # last: marks it complete
+        fsync_tree(tmp)
+        _fault_point("lower:manifest-written")
+        replace_dir(tmp, final, fault="lower")  # atomic: readers see the old artifact or this one
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    say(f"artifact {final}")
-    return Artifact(final, manifest)
+    return manifest
 
 
 def _run_pte(path: Path, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

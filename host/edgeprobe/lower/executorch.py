@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from edgeprobe.errors import LoweringError
+from edgeprobe.fsutil import _fault_point
 from edgeprobe.lower import Lowered, translate_export_error
 from edgeprobe.models import ModelSpec
 
@@ -29,12 +28,7 @@ def lower(spec: ModelSpec, backend: str, out_dir: Path, notes: list[str]) -> Low
     from executorch.exir import to_edge_transform_and_lower
 
     try:
-        if spec.exported is not None:
-            ep = spec.exported
-        else:
-            assert spec.module is not None
-            with torch.no_grad():
-                ep = torch.export.export(spec.module, spec.example_inputs, strict=False)
+        ep = spec.program()  # the same export the cache key hashed (exported once per spec)
         edge = to_edge_transform_and_lower(ep, partitioner=_partitioners(backend), generate_etrecord=True)
         prog = edge.to_executorch()
     except LoweringError:
@@ -43,6 +37,7 @@ def lower(spec: ModelSpec, backend: str, out_dir: Path, notes: list[str]) -> Low
         raise translate_export_error(spec, exc) from exc
     with open(out_dir / FILE_NAME, "wb") as f:
         prog.write_to_file(f)
+    _fault_point("lower:model-written")
     etrecord_file = None
     try:
         prog.get_etrecord().save(str(out_dir / ETRECORD))

@@ -7,11 +7,11 @@ from pathlib import Path
 import torch
 
 from edgeprobe.errors import LoweringError
+from edgeprobe.fsutil import _fault_point
 from edgeprobe.lower import Lowered, translate_export_error
 from edgeprobe.models import ModelSpec
 
 FILE_NAME = "model.ptl"
-
 
 
 def lower(spec: ModelSpec, backend: str, out_dir: Path, notes: list[str]) -> Lowered:
@@ -24,6 +24,7 @@ def lower(spec: ModelSpec, backend: str, out_dir: Path, notes: list[str]) -> Low
         scripted._save_for_lite_interpreter(str(out_dir / FILE_NAME))
     except Exception as exc:  # noqa: BLE001
         raise translate_export_error(spec, exc) from exc
+    _fault_point("lower:model-written")
     return Lowered(FILE_NAME)
 
 

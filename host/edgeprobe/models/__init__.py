@@ -6,8 +6,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib.util
+import inspect
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -25,26 +26,72 @@ ModelLike = Union[str, Path, nn.Module, torch.export.ExportedProgram]
 
 @dataclass
 class ModelSpec:
-    """A model ready to lower: the module (or exported program) and its example inputs."""
+    """A model ready to lower: the module (or exported program) and its example inputs.
+
+    A spec is a snapshot: the module is exported once (``program()``), and that one export is both
+    what the cache key hashes and what ExecuTorch lowers. Change the module's structure and build a
+    new spec (a changed ``repr`` is noticed and re-exported; in-place weight edits are hashed)."""
 
     ref: str
     example_inputs: tuple[torch.Tensor, ...]
     module: Optional[nn.Module] = None
     exported: Optional[torch.export.ExportedProgram] = None
+    source_sha256: Optional[str] = None  # of the factory file (``file.py:factory``), when there is one
+    _export: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
+
+    def program(self) -> torch.export.ExportedProgram:
+        """The ExportedProgram to lower: ``exported`` as given, or ``module`` exported once (cached).
+
+        Raises what ``torch.export`` raised (also on later calls) when the module cannot be exported."""
+        if self.exported is not None:
+            return self.exported
+        assert self.module is not None
+        stamp = (id(self.module), repr(self.module), tuple((tuple(x.shape), x.dtype) for x in self.example_inputs))
+        if self._export is None or self._export[0] != stamp:
+            try:
+                with torch.no_grad():
+                    result: object = torch.export.export(self.module, self.example_inputs, strict=False)
+            except Exception as exc:  # noqa: BLE001 - remembered; the lowering translates it
+                result = exc
+            self._export = (stamp, result)
+        result = self._export[1]
+        if isinstance(result, BaseException):
+            raise result
+        return result  # type: ignore[return-value]
 
     def fingerprint(self) -> str:
-        """Content hash of the model: structure, weights and example-input specs (cache key part)."""
+        """Content hash of the model (cache key part): the exported graph's code (so an edited
+        ``forward`` is a new model), its signature, weights and constants, and the example-input specs.
+
+        A module that ``torch.export`` cannot trace (it may still trace to TorchScript) is keyed on
+        the source of every module class in its tree, the factory file, ``repr`` and weights."""
         h = hashlib.sha256()
-        if self.exported is not None:
-            h.update(str(self.exported.graph_module.code).encode())
-            state = self.exported.state_dict
+        try:
+            ep = self.program()
+        except Exception:  # noqa: BLE001 - not exportable: key on the source instead
+            ep = None
+        if ep is not None:
+            h.update(b"exported\0")
+            for name, gm in ep.graph_module.named_modules():
+                if isinstance(gm, torch.fx.GraphModule):
+                    h.update(f"{name}\0{gm.code}\0".encode())
+            h.update(str(ep.graph_signature).encode())
+            tensors = [*ep.state_dict.items(), *sorted(ep.constants.items())]
         else:
             assert self.module is not None
+            h.update(b"source\0")
             h.update(f"{type(self.module).__module__}.{type(self.module).__qualname__}".encode())
             h.update(repr(self.module).encode())
-            state = self.module.state_dict()
-        for name, t in state.items():
+            h.update((self.source_sha256 or "").encode())
+            for cls in sorted({type(m) for m in self.module.modules()}, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
+                h.update(f"{cls.__module__}.{cls.__qualname__}\0".encode())
+                h.update(_class_source(cls).encode())
+            tensors = list(self.module.state_dict().items())
+        for name, t in tensors:
             h.update(name.encode())
+            if not isinstance(t, torch.Tensor):  # a script object among the constants
+                h.update(repr(t).encode())
+                continue
             t = t.detach().contiguous().cpu()
             h.update(f"{t.dtype}{tuple(t.shape)}".encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -60,6 +107,20 @@ class ModelSpec:
                 assert self.module is not None
                 out = self.module(*inputs)
         return flatten_outputs(out)
+
+
+def _class_source(cls: type) -> str:
+    """The source of a module class (its forward and helpers), or its methods' bytecode where the
+    source is not on disk."""
+    try:
+        return inspect.getsource(cls)
+    except (OSError, TypeError):
+        parts = []
+        for name, fn in sorted(vars(cls).items()):
+            code = getattr(fn, "__code__", None)
+            if code is not None:
+                parts.append(f"{name}:{code.co_code.hex()}:{code.co_consts!r}:{code.co_names!r}")
+        return "\n".join(parts)
 
 
 def flatten_outputs(out: object) -> tuple[torch.Tensor, ...]:
@@ -131,11 +192,13 @@ def _load_weights(module: nn.Module, weights: Union[str, Path]) -> None:
         raise UsageError(f"weights {path} do not fit the model: {str(exc).splitlines()[0]}") from None
 
 
-def _from_factory(ref: str) -> tuple[nn.Module, Optional[tuple[torch.Tensor, ...]]]:
+def _from_factory(ref: str) -> tuple[nn.Module, Optional[tuple[torch.Tensor, ...]], str]:
+    """(module, its example inputs if the factory returns them, sha256 of the file)."""
     file_part, _, factory_name = ref.rpartition(":")
     path = Path(file_part)
     if not path.is_file():
         raise ModelNotFoundError(f"model file {path} does not exist (expected path/to/file.py:factory)")
+    source_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
     mod_name = f"edgeprobe_user_model_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
     spec = importlib.util.spec_from_file_location(mod_name, path)
     assert spec and spec.loader
@@ -154,11 +217,11 @@ def _from_factory(ref: str) -> tuple[nn.Module, Optional[tuple[torch.Tensor, ...
     torch.manual_seed(SEED)
     made = factory()
     if isinstance(made, nn.Module):
-        return made, None
+        return made, None, source_sha256
     if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], nn.Module):
         inputs = made[1]
         inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
-        return made[0], inputs
+        return made[0], inputs, source_sha256
     raise UsageError(f"{ref} must return an nn.Module or (nn.Module, example_inputs), got {type(made).__name__}")
 
 
@@ -202,13 +265,13 @@ def load_model(
         return _check_forward(ModelSpec(ref=ref, exported=ep, example_inputs=inputs))
 
     if ".py:" in ref:
-        module, factory_inputs = _from_factory(ref)
+        module, factory_inputs, source = _from_factory(ref)
         if weights:
             _load_weights(module, weights)
         inputs = given or (
             _random_inputs(shape_override) if shape_override else factory_inputs or _random_inputs([DEFAULT_IMAGE_SHAPE])
         )
-        return _check_forward(ModelSpec(ref=ref, module=module.eval(), example_inputs=inputs))
+        return _check_forward(ModelSpec(ref=ref, module=module.eval(), example_inputs=inputs, source_sha256=source))
 
     if ref in zoo.NAMES:
         module, default_shape = zoo.build(ref)
