@@ -28,7 +28,8 @@ class RunError(Exception):
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="edgeprobe_runner", description="Measure one model file (PROTOCOL.md).")
+    p = argparse.ArgumentParser(prog="edgeprobe_runner", description="Measure one model file (PROTOCOL.md).",
+                                allow_abbrev=False)
     p.add_argument("--model", required=True)
     p.add_argument("--vectors")
     p.add_argument("--warmup", type=int, default=3)
