@@ -491,9 +491,10 @@ class BenchResult:
         return cls.from_dict(data)
 
     def save(self, path: Union[str, Path]) -> Path:
-        path = Path(path)
-        path.write_text(self.to_json() + "\n")
-        return path
+        """Write atomically (temp file beside it, fsync, rename): a kill leaves the old file or this one."""
+        from edgeprobe.fsutil import atomic_write_text
+
+        return atomic_write_text(path, self.to_json() + "\n", fault="result-save")
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "BenchResult":
