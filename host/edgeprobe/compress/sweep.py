@@ -92,12 +92,16 @@ class SweepResult:
         return _jsonable(dataclasses.asdict(self))
 
     def save_json(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        from edgeprobe.fsutil import atomic_write_text  # temp file + fsync + rename: no half-written sweep
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n", fault="sweep-save")
 
     def save_csv(self, path: Path) -> None:
         skip = {"steps", "notes"}
         fields = [f.name for f in dataclasses.fields(SweepRow) if f.name not in skip] + ["notes"]
-        with open(path, "w", newline="") as f:
+        from edgeprobe.fsutil import atomic_writer
+
+        with atomic_writer(path, "w", newline="", fault="sweep-csv") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             for r in self.rows:
