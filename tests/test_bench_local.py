@@ -134,7 +134,7 @@ def test_cli_errors_are_one_line():
 def test_cli_bench_json_and_show(tmp_path):
     out = tmp_path / "r.json"
     p = subprocess.run([sys.executable, "-m", "edgeprobe.cli", "bench", "tiny_cnn", "--runner", "python",
-                        "--iterations", "4", "--json", str(out)], capture_output=True, text=True)
+                        "--iterations", "4", "--min-seconds", "0", "--json", str(out)], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert "p50" in p.stdout and "energy" in p.stdout and "unavailable" in p.stdout
     data = json.loads(out.read_text())

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
-from edgeprobe.devices import MeasureConfig, default_runner, measure, open_device
+from edgeprobe.devices import MeasureConfig, check_device, default_runner, measure, open_device
 from edgeprobe.errors import ArtifactError, UsageError
 from edgeprobe.lower import Artifact, capabilities, load_artifact, lower
 from edgeprobe.results import BenchResult
@@ -36,8 +36,8 @@ def export(
                  out_dir=Path(out_dir) if out_dir else None, progress=progress)
 
 
-def _artifact_for(model, format: str, backend: Optional[str], input_shape, example_inputs, weights,
-                  use_cache: bool, progress: Optional[Progress]) -> Artifact:
+def _given_artifact(model) -> Optional[Artifact]:
+    """The artifact ``model`` already is (an Artifact or an artifact directory), without lowering."""
     if isinstance(model, Artifact):
         return model
     if isinstance(model, (str, Path)) and Path(model).is_dir():
@@ -47,8 +47,14 @@ def _artifact_for(model, format: str, backend: Optional[str], input_shape, examp
             f"{model}: bench an artifact directory from `edgeprobe export` (it carries the manifest "
             "and test vectors), or pass the model itself"
         )
-    return export(model, format=format, backend=backend, input_shape=input_shape, example_inputs=example_inputs,
-                  weights=weights, use_cache=use_cache, progress=progress)
+    return None
+
+
+def _artifact_for(model, format: str, backend: Optional[str], input_shape, example_inputs, weights,
+                  use_cache: bool, progress: Optional[Progress]) -> Artifact:
+    return _given_artifact(model) or export(
+        model, format=format, backend=backend, input_shape=input_shape, example_inputs=example_inputs,
+        weights=weights, use_cache=use_cache, progress=progress)
 
 
 def bench(
@@ -91,11 +97,16 @@ def bench(
                            max_thermal_status=max_thermal_status, thermal_wait_s=thermal_wait_s, cooldown_s=cooldown_s, affinity=affinity,
                            fixed_performance=fixed_performance, energy_idle_s=idle_s, retries=retries)
     capabilities.resolve(format, backend)
-    artifact = _artifact_for(model, format, backend, input_shape, example_inputs, weights, use_cache, progress)
-    runner = runner or default_runner(artifact.manifest.format)
+    given = _given_artifact(model)
+    fmt = given.manifest.format if given else format
+    runner = runner or default_runner(fmt)
+    check_device(device, runner=runner, token=token, format=fmt)  # a bad id or a closed port: before lowering
+    artifact = given or _artifact_for(model, format, backend, input_shape, example_inputs, weights, use_cache,
+                                      progress)
     with open_device(device, runner=runner, token=token) as dev:
         if progress:
-            progress(f"measuring on {dev.id} ({runner} runner): {warmup} warm-up + {iterations} iterations")
+            progress(f"measuring on {dev.id} ({runner} runner): {warmup} warm-up + {iterations} iterations"
+                     + (f", at least {min_seconds:g} s" if min_seconds else ""))
         return measure(dev, artifact, config, log=progress)
 
 
@@ -140,8 +151,9 @@ def profile(
     Timings from a profiled run include the tracer's overhead; use ``bench`` for latency.
     """
     config = MeasureConfig(warmup=warmup, iterations=iterations, threads=threads, timeout_s=timeout_s)
+    check_device(device, runner="native", token=token)  # before lowering
+    artifact = _artifact_for(model, "pte", backend, input_shape, None, weights, True, progress)
     with open_device(device, runner="native", token=token) as dev:
-        artifact = _artifact_for(model, "pte", backend, input_shape, None, weights, True, progress)
         if artifact.etrecord_path is None or not artifact.etrecord_path.is_file():
             raise ArtifactError(f"{artifact.dir} has no ETRecord; export it again to profile it")
         keep = Path(etdump_path) if etdump_path else Path(tempfile.mkdtemp(prefix="edgeprobe-profile-")) / "run.etdump"

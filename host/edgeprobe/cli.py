@@ -19,6 +19,9 @@ from edgeprobe.results import BenchResult
 
 console = Console()
 err_console = Console(stderr=True)
+DEFAULT_MIN_SECONDS = 2.0  # bench and sweep: a minimum timed duration as well as a count (TFLite's min_secs)
+EXIT_USAGE, EXIT_INTERNAL = 2, 3  # an EdgeprobeError (says what to do) | an unexpected exception (a bug)
+_saved: list[str] = []  # files this command has written, named if it fails afterwards
 
 
 def _quiet_libraries() -> None:
@@ -42,6 +45,25 @@ def _fmt_bytes(n: Optional[int]) -> str:
 
 def _fmt_ms(x: Optional[float]) -> str:
     return "n/a" if x is None else f"{x:.3f} ms"
+
+
+def _fmt_c(x: Optional[float]) -> str:
+    return "?" if x is None else f"{x:.1f} °C"
+
+
+BUSY_OTHERS_CORES = 0.25  # other processes using more than this (in cores) during a run: said in yellow
+
+
+def _fmt_cpu_load(load) -> str:
+    """One line: what else used the CPU during the run (devices/hygiene.py), or why it is unknown."""
+    if not load.available:
+        return f"[dim]unknown: {escape(load.reason or '')}[/dim]"
+    busiest = ", ".join(f"{p.name} {p.cores:.2f}" for p in load.others[:3])
+    line = (f"other processes {load.others_cores:.2f} cores" + (f" ({busiest})" if busiest else "")
+            + f" · all CPUs {load.busy_cores:.2f} of {load.cores} busy"
+            + (f" · load avg {load.loadavg_1m_before:.2f} before" if load.loadavg_1m_before is not None else ""))
+    busy = load.others_cores is not None and load.others_cores > BUSY_OTHERS_CORES
+    return f"[yellow]{escape(line)}[/yellow]" if busy else escape(line)
 
 
 def render_result(r: BenchResult) -> Table:
@@ -75,6 +97,9 @@ def render_result(r: BenchResult) -> Table:
         t.add_row("latency", f"p50 {_fmt_ms(s.p50_ms)} · p90 {_fmt_ms(s.p90_ms)} · p99 {_fmt_ms(s.p99_ms)} (n={s.n})")
         t.add_row("", f"trimmed mean {_fmt_ms(s.trimmed_mean_ms)} · mean {_fmt_ms(s.mean_ms)} · min {_fmt_ms(s.min_ms)}")
         t.add_row("stability", f"{s.stability_score:.1f}/100 (CV {s.cv_percent:.2f} %)")
+        if s.unstable_reason:
+            t.add_row("", f"[yellow]not a stable figure: {escape(s.unstable_reason)}; rerun with more "
+                          f"--iterations or --min-seconds, on an idle device[/yellow]")
     if run.memory:
         mem = run.memory
         t.add_row("peak memory", f"{_fmt_bytes(mem.peak_rss_delta_bytes)} above baseline "
@@ -90,15 +115,21 @@ def render_result(r: BenchResult) -> Table:
                 idle = f"idle {est.idle_power_w:.3f} W, " if est.idle_power_w is not None else ""
                 line = (f"{est.per_inference_j * 1e3:.3f}{sigma} mJ/inference above idle "
                         f"({idle}run {est.run_power_w:.3f} W; {meter})")
+            elif est.gross_per_inference_j is not None:
+                line = f"gross {est.gross_per_inference_j * 1e3:.3f} mJ/inference, idle not subtracted ({meter})"
             else:
-                line = f"gross {(est.gross_per_inference_j or 0) * 1e3:.3f} mJ/inference, idle not subtracted ({meter})"
-            t.add_row("energy", escape(line) if est.reliable else f"[yellow]{escape(line)} — unreliable: "
-                      f"{escape(est.reason or '')}[/yellow]")
+                line = None  # nothing was measured: no number, only why
+            if line is None:
+                t.add_row("energy", f"[yellow]unavailable: {escape(est.reason or 'no energy was measured')} "
+                                    f"({escape(meter or 'no meter')})[/yellow]")
+            else:
+                t.add_row("energy", escape(line) if est.reliable else f"[yellow]{escape(line)} — unreliable: "
+                          f"{escape(est.reason or '')}[/yellow]")
             t.add_row("", f"[dim]{escape(est.method)}; calibration: {escape(est.calibration)}[/dim]")
-            for rail, r in sorted(est.rails.items(), key=lambda kv: -(kv[1].per_inference_j or 0))[:6]:
-                if r.per_inference_j is not None:
-                    t.add_row("", f"[dim]  {escape(rail)}: {r.per_inference_j * 1e3:.3f} mJ/inference "
-                                  f"(run {r.run_power_w:.3f} W)[/dim]")
+            measured_rails = [(name, rail) for name, rail in est.rails.items() if rail.per_inference_j is not None]
+            for name, rail in sorted(measured_rails, key=lambda kv: -kv[1].per_inference_j)[:6]:
+                t.add_row("", f"[dim]  {escape(name)}: {rail.per_inference_j * 1e3:.3f} mJ/inference "
+                              f"(run {rail.run_power_w:.3f} W)[/dim]")
             for note in est.notes:
                 t.add_row("", f"[dim]{escape(note)}[/dim]")
         elif e.available:
@@ -107,8 +138,8 @@ def render_result(r: BenchResult) -> Table:
             t.add_row("energy", f"unavailable: {e.reason}")
     th = run.thermal
     if th:
-        t.add_row("thermal", (", ".join(f"{k} {th.before_c.get(k, float('nan')):.1f}→{v:.1f} °C" for k, v in th.after_c.items())
-                              if th.available else f"unavailable: {th.reason}"))
+        t.add_row("thermal", (", ".join(f"{escape(k)} {_fmt_c(th.before_c.get(k))}→{_fmt_c(v)}" for k, v in th.after_c.items())
+                              if th.available else f"unavailable: {escape(th.reason or '')}"))
     ds = r.device_state
     if ds and not ds.source.startswith("unavailable"):
         parts = []
@@ -125,6 +156,8 @@ def render_result(r: BenchResult) -> Table:
         t.add_row("device state", escape(" · ".join(parts) or "no battery/thermal readings") + f" [dim]({escape(ds.source)})[/dim]")
         for note in ds.notes:
             t.add_row("", f"[yellow]{escape(note)}[/yellow]")
+    if ds and ds.cpu_load is not None:
+        t.add_row("other CPU use", _fmt_cpu_load(ds.cpu_load))
     if run.environment:
         env = run.environment
         t.add_row("device", f"{env.cpu_model} · {env.cores} cores · {env.os} {env.kernel} {env.machine}")
@@ -143,27 +176,66 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="state_dict file (loaded with weights_only=True)")
 
 
-def _add_measure_args(p: argparse.ArgumentParser, iterations: int, warmup: int) -> None:
-    p.add_argument("--device", default="local")
-    p.add_argument("--backend", help="xnnpack (default for pte) | portable | cpu (ptl)")
-    p.add_argument("--iterations", type=int, default=iterations)
-    p.add_argument("--warmup", type=int, default=warmup)
+def _add_device_args(p: argparse.ArgumentParser, iterations: int, warmup: int) -> None:
+    """The flags every measuring command shares, with the same names and meanings."""
+    p.add_argument("--device", default="local", help="local | tcp:HOST:PORT | adb:HOST:PORT | adb:SERIAL | "
+                                                     "a runner name from `edgeprobe devices`")
+    p.add_argument("--token", help="token of a tcp runner (default: $EDGEPROBE_TOKEN)")
+    p.add_argument("--iterations", type=int, default=iterations, help=f"timed iterations, at least (default {iterations})")
+    p.add_argument("--warmup", type=int, default=warmup, help=f"untimed iterations first (default {warmup})")
     p.add_argument("--threads", type=int, default=0, help="0 = the runtime's default")
-    p.add_argument("--timeout-s", type=float, default=300.0)
+    p.add_argument("--timeout-s", type=float, default=300.0, help="kill a run that takes longer (default 300)")
 
 
-def render_sweep(r) -> Table:
-    """The sweep table: ratios are to the fp32 row when there is one."""
+def _add_min_seconds(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-seconds", type=float, default=DEFAULT_MIN_SECONDS,
+                   help="time iterations until at least this long has been timed, as well as --iterations "
+                        f"(default {DEFAULT_MIN_SECONDS:g}: 20 iterations of a fast model are too few for a stable "
+                        "figure; 0 = exactly --iterations)")
+
+
+def _add_measure_args(p: argparse.ArgumentParser, iterations: int, warmup: int) -> None:
+    _add_device_args(p, iterations, warmup)
+    p.add_argument("--backend", help="xnnpack (default for pte) | portable | cpu (ptl)")
+
+
+def _add_columns(t: Table, cols: Sequence[str], left: Sequence[str]) -> None:
+    """Cells never wrap (a folded number is unreadable); headers wrap at their spaces instead."""
+    for c in cols:
+        t.add_column(c, justify="left" if c in left else "right", no_wrap=True)
+
+
+def _errors_below(errors: Sequence[tuple[str, str]]) -> Optional[Table]:
+    """A failed row's error printed in full under its table, not squeezed into a cell."""
+    if not errors:
+        return None
+    e = Table(show_header=False, box=None, pad_edge=False)
+    e.add_column("what", style="bold", no_wrap=True)
+    e.add_column("error", style="red")
+    for what, msg in errors:
+        e.add_row(escape(what), escape(msg))
+    return e
+
+
+SWEEP_WIDE_ONLY = ("p90 ms", "peak mem", "params", "nonzero", "cosine", "top-1 agr")
+
+
+def render_sweep(r, wide: bool = False) -> list:
+    """The sweep table (ratios are to the fp32 row when there is one), then the failed rows' errors.
+    Without ``wide``: the columns that fit 80 characters (latency, size, the Pareto front's quality
+    axis); every column is in sweep.json / sweep.csv."""
     import math
 
     base = next((x for x in r.rows if x.recipe == "fp32" and x.status == "ok"), None)
     t = Table(title=f"sweep · {r.model_ref} on {r.device} · fidelity on {r.eval_samples} samples ({r.dataset})"
                     + (f" · fp32 eager accuracy {r.reference_accuracy:.3f}" if r.reference_accuracy is not None else ""),
               title_justify="left")
-    cols = ["", "recipe", "status", "p50 ms", "p90 ms", "× fp32", "size", "× fp32", "peak mem", "params",
+    quality = "accuracy" if r.quality == "accuracy" else "SQNR dB"
+    cols = ["", "recipe", "p50 ms", "p90 ms", "× fp32", "size", "size × fp32", "peak mem", "params",
             "nonzero", "SQNR dB", "cosine", "top-1 agr", "accuracy"]
-    for c in cols:
-        t.add_column(c, justify="left" if c in ("", "recipe", "status") else "right", overflow="fold")
+    if not wide:
+        cols = [c for c in cols if c not in SWEEP_WIDE_ONLY and (c not in ("SQNR dB", "accuracy") or c == quality)]
+    _add_columns(t, cols, left=("", "recipe"))
 
     def ratio(a, b):
         return f"{a / b:.2f}" if a is not None and b else ""
@@ -173,27 +245,44 @@ def render_sweep(r) -> Table:
             return ""
         return "inf" if isinstance(x, float) and math.isinf(x) else format(x, fmt)
 
+    errors, unstable = [], []
     for x in r.rows:
         if x.status != "ok":
-            t.add_row("", escape(x.recipe), "[red]error[/red]", f"[red]{escape(x.error or '')}[/red]")
+            errors.append((x.recipe, x.error or "failed"))
+            t.add_row("", escape(x.recipe), "[red]error[/red]", *[""] * (len(cols) - 3))
             continue
-        t.add_row("[bold red]*[/bold red]" if x.pareto else "", escape(x.recipe), "ok", num(x.latency_p50_ms, ".4f"),
-                  num(x.latency_p90_ms, ".4f"), ratio(x.latency_p50_ms, base and base.latency_p50_ms),
-                  (_fmt_bytes(x.artifact_size_bytes) if x.artifact_size_bytes else "")
-                  + (f" ({_fmt_bytes(x.storage_bytes_if_packed)} if packed†)" if x.storage_bytes_if_packed else ""),
-                  ratio(x.artifact_size_bytes, base and base.artifact_size_bytes),
-                  _fmt_bytes(x.peak_memory_bytes) if x.peak_memory_bytes is not None else "",
-                  num(x.params, ","), num(x.nonzero_params, ","), num(x.sqnr_db, ".1f"), num(x.cosine, ".5f"),
-                  num(x.top1_agreement, ".3f"), num(x.accuracy, ".3f"))
-    t.caption = ("* Pareto front over (p50 latency, artifact size, " + ("accuracy" if r.quality == "accuracy" else "SQNR")
-                 + "). Unstructured sparsity (magnitude, taylor) and clustering do not shrink the fp32 .pte or speed up "
-                   "dense kernels; their notes in sweep.json say what would. † computed from cluster indices and codebooks, "
-                   "not stored by the .pte.")
-    return t
+        if getattr(x, "unstable_reason", None):
+            unstable.append(f"{x.recipe}: {x.unstable_reason}")
+        size = _fmt_bytes(x.artifact_size_bytes) if x.artifact_size_bytes else ""
+        if x.storage_bytes_if_packed:
+            size += f" ({_fmt_bytes(x.storage_bytes_if_packed)} if packed†)" if wide else "†"
+        cells = {"": "[bold red]*[/bold red]" if x.pareto else "", "recipe": escape(x.recipe),
+                 "p50 ms": num(x.latency_p50_ms, ".4f") + ("[yellow]![/yellow]" if getattr(x, "unstable_reason", None) else ""),
+                 "p90 ms": num(x.latency_p90_ms, ".4f"), "× fp32": ratio(x.latency_p50_ms, base and base.latency_p50_ms),
+                 "size": size, "size × fp32": ratio(x.artifact_size_bytes, base and base.artifact_size_bytes),
+                 "peak mem": _fmt_bytes(x.peak_memory_bytes) if x.peak_memory_bytes is not None else "",
+                 "params": num(x.params, ","), "nonzero": num(x.nonzero_params, ","), "SQNR dB": num(x.sqnr_db, ".1f"),
+                 "cosine": num(x.cosine, ".5f"), "top-1 agr": num(x.top1_agreement, ".3f"),
+                 "accuracy": num(x.accuracy, ".3f")}
+        t.add_row(*[cells[c] for c in cols])
+    cap = ("* Pareto front over (p50 latency, artifact size, " + ("accuracy" if r.quality == "accuracy" else "SQNR")
+           + "). Unstructured sparsity (magnitude, taylor) and clustering do not shrink the fp32 .pte or speed up "
+             "dense kernels; their notes in sweep.json say what would. † computed from cluster indices and codebooks, "
+             "not stored by the .pte.")
+    if unstable:
+        cap += " ! not a stable figure: " + "; ".join(unstable) + "."
+    if not wide:
+        cap += " More columns (p90, peak memory, parameters, fidelity): --wide, sweep.json, sweep.csv."
+    t.caption = escape(cap)
+    return [x for x in (t, _errors_below(errors)) if x is not None]
 
 
-def render_split(plan, top: int = 12) -> list:
-    """The candidate table (predicted components; measured e2e with --verify) and the policy."""
+SPLIT_WIDE_ONLY = ("device ops", "bytes up", "downlink ms", "rtt + sw ms", "head ms (measured)", "SQNR dB")
+
+
+def render_split(plan, top: int = 12, wide: bool = False) -> list:
+    """The candidate table (predicted components; measured e2e with --verify), failed rows' errors,
+    and the policy. Without ``wide``: the columns that fit 80 characters; all of them in --json."""
     def mbit(bps: float) -> str:
         return f"{bps / 1e6:.3g} Mbit/s"
 
@@ -208,45 +297,60 @@ def render_split(plan, top: int = 12) -> list:
         cols += ["head ms (measured)", "confirmed ms"]
     if verified:
         cols += ["measured p50 ms", "pred. error", "SQNR dB"]
-    for c in cols:
-        t.add_column(c, justify="left" if c in ("", "cut") else "right", overflow="fold")
+    if not wide:
+        cols = [c for c in cols if c not in SPLIT_WIDE_ONLY]
+        if verified:  # the measurement and the prediction's error matter most; the components are in --json
+            cols = [c for c in cols if c not in ("uplink ms", "server ms")]
+    _add_columns(t, cols, left=("", "cut"))
     rows = list(plan.candidates[:top])
     for must in (plan.chosen, plan.device_only, plan.cloud_only):
         if all(r.device_node_names != must.device_node_names for r in rows):
             rows.append(must)
+    errors = []
     for r in rows:
-        mark = "[bold red]*[/bold red]" if r.device_node_names == plan.chosen.device_node_names else ""
-        cells = [mark, escape(r.label), str(r.device_nodes), f"{r.bytes_up:,}", f"{r.predicted_device_ms:.3f}",
-                 f"{r.predicted_uplink_ms:.3f}", f"{r.predicted_server_ms:.3f}", f"{r.predicted_downlink_ms:.3f}",
-                 f"{r.predicted_rtt_ms + r.predicted_overhead_ms:.1f}", f"{r.predicted_total_ms:.3f}"]
-        if confirmed:
-            cells += ([f"{r.measured_head_ms:.3f}", f"{r.confirmed_total_ms:.3f}"] if r.confirmed_total_ms is not None
-                      else [f"[red]{escape(r.confirm_error)}[/red]", ""] if r.confirm_error else ["", ""])
-        if verified:
-            if r.error:
-                cells += [f"[red]{escape(r.error)}[/red]", "", ""]
-            elif r.measured_e2e_p50_ms is not None:
-                sq = "inf" if r.sqnr_db is not None and r.sqnr_db == float("inf") else f"{r.sqnr_db:.1f}"
-                cells += [f"{r.measured_e2e_p50_ms:.3f}", f"{100 * r.prediction_error:+.1f} %", sq]
-            else:
-                cells += ["", "", ""]
-        t.add_row(*cells)
+        cells = {"": "[bold red]*[/bold red]" if r.device_node_names == plan.chosen.device_node_names else "",
+                 "cut": escape(r.label), "device ops": str(r.device_nodes), "bytes up": f"{r.bytes_up:,}",
+                 "device ms": f"{r.predicted_device_ms:.3f}", "uplink ms": f"{r.predicted_uplink_ms:.3f}",
+                 "server ms": f"{r.predicted_server_ms:.3f}", "downlink ms": f"{r.predicted_downlink_ms:.3f}",
+                 "rtt + sw ms": f"{r.predicted_rtt_ms + r.predicted_overhead_ms:.1f}",
+                 "predicted ms": f"{r.predicted_total_ms:.3f}", "head ms (measured)": "", "confirmed ms": "",
+                 "measured p50 ms": "", "pred. error": "", "SQNR dB": ""}
+        if r.confirmed_total_ms is not None:
+            cells["head ms (measured)"] = f"{r.measured_head_ms:.3f}" if r.measured_head_ms is not None else ""
+            cells["confirmed ms"] = f"{r.confirmed_total_ms:.3f}"
+        elif r.confirm_error:
+            cells["confirmed ms"] = "[red]error[/red]"
+            errors.append((f"{r.label} (confirm)", r.confirm_error))
+        if r.error:
+            cells["measured p50 ms"] = "[red]error[/red]"
+            errors.append((f"{r.label} (verify)", r.error))
+        elif r.measured_e2e_p50_ms is not None:
+            cells["measured p50 ms"] = f"{r.measured_e2e_p50_ms:.3f}"
+            cells["pred. error"] = f"{100 * r.prediction_error:+.1f} %" if r.prediction_error is not None else ""
+            if r.sqnr_db is not None:
+                cells["SQNR dB"] = "inf" if r.sqnr_db == float("inf") else f"{r.sqnr_db:.1f}"
+        t.add_row(*[cells[c] for c in cols])
     cap = ["* chosen (minimum s-t cut" + (", then the best confirmed total: the predicted total with the head "
                                           "timed on the device" if confirmed else "") +
            "). Components are predictions from measured costs: " +
            "; ".join(f"{k}: {v}" for k, v in plan.cost_sources.items())]
     if plan.regret is not None:
-        cap.append(f"measured: chosen {plan.chosen.label} {plan.chosen.measured_e2e_p50_ms:.3f} ms, best "
-                   f"{plan.best_measured}; regret {plan.regret:.3f}; median |prediction error| "
-                   f"{100 * (plan.median_abs_prediction_error or 0):.1f} %")
+        chosen_ms = plan.chosen.measured_e2e_p50_ms
+        median = plan.median_abs_prediction_error
+        cap.append(f"measured: chosen {plan.chosen.label} "
+                   + (f"{chosen_ms:.3f} ms" if chosen_ms is not None else "(not measured)")
+                   + f", best {plan.best_measured}; regret {plan.regret:.3f}; median |prediction error| "
+                   + (f"{100 * median:.1f} %" if median is not None else "n/a"))
+    if not wide:
+        cap.append("more columns: --wide, or the plan in --json")
     t.caption = escape(" | ".join(cap + list(plan.notes)))
     p = Table(title="policy: uplink bandwidth -> cut (only where the decision changes; predicted)",
               title_justify="left")
-    p.add_column("uplink from", justify="right")
-    p.add_column("cut")
+    p.add_column("uplink from", justify="right", no_wrap=True)
+    p.add_column("cut", no_wrap=True)
     for bw, label in plan.policy:
         p.add_row(mbit(bw), escape(label))
-    return [t, p]
+    return [x for x in (t, _errors_below(errors), p) if x is not None]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,10 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_measure_args(b, iterations=20, warmup=3)
     b.add_argument("--format", default="pte", choices=["pte", "ptl"])
     b.add_argument("--runner", choices=["native", "python"], help="default: native for pte, python for ptl")
-    b.add_argument("--token", help="token of a tcp runner (default: $EDGEPROBE_TOKEN)")
-    b.add_argument("--min-seconds", type=float, default=0.0)
+    _add_min_seconds(b)
     b.add_argument("--no-cache", action="store_true", help="lower again even if a cached artifact exists")
-    b.add_argument("--json", help="also write the result record to this file")
+    b.add_argument("--json", metavar="PATH", help="also write the result record to this file")
     h = b.add_argument_group("run hygiene (checked before the run, recorded in the result)")
     h.add_argument("--min-battery", type=float, metavar="PERCENT", help="fail if the battery is below this level")
     h.add_argument("--max-thermal-status", type=int, metavar="N",
@@ -288,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_measure_args(pr, iterations=5, warmup=1)
     pr.add_argument("--top", type=int, default=15)
     pr.add_argument("--etdump", help="keep the ETDump at this path")
+    pr.add_argument("--json", metavar="PATH", help="also write the ETDump run's result record to this file")
 
     sw = sub.add_parser("sweep", help="compress with each recipe, measure every variant on a device, mark the "
                                       "Pareto front")
@@ -295,12 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--recipes", default="fp32,int8,int8-dynamic,magnitude:0.5,channel:0.3+int8,lowrank:0.5,cluster:16",
                     help="comma-separated recipes, steps joined by + (e.g. fp32,int8,channel:0.3+int8); "
                          "`edgeprobe recipes` lists them")
-    sw.add_argument("--device", default="local")
-    sw.add_argument("--iterations", type=int, default=20)
-    sw.add_argument("--warmup", type=int, default=3)
-    sw.add_argument("--threads", type=int, default=0)
-    sw.add_argument("--timeout-s", type=float, default=300.0)
-    sw.add_argument("--token", help="token of a tcp runner (default: $EDGEPROBE_TOKEN)")
+    _add_device_args(sw, iterations=20, warmup=3)
+    _add_min_seconds(sw)
     sw.add_argument("--dataset", default="auto", choices=["auto", "digits", "user", "random"],
                     help="auto: digits for digits_cnn (trained first), else --eval or random inputs")
     sw.add_argument("--calibration", metavar="NPZ", help="calibration inputs (.npz: array x, or the first array)")
@@ -308,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--eval", metavar="NPZ", help="evaluation data (.npz: x [, y]); labels give accuracy")
     sw.add_argument("--train-epochs", type=int, help="digits: epochs to train the model first (default 15; 0 with --weights)")
     sw.add_argument("--out", default="sweep", help="directory for sweep.json, sweep.csv and sweep.png")
+    sw.add_argument("--json", metavar="PATH", help="also write the sweep (sweep.json's content) to this file")
+    sw.add_argument("--wide", action="store_true", help="print every column (default: those that fit the terminal)")
     sub.add_parser("recipes", help="list the compression recipes and their parameters")
 
     sp = sub.add_parser("split", help="plan (and --verify end to end) where to cut a model between the device and "
@@ -319,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device-server", metavar="tcp:HOST:PORT",
                     help="the same server as the device reaches it, if not at --server (the host's way in, which "
                          "loads the tail programs)")
-    sp.add_argument("--token", help="the server's token (default: $EDGEPROBE_TOKEN)")
+    sp.add_argument("--token", help="edgeprobe serve's token (default: $EDGEPROBE_SERVE_TOKEN; never $EDGEPROBE_TOKEN)")
     sp.add_argument("--device-token", help="a tcp: device runner's token (default: $EDGEPROBE_TOKEN)")
     sp.add_argument("--uplink", default="5.85mbit")
     sp.add_argument("--downlink", default="20mbit")
@@ -341,13 +443,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="TCP/IP header bytes per 1448-byte segment carried by the link rates (default 52: "
                          "TCP/IPv4 with timestamps; 0 if the rates are goodput, e.g. from a speed test)")
     sp.add_argument("--top", type=int, default=12, help="candidate rows to print")
-    sp.add_argument("--json", help="write the plan here")
+    sp.add_argument("--json", metavar="PATH", help="also write the plan to this file")
+    sp.add_argument("--wide", action="store_true", help="print every column (default: those that fit the terminal)")
 
     d = sub.add_parser("devices", help="list the devices edgeprobe can reach, with their health")
     d.add_argument("--adb", action="append", default=[], metavar="HOST:PORT",
                    help="an ADB-over-TCP address to check (repeatable; also $EDGEPROBE_ADB_ADDRESSES)")
     d.add_argument("--no-usb", action="store_true", help="skip the USB scan for ADB devices")
-    d.add_argument("--token", help="check zeroconf runners' authorization with this token (default: $EDGEPROBE_TOKEN)")
+    d.add_argument("--token", help="check zeroconf runners' authorization with this token (default: $EDGEPROBE_TOKEN; "
+                                   "only an HMAC proof is sent, never the token)")
     d.add_argument("--timeout-s", type=float, default=3.0, help="per-device connect timeout")
     s = sub.add_parser("show", help="print a saved result record")
     s.add_argument("result", help="result.json written by `bench --json`")
@@ -411,10 +515,9 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
             cooldown_s=args.cooldown_s, affinity=args.affinity, fixed_performance=args.fixed_performance,
             idle_s=args.idle_s, retries=args.retries,
         )
+        if args.json:  # saved before anything is rendered: a rendering bug must not lose a measurement
+            _save(args.json, result.save)
         console.print(render_result(result))
-        if args.json:
-            result.save(args.json)
-            _progress(f"result written to {args.json}")
         return 0 if result.ok else 1
     if args.command == "export":
         art = api.export(args.model, format=args.format, backend=args.backend, input_shape=_shape(args.input_shape),
@@ -427,7 +530,9 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         rep = api.profile(args.model, device=args.device, backend=args.backend, iterations=args.iterations,
                           warmup=args.warmup, threads=args.threads, timeout_s=args.timeout_s,
                           input_shape=_shape(args.input_shape), weights=args.weights, etdump_path=args.etdump,
-                          progress=_progress)
+                          progress=_progress, token=args.token)
+        if args.json:
+            _save(args.json, rep.result.save)
         if not rep.result.ok:
             console.print(render_result(rep.result))
             return 1
@@ -465,14 +570,17 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
 
         result = sweep(args.model, args.recipes, device=args.device, dataset=args.dataset, calibration=args.calibration,
                        train=args.train, eval_data=args.eval, weights=args.weights, train_epochs=args.train_epochs, input_shape=_shape(args.input_shape),
-                       iterations=args.iterations, warmup=args.warmup, threads=args.threads, token=args.token,
-                       timeout_s=args.timeout_s, progress=_progress)
+                       iterations=args.iterations, warmup=args.warmup, min_seconds=args.min_seconds,
+                       threads=args.threads, token=args.token, timeout_s=args.timeout_s, progress=_progress)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        result.save_json(out / "sweep.json")
-        result.save_csv(out / "sweep.csv")
-        result.plot(out / "sweep.png")
-        console.print(render_sweep(result))
+        _save(out / "sweep.json", result.save_json, quiet=True)
+        if args.json:
+            _save(args.json, result.save_json)
+        _save(out / "sweep.csv", result.save_csv, quiet=True)
+        _save(out / "sweep.png", result.plot, quiet=True)
+        for table in render_sweep(result, wide=args.wide):
+            console.print(table)
         console.print(f"written: {out / 'sweep.json'}, {out / 'sweep.csv'}, {out / 'sweep.png'}")
         return 0 if any(r.status == "ok" for r in result.rows) else 1
     if args.command == "split":
@@ -486,11 +594,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                           warmup=args.warmup, verify=args.verify, verify_candidates=args.verify_candidates,
                           confirm=args.confirm, packet_overhead_bytes=args.packet_overhead,
                           split_runner=args.split_runner, progress=_progress)
-        for table in render_split(plan, args.top):
-            console.print(table)
         if args.json:
-            Path(args.json).write_text(plan.to_json() + "\n")
-            _progress(f"plan written to {args.json}")
+            _save(args.json, lambda path: atomic_write_text(path, plan.to_json() + "\n", fault="plan-save"))
+        for table in render_split(plan, args.top, wide=args.wide):
+            console.print(table)
         return 0
     if args.command == "models":
         from edgeprobe.models import known_names
@@ -507,15 +614,36 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     raise AssertionError(f"unhandled command {args.command}")
 
 
+def _save(path, write, *, quiet: bool = False) -> None:
+    write(path)
+    _saved.append(str(path))
+    if not quiet:
+        _progress(f"written to {path}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``run`` with one line per failure: an EdgeprobeError says what to do (exit 2); anything else
+    is a bug, reported in one line with what was already saved (exit 3; the traceback with
+    EDGEPROBE_DEBUG=1)."""
+    _saved.clear()
     try:
         return run(argv)
     except EdgeprobeError as exc:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/red]")
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, and the data already saved stays saved
+        if os.environ.get("EDGEPROBE_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        first = (str(exc).strip().splitlines() or [""])[0]
+        kept = f"; already saved: {', '.join(_saved)}" if _saved else ""
+        err_console.print(f"[red]internal error:[/red] {escape(type(exc).__name__)}: {escape(first)}{escape(kept)} "
+                          "(a bug in edgeprobe; rerun with EDGEPROBE_DEBUG=1 for the traceback)", highlight=False)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

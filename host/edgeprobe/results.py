@@ -93,6 +93,21 @@ class LatencyStats:
             stability_score=stability_score(cv, max_min, p99 / p50 if p50 > 0 else math.inf),
         )
 
+    @property
+    def unstable_reason(self) -> Optional[str]:
+        """Why these samples do not make a stable figure (None when they do): a CV above
+        STABLE_MAX_CV_PERCENT or a stability score below STABLE_MIN_SCORE."""
+        why = []
+        if self.cv_percent > STABLE_MAX_CV_PERCENT:
+            why.append(f"CV {self.cv_percent:.1f} % > {STABLE_MAX_CV_PERCENT:g} %")
+        if self.stability_score < STABLE_MIN_SCORE:
+            why.append(f"stability {self.stability_score:.0f}/100 < {STABLE_MIN_SCORE:g}")
+        return "; ".join(why) or None
+
+
+STABLE_MAX_CV_PERCENT = 5.0  # above this, a latency figure is flagged as not stable
+STABLE_MIN_SCORE = 60.0  # ... and below this stability score
+
 
 # ---------------------------------------------------------------- record parts
 
@@ -416,6 +431,32 @@ class DeviceState:
     fixed_performance: str = "off"  # off | on | unavailable: <reason>
     cooldown_waited_s: float = 0.0
     notes: tuple[str, ...] = ()
+    cpu_load: Optional[CpuLoad] = None  # what else used the CPU during the run (absent from older records)
+
+
+@dataclass(frozen=True)
+class ProcessCpu:
+    name: str
+    pid: int
+    cores: float  # CPU time during the window / the window's length: 1.0 = one core busy throughout
+
+
+@dataclass(frozen=True)
+class CpuLoad:
+    """CPU use on the device during the run window, from /proc/stat and /proc/<pid>/stat read
+    before and after it (devices/hygiene.py). ``busy_cores`` counts every process, the runner
+    included; ``others`` only processes alive at both readings (so not the runner, nor anything
+    that started during the run), busiest first."""
+
+    available: bool
+    reason: Optional[str] = None
+    window_s: Optional[float] = None
+    cores: Optional[int] = None
+    loadavg_1m_before: Optional[float] = None
+    busy_cores: Optional[float] = None  # all CPUs, averaged over the window
+    others_cores: Optional[float] = None  # sum over the visible processes that were there before the run
+    others: tuple[ProcessCpu, ...] = ()  # the busiest of them
+    processes_seen: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -442,6 +483,8 @@ class RunRecord:
             raise ResultError("runner record is not a JSON object")
         data = dict(data)
         artifact = data.pop("artifact", None) or {}
+        if not isinstance(artifact, dict):
+            raise ResultError(f"RunRecord.artifact: expected an object, got {type(artifact).__name__}")
         data["artifact_size_bytes"] = artifact.get("size_bytes")
         return from_dict(cls, data)
 
@@ -486,8 +529,8 @@ class BenchResult:
     def from_json(cls, text: str) -> "BenchResult":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ResultError(f"result is not valid JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, too many digits, too deep
+            raise ResultError(f"result is not valid JSON: {str(exc)[:200]}") from None
         return cls.from_dict(data)
 
     def save(self, path: Union[str, Path]) -> Path:
@@ -501,7 +544,11 @@ class BenchResult:
         path = Path(path)
         if not path.is_file():
             raise ResultError(f"no result file at {path}")
-        return cls.from_json(path.read_text())
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ResultError(f"cannot read the result file {path}: {str(exc)[:200]}") from None
+        return cls.from_json(text)
 
 
 # ---------------------------------------------------------------- (de)serialisation
@@ -529,12 +576,28 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         _, vt = typing.get_args(tp)
         if not isinstance(value, dict):
             raise ResultError(f"{where}: expected an object, got {type(value).__name__}")
-        return {str(k): _convert(vt, v, f"{where}.{k}") for k, v in value.items()}
+        return {str(k): _convert(vt, v, f"{where}.{_key(k)}") for k, v in value.items()}
+    if tp in (int, float) and isinstance(value, int) and not isinstance(value, bool) \
+            and not -2 ** 63 <= value < 2 ** 64:  # beyond what a runner writes (and float() would raise)
+        raise ResultError(f"{where}: {tp.__name__} out of range, got {_short(value)}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if tp in (int, float, str, bool) and not isinstance(value, tp):
-        raise ResultError(f"{where}: expected {tp.__name__}, got {value!r}")
+    if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is not bool and isinstance(value, bool))):
+        raise ResultError(f"{where}: expected {tp.__name__}, got {_short(value)}")
     return value
+
+
+def _short(value: Any, width: int = 60) -> str:
+    """``repr(value)`` cut to ``width`` characters, so an error message stays one short line."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _key(k: Any) -> str:
+    """An object key as it appears in an error's path: as is when plain, else its short repr
+    (a key can hold a newline)."""
+    k = str(k)
+    return k if k.isprintable() and len(k) <= 60 else _short(k)
 
 
 def from_dict(cls: type, data: Any, where: str = "") -> Any:

@@ -57,6 +57,8 @@ class SweepRow:
     latency_mean_ms: Optional[float] = None
     latency_std_ms: Optional[float] = None
     iterations: Optional[int] = None
+    latency_cv_percent: Optional[float] = None
+    unstable_reason: Optional[str] = None  # why the latency is not a stable figure (LatencyStats.unstable_reason)
     artifact_size_bytes: Optional[int] = None
     storage_bytes_if_packed: Optional[int] = None  # computed (clustering), not measured in the artifact
     peak_memory_bytes: Optional[int] = None  # runner's peak RSS above its pre-load baseline
@@ -194,6 +196,7 @@ def sweep(
     input_shape: Optional[Sequence[int]] = None,
     iterations: int = 20,
     warmup: int = 3,
+    min_seconds: float = 0.0,
     threads: int = 0,
     token: Optional[str] = None,
     timeout_s: float = 300.0,
@@ -207,7 +210,8 @@ def sweep(
     bundled digits first (unless ``weights`` are given or ``train_epochs=0``) and uses its train split
     for calibration, fine-tuning and distillation and its test split for accuracy. Otherwise
     ``calibration``/``train``/``eval_data`` come from the caller (tensors, .npz, callables); without
-    ``eval_data`` fidelity is scored on random inputs (no accuracy).
+    ``eval_data`` fidelity is scored on random inputs (no accuracy). The device is opened (and its
+    runner checked) before any model is trained, compressed or lowered.
     """
     from edgeprobe import api
     from edgeprobe.compress import data as D
@@ -219,6 +223,10 @@ def sweep(
     names = split_recipes(recipes) if isinstance(recipes, str) else list(recipes)
     for name in names:
         compress.parse(name)  # bad recipe strings fail before any work, with the valid list
+    from edgeprobe.devices import MeasureConfig, check_device
+
+    MeasureConfig(warmup=warmup, iterations=iterations, min_seconds=min_seconds, threads=threads, timeout_s=timeout_s)
+    check_device(device, runner="native", token=token)  # a bad id or an unreachable device: before any work
     spec = load_model(model, input_shape=input_shape, weights=weights)
     if spec.module is None:
         raise UsageError("sweep needs an eager nn.Module (or a model name); an ExportedProgram cannot be pruned")
@@ -250,8 +258,8 @@ def sweep(
         say(f"[{i}/{len(names)}] {name}")
         t0 = time.monotonic()
         try:
-            rows.append(_row(name, module, spec, ctx, eval_ds, eval_samples, device, iterations, warmup, threads,
-                             token, timeout_s, say, lower, api, evaluate, ModelSpec))
+            rows.append(_row(name, module, spec, ctx, eval_ds, eval_samples, device, iterations, warmup, min_seconds,
+                             threads, token, timeout_s, say, lower, api, evaluate, ModelSpec))
         except Exception as exc:  # noqa: BLE001 - a failing recipe is a row with its error, never a crash
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             say(f"{name}: failed: {type(exc).__name__}: {msg}")
@@ -265,15 +273,15 @@ def sweep(
                        _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), quality)
 
 
-def _row(name, module, spec, ctx, eval_ds, eval_samples, device, iterations, warmup, threads, token, timeout_s,
-         say, lower, api, evaluate, ModelSpec) -> SweepRow:
+def _row(name, module, spec, ctx, eval_ds, eval_samples, device, iterations, warmup, min_seconds, threads, token,
+         timeout_s, say, lower, api, evaluate, ModelSpec) -> SweepRow:
     comp = compress.apply(module, name, ctx)
     cspec = ModelSpec(ref=spec.ref, example_inputs=spec.example_inputs, module=comp.module, exported=comp.exported)
     steps = tuple(_jsonable(dataclasses.asdict(s)) for s in comp.steps)
     art = lower(cspec, recipe=comp.recipe, compression=steps, quantized=comp.quantized, progress=say)
     fid = evaluate(art.model_path, module, eval_ds, spec.example_inputs, max_samples=eval_samples)
-    res = api.bench(art, device=device, iterations=iterations, warmup=warmup, threads=threads, token=token,
-                    timeout_s=timeout_s, progress=say)
+    res = api.bench(art, device=device, iterations=iterations, warmup=warmup, min_seconds=min_seconds,
+                    threads=threads, token=token, timeout_s=timeout_s, progress=say)
     notes = tuple(n for s in comp.steps for n in s.notes)
     packed = [s.summary["storage_bytes_if_packed"] for s in comp.steps if "storage_bytes_if_packed" in s.summary]
     common = dict(params=comp.params, nonzero_params=comp.nonzero_params, artifact_size_bytes=art.manifest.artifact_size_bytes,
@@ -289,4 +297,5 @@ def _row(name, module, spec, ctx, eval_ds, eval_samples, device, iterations, war
     ver = res.run.verification
     return SweepRow(name, "ok", None, st.p50_ms if st else None, st.p90_ms if st else None,
                     st.mean_ms if st else None, st.std_ms if st else None, st.n if st else None,
+                    latency_cv_percent=st.cv_percent if st else None, unstable_reason=st.unstable_reason if st else None,
                     peak_memory_bytes=mem, verification_passed=ver.passed if ver else None, **common)

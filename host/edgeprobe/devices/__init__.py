@@ -10,9 +10,12 @@ import dataclasses
 import datetime as _dt
 import json
 import os
+import shlex
+import shutil
 import socket
 import sys
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -73,19 +76,28 @@ class Device:
         desc = f"{i.get('os', '?')} {i.get('machine', '?')} {i.get('hostname', '')}".strip()
         return DeviceInfo(id=self.id, transport=self.transport.kind, runner_flavor=self.runner, description=desc)
 
-    def runner_argv(self, artifact: Artifact) -> list[str]:
-        if self.runner == "native" and artifact.manifest.format != "pte":
-            raise UsageError(
-                f"the native runner runs .pte only; a .{artifact.manifest.format} needs --runner python"
-            )
+    def check_runner(self, format: str) -> None:
+        """Fail now, before anything is lowered or pushed, if this device cannot run a ``format``
+        artifact with its runner (deploying to a phone happens later, in ``runner_argv``)."""
+        if self.runner == "native" and format != "pte":
+            raise UsageError(f"the native runner runs .pte only; a .{format} needs --runner python")
         if self.transport.kind == "tcp":
             runtimes = self.transport.info().get("runtimes", "").split(",")
             if self.runner not in runtimes:
                 raise UsageError(f"runner {self.id} offers {','.join(runtimes)}, not the {self.runner} runner")
-            return [f"@{self.runner}"]  # the server maps these to its own runners
-        if self.transport.kind == "adb":
+        elif self.transport.kind == "adb":
             if self.runner != "native":
                 raise UsageError("over ADB only the native runner is deployed; drop --runner python")
+        elif self.runner == "native":
+            from edgeprobe.native import find_native_runner
+
+            find_native_runner()
+
+    def runner_argv(self, artifact: Artifact) -> list[str]:
+        self.check_runner(artifact.manifest.format)
+        if self.transport.kind == "tcp":
+            return [f"@{self.runner}"]  # the server maps these to its own runners
+        if self.transport.kind == "adb":
             return deploy_native_runner(self.transport)  # type: ignore[arg-type]
         if self.runner == "python":
             return [sys.executable, "-m", "edgeprobe_runner"]
@@ -163,14 +175,25 @@ def open_device(device_id: str = "local", *, runner: str = "native", token: Opti
 
         return Device(device_id, AdbTransport(device_id[4:]), runner)
     if ":" not in device_id:
-        from edgeprobe.devices.tcp import discover
+        from edgeprobe.devices.tcp import discover, open_by_name
 
-        for found in discover(interfaces=_zeroconf_interfaces()):
-            if found["name"] == device_id:
-                return open_device(f"tcp:{found['host']}:{found['port']}", runner=runner, token=token)
+        try:  # only an advertiser that proves it holds the token is used
+            where, transport = open_by_name(device_id, token, discover(interfaces=_zeroconf_interfaces()))
+            return Device(where, transport, runner)
+        except LookupError:
+            pass
     raise DeviceNotFoundError(
         f"unknown device {device_id!r}; use local, tcp:HOST:PORT or a runner name from `edgeprobe devices`"
     )
+
+
+def check_device(device_id: str = "local", *, runner: str = "native", token: Optional[str] = None,
+                 format: str = "pte") -> None:
+    """Open ``device_id`` (so a bad id, a closed port, a wrong token or an unplugged phone fail
+    here), check that its runner can run a ``format`` artifact, and close it again: called before
+    any lowering, which can take minutes, and the connection is not held idle through it."""
+    with open_device(device_id, runner=runner, token=token) as dev:
+        dev.check_runner(format)
 
 
 def adb_addresses() -> list[str]:
@@ -231,19 +254,15 @@ def _adb_row(address: str, connect_timeout_s: float) -> DeviceInfo:
 
 
 def _tcp_health(host: str, port: int, token: Optional[str], timeout_s: float) -> str:
-    from edgeprobe.devices.tcp import TcpTransport
+    from edgeprobe.devices.tcp import TcpTransport, probe
 
     if not token:
-        try:
-            socket.create_connection((host, int(port)), timeout=timeout_s).close()
-        except OSError as exc:
-            return f"unreachable: {exc}"
-        return "reachable (set EDGEPROBE_TOKEN to check authorization)"
-    try:
+        return probe(host, int(port), timeout_s)
+    try:  # the v2 handshake: the token itself is never sent, and the runner must prove it holds it
         TcpTransport(host, int(port), token, timeout_s=timeout_s).close()
     except TransportError as exc:
         return f"refused: {exc}"
-    return "ok (token accepted)"
+    return "ok (token accepted; the runner proved it holds it)"
 
 
 def list_devices(adb: Optional[Sequence[str]] = None, *, usb: bool = True, timeout_s: float = 3.0,
@@ -340,6 +359,47 @@ def _run_with_retry(device: Device, argv: list[str], config: MeasureConfig, sha2
                          f"{failures[-1]}")
 
 
+def _new_run_dir(t) -> str:
+    """A directory of its own for one run's outputs (record, ETDump, saved outputs): the artifact
+    directory is shared by every bench of that artifact and, on a TCP runner, by all its clients, so
+    fixed output names there let concurrent runs exchange records and a runner that writes nothing
+    return the previous run's. Made empty; the transports' ``push`` creates parent directories, and
+    a TCP runner offers no other way to make one."""
+    path = f"{t.workdir}/runs/{uuid.uuid4().hex}"
+    if t.kind == "local":
+        Path(path).mkdir(parents=True)
+    elif getattr(t, "shell", None) is not None:
+        q = shlex.quote(path)
+        t.shell(f"rm -rf {q}; mkdir -p {q}")
+    else:
+        with tempfile.TemporaryDirectory(prefix="edgeprobe-run-") as tmp:
+            marker = Path(tmp) / ".run"
+            marker.write_bytes(b"")
+            t.push(marker, f"{path}/.run")
+    return path
+
+
+RUN_FILES = (".run", "result.json", "result.json.tmp", "run.etdump", "outputs.epv")
+
+
+def _remove_run_dir(t, path: str) -> None:
+    """Best effort, after the outputs are pulled. A transport without a shell removes the files it
+    can name (``remove``, one file each, where it has one); the empty directory stays."""
+    try:
+        if t.kind == "local":
+            shutil.rmtree(path, ignore_errors=True)
+        elif getattr(t, "shell", None) is not None:
+            t.shell(f"rm -rf {shlex.quote(path)}")
+        elif getattr(t, "remove", None) is not None:
+            for name in RUN_FILES:
+                try:
+                    t.remove(f"{path}/{name}")
+                except Exception:  # noqa: BLE001 - most runs write only some of them
+                    pass
+    except Exception:  # noqa: BLE001 - the record is already pulled; a leftover dir is harmless
+        pass
+
+
 def measure(
     device: Device,
     artifact: Artifact,
@@ -350,48 +410,56 @@ def measure(
     extra_args: Sequence[str] = (),
     log: Optional[Callable[[str], None]] = None,
 ) -> BenchResult:
-    """Measure ``artifact`` on ``device`` in one fresh runner process; returns the full record."""
+    """Measure ``artifact`` on ``device`` in one fresh runner process; returns the full record.
+
+    The artifact is pushed once per device (``{workdir}/{cache_key}/``, shared); each run writes its
+    outputs into a fresh ``{workdir}/runs/{nonce}/``, removed after they are pulled."""
     m = artifact.manifest
     runner_argv = device.runner_argv(artifact)
     t = device.transport
     remote = f"{t.workdir}/{m.cache_key}"
     remote_model, remote_vectors = f"{remote}/{m.artifact_file}", f"{remote}/{m.vectors_file}"
-    remote_out, remote_etdump = f"{remote}/result.json", f"{remote}/run.etdump"
-    remote_outputs = f"{remote}/outputs.epv"
     push_if_changed(t, artifact.model_path, remote_model, m.artifact_sha256)
     push_if_changed(t, artifact.vectors_path, remote_vectors, m.vectors_sha256)
     device_sha256 = getattr(t, "sha256", None)  # transports that can hash on the device verify the push
     if device_sha256 is not None and device_sha256(remote_model) != m.artifact_sha256:
         raise TransportError(f"{device.id}: the pushed {m.artifact_file} does not match its sha256; not running it")
-    argv = [*runner_argv, "--model", remote_model, "--vectors", remote_vectors,
-            "--warmup", str(config.warmup), "--iterations", str(config.iterations),
-            "--min-seconds", repr(config.min_seconds), "--threads", str(config.threads),
-            "--idle-s", repr(config.energy_idle_s),
-            "--rtol", repr(m.rtol), "--atol", repr(m.atol), "--method", config.method,
-            "--output", remote_out, *extra_args]
-    if etdump_local is not None:
-        argv += ["--etdump", remote_etdump]
-    if save_outputs_local is not None:
-        argv += ["--save-outputs", remote_outputs]
-    from edgeprobe.devices.hygiene import Session
+    run_dir = _new_run_dir(t)
+    try:
+        remote_out, remote_etdump = f"{run_dir}/result.json", f"{run_dir}/run.etdump"
+        remote_outputs = f"{run_dir}/outputs.epv"
+        argv = [*runner_argv, "--model", remote_model, "--vectors", remote_vectors,
+                "--warmup", str(config.warmup), "--iterations", str(config.iterations),
+                "--min-seconds", repr(config.min_seconds), "--threads", str(config.threads),
+                "--idle-s", repr(config.energy_idle_s),
+                "--rtol", repr(m.rtol), "--atol", repr(m.atol), "--method", config.method,
+                "--output", remote_out, *extra_args]
+        if etdump_local is not None:
+            argv += ["--etdump", remote_etdump]
+        if save_outputs_local is not None:
+            argv += ["--save-outputs", remote_outputs]
+        from edgeprobe.devices.hygiene import Session
 
-    with Session(t, config, log=log) as session:
-        res, retried = _run_with_retry(device, [*session.prefix, *argv], config, m.artifact_sha256, remote_model, log)
-        state = session.finish()
-    if retried:
-        state = dataclasses.replace(state, notes=(*state.notes, retried))
-    with tempfile.TemporaryDirectory(prefix="edgeprobe-pull-") as tmp:
-        local_out = Path(tmp) / "result.json"
-        if res.exit_code == 0 and not res.timed_out:
-            try:
-                t.pull(remote_out, local_out)
-            except Exception:  # noqa: BLE001 - a missing record is reported as bad_record below
-                pass
-        record = _record_from(res, local_out, config.timeout_s)
-    if etdump_local is not None and record.status == "ok":
-        t.pull(remote_etdump, etdump_local)
-    if save_outputs_local is not None and record.status == "ok":
-        t.pull(remote_outputs, save_outputs_local)
+        with Session(t, config, log=log) as session:
+            res, retried = _run_with_retry(device, [*session.prefix, *argv], config, m.artifact_sha256, remote_model,
+                                           log)
+            state = session.finish()
+        if retried:
+            state = dataclasses.replace(state, notes=(*state.notes, retried))
+        with tempfile.TemporaryDirectory(prefix="edgeprobe-pull-") as tmp:
+            local_out = Path(tmp) / "result.json"
+            if res.exit_code == 0 and not res.timed_out:
+                try:
+                    t.pull(remote_out, local_out)
+                except Exception:  # noqa: BLE001 - a missing record is reported as bad_record below
+                    pass
+            record = _record_from(res, local_out, config.timeout_s)
+        if etdump_local is not None and record.status == "ok":
+            t.pull(remote_etdump, etdump_local)
+        if save_outputs_local is not None and record.status == "ok":
+            t.pull(remote_outputs, save_outputs_local)
+    finally:
+        _remove_run_dir(t, run_dir)
     return BenchResult(
         model_ref=m.model_ref,
         device=device.info(),

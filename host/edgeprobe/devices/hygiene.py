@@ -6,14 +6,104 @@ runner to cores, and switch Android's fixed-performance mode on for the run. Eve
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from edgeprobe.devices.probe import SNAPSHOT_SH, Snapshot, cpu_mask, parse_cores, parse_snapshot, thermal_name
 from edgeprobe.errors import DeviceNotReadyError, UsageError
-from edgeprobe.results import DeviceState
+from edgeprobe.results import CpuLoad, DeviceState, ProcessCpu
 
 POLL_S = 5.0
+TOP_OTHERS = 5  # the busiest other processes kept in the record
+
+# One round trip on Linux and Android (toybox): load average, the per-CPU jiffies, every visible
+# process's /proc/<pid>/stat (one `cat`, no loop: hundreds of processes on a phone).
+CPU_SH = "cat /proc/loadavg 2>/dev/null; echo @@; grep '^cpu' /proc/stat 2>/dev/null; echo @@; " \
+         "cat /proc/[0-9]*/stat 2>/dev/null; echo @@"
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    t_s: float  # host monotonic time of the reading
+    loadavg_1m: Optional[float]
+    total_jiffies: int  # all CPUs: user..steal
+    busy_jiffies: int  # total minus idle and iowait
+    cpus: int  # cpuN lines (online CPUs)
+    procs: dict[int, tuple[str, int]]  # pid -> (comm, utime + stime in jiffies)
+
+
+def parse_cpu_sample(text: str, t_s: float = 0.0) -> Optional[CpuSample]:
+    """``CPU_SH`` output -> CpuSample; None when /proc/stat was not readable."""
+    parts = text.split("@@")
+    if len(parts) < 3:
+        return None
+    loadavg: Optional[float] = None
+    try:
+        loadavg = float(parts[0].split()[0])
+    except (IndexError, ValueError):
+        pass
+    total = busy = cpus = 0
+    seen_total = False
+    for line in parts[1].splitlines():
+        f = line.split()
+        if not f:
+            continue
+        if f[0] == "cpu":
+            try:
+                vals = [int(x) for x in f[1:9]]
+            except ValueError:
+                return None
+            if len(vals) < 4:
+                return None
+            total = sum(vals)
+            busy = total - vals[3] - (vals[4] if len(vals) > 4 else 0)
+            seen_total = True
+        elif f[0][3:].isdigit():
+            cpus += 1
+    if not seen_total:
+        return None
+    procs: dict[int, tuple[str, int]] = {}
+    for line in parts[2].splitlines():
+        i, j = line.find("("), line.rfind(")")
+        if i <= 0 or j < i:
+            continue
+        rest = line[j + 2:].split()
+        try:
+            procs[int(line[:i])] = (line[i + 1:j], int(rest[11]) + int(rest[12]))
+        except (IndexError, ValueError):
+            continue
+    return CpuSample(t_s, loadavg, total, busy, cpus, procs)
+
+
+def cpu_load(before: Optional[CpuSample], after: Optional[CpuSample], *, own_pid: Optional[int] = None) -> CpuLoad:
+    """What the CPUs did between two samples, in cores (1.0 = one core busy all the window)."""
+    if before is None or after is None:
+        return CpuLoad(False, "/proc/stat could not be read on the device")
+    dt = after.total_jiffies - before.total_jiffies
+    cpus = after.cpus or 1
+    if dt <= 0:
+        return CpuLoad(False, "/proc/stat did not advance between the readings")
+    per_core = dt / cpus  # jiffies of one core over the window
+    others = []
+    for pid, (name, ticks) in after.procs.items():
+        if pid in before.procs and before.procs[pid][0] == name:
+            d = ticks - before.procs[pid][1]
+            if d > 0:
+                others.append(ProcessCpu("edgeprobe host (this process)" if pid == own_pid else name, pid, d / per_core))
+    others.sort(key=lambda p: -p.cores)
+    return CpuLoad(True, None, window_s=after.t_s - before.t_s, cores=after.cpus or None,
+                   loadavg_1m_before=before.loadavg_1m, busy_cores=(after.busy_jiffies - before.busy_jiffies) / per_core,
+                   others_cores=sum(p.cores for p in others), others=tuple(others[:TOP_OTHERS]),
+                   processes_seen=len(after.procs))
+
+
+def cpu_sample(transport) -> Optional[CpuSample]:
+    try:
+        return parse_cpu_sample(transport.shell(CPU_SH), time.monotonic())
+    except Exception:  # noqa: BLE001 - the CPU reading must never cost the measurement
+        return None
 
 
 def snapshot(transport) -> Optional[Snapshot]:
@@ -49,6 +139,7 @@ class Session:
         self.prefix: list[str] = []
         self.state = DeviceState(source="none")
         self._perf_on = False
+        self._cpu_before: Optional[CpuSample] = None
 
     def __enter__(self) -> "Session":
         c = self.c
@@ -114,16 +205,21 @@ class Session:
                 state = dataclasses.replace(state, fixed_performance="unavailable: " + (reason[-1] if reason else
                                                                                         "cmd power failed"))
         self.state = dataclasses.replace(state, cooldown_waited_s=waited, notes=tuple(notes))
+        self._cpu_before = cpu_sample(self.t)  # last, right before the run
         return self
 
     def finish(self) -> DeviceState:
+        """The final DeviceState: thermal status after the run, and what else used the CPU during it."""
         if self.state.source.startswith("unavailable") or getattr(self.t, "shell", None) is None:
-            return self.state
+            return dataclasses.replace(self.state, cpu_load=CpuLoad(
+                False, f"the {self.t.kind} transport offers no shell to read /proc/stat"))
+        load = cpu_load(self._cpu_before, cpu_sample(self.t), own_pid=os.getpid() if self.t.kind == "local" else None)
+        state = dataclasses.replace(self.state, cpu_load=load)
         try:
             after = snapshot(self.t)
         except Exception:  # noqa: BLE001 - the record matters more than the after-reading
-            return self.state
-        return dataclasses.replace(self.state, thermal_status_after=after.thermal_status if after else None)
+            return state
+        return dataclasses.replace(state, thermal_status_after=after.thermal_status if after else None)
 
     def __exit__(self, *exc: object) -> None:
         if self._perf_on:

@@ -217,6 +217,10 @@ def plan_split(
         raise UsageError("--verify runs the split end to end and needs --server tcp:HOST:PORT (edgeprobe serve)")
     token = token or os.environ.get("EDGEPROBE_TOKEN")
     device_token = device_token or os.environ.get("EDGEPROBE_TOKEN")  # a tcp: runner's (not the server's)
+    if device_costs is None:  # a bad device id or an unreachable device fails before any lowering
+        from edgeprobe.devices import check_device
+
+        check_device(device, runner="native", token=device_token)
     spec = load_model(model, input_shape=input_shape, weights=weights)
     say(f"exporting {spec.ref} and building its operator graph")
     og = op_graph(spec.module if spec.module is not None else spec.exported, spec.example_inputs)
