@@ -40,6 +40,9 @@
 #include <thread>
 #include <vector>
 
+#include "parsers.h"
+#include "sha256.h"
+
 #ifdef EDGEPROBE_HAS_THREADPOOL
 // The executorch 1.5.1 wheel ships libexecutorch_threadpool.so but not threadpool.h; these are
 // the two exported members the runner calls (signatures as `nm -DC` lists them).
@@ -62,6 +65,11 @@ using executorch::extension::Module;
 using executorch::extension::TensorPtr;
 using executorch::runtime::Error;
 using executorch::runtime::EValue;
+using edgeprobe::Failure;
+using edgeprobe::item_bytes;
+using edgeprobe::JVal;
+using edgeprobe::RawTensor;
+using edgeprobe::TestSet;
 
 namespace {
 
@@ -137,8 +145,9 @@ std::optional<long long> read_ll(const std::string& path) {
   auto t = read_text(path);
   if (!t || t->empty()) return std::nullopt;
   char* end = nullptr;
+  errno = 0;
   long long v = std::strtoll(t->c_str(), &end, 10);
-  if (end == t->c_str()) return std::nullopt;
+  if (end == t->c_str() || *end != '\0' || errno == ERANGE) return std::nullopt;  // garbled: not a reading
   return v;
 }
 
@@ -251,49 +260,67 @@ std::string window_json(Clock::time_point idle0, Clock::time_point idle1, Clock:
       .add("run_start_s", jnum(mono_s(run0))).add("run_end_s", jnum(mono_s(run1))).str();
 }
 
-class Rapl : public EnergyMeter {  // Linux powercap energy counters (µJ), read at window edges
+// Linux powercap energy counters (µJ), read at the window edges. A counter that cannot be read at an
+// edge (vanished, unreadable, garbled), or one that wrapped without a readable max_energy_range_uj,
+// makes the whole block unavailable with the reason: never a 0 read and "unwrapped" into a number.
+class Rapl : public EnergyMeter {
  public:
   explicit Rapl(std::vector<std::string> domains) : domains_(std::move(domains)) {}
-  std::vector<long long> counters() {
+  std::vector<long long> counters(const char* edge) {
     std::vector<long long> c;
-    for (auto& d : domains_) c.push_back(read_ll(d + "/energy_uj").value_or(0));
+    for (auto& d : domains_) {
+      auto v = read_ll(d + "/energy_uj");
+      if (!v && reason_.empty()) reason_ = "RAPL counter " + d + "/energy_uj could not be read at " + edge;
+      c.push_back(v.value_or(0));
+    }
     return c;
   }
   double delta_j(size_t i, long long a, long long b) {
     long long delta = b - a;
-    if (delta < 0) delta += read_ll(domains_[i] + "/max_energy_range_uj").value_or(0);  // wrapped
+    if (delta < 0) {  // wrapped
+      auto range = read_ll(domains_[i] + "/max_energy_range_uj");
+      if (!range || *range <= 0) {
+        if (reason_.empty())
+          reason_ = "RAPL counter " + domains_[i] + "/energy_uj went down and max_energy_range_uj is unreadable, so the wrap cannot be undone";
+        return 0;
+      }
+      delta += *range;
+      if (delta < 0 && reason_.empty()) reason_ = "RAPL counter " + domains_[i] + "/energy_uj went down by more than its range";
+    }
     return delta / 1e6;
   }
   void begin(double idle_s, const Mark& mark) override {
     if (mark && idle_s > 0) mark("idle_start");
     idle0_ = Clock::now();
     if (idle_s > 0) {
-      auto c0 = counters();
+      auto c0 = counters("idle_start");
       std::this_thread::sleep_for(std::chrono::duration<double>(idle_s));
-      auto c1 = counters();
+      auto c1 = counters("idle_end");
       idle_j_ = 0;
       for (size_t i = 0; i < domains_.size(); ++i) idle_j_ += delta_j(i, c0[i], c1[i]);
       idle_dt_ = ms_since(idle0_) / 1000.0;
     }
     idle1_ = Clock::now();
     if (mark) mark("run_start");
-    start_ = counters();
+    start_ = counters("run_start");
     t0_ = Clock::now();
   }
   std::string end(const Mark& mark) override {
-    auto end = counters();
+    auto end = counters("run_end");
     auto t1 = Clock::now();
     if (mark) mark("run_end");
     double dt = std::chrono::duration<double>(t1 - t0_).count();
     Obj domains;
     double total = 0;
-    for (size_t i = 0; i < domains_.size(); ++i) {
+    for (size_t i = 0; i < domains_.size() && reason_.empty(); ++i) {
       double j = delta_j(i, start_[i], end[i]);
       std::string base = domains_[i].substr(domains_[i].rfind('/') + 1);
       auto name = read_text(domains_[i] + "/name");
       domains.add(base + ":" + (name ? *name : base), jnum(j));
       total += j;
     }
+    if (!reason_.empty())
+      return Obj().add("available", "false").add("reason", jstr(reason_)).add("meter", jstr("rapl")).str();
     return Obj().add("available", "true").add("reason", "null").add("meter", jstr("rapl"))
         .add("energy_j", jnum(total)).add("duration_s", jnum(dt)).add("samples", "2")
         .add("method", jstr("powercap energy counter delta")).add("domains", domains.str())
@@ -305,6 +332,7 @@ class Rapl : public EnergyMeter {  // Linux powercap energy counters (µJ), read
  private:
   std::vector<std::string> domains_;
   std::vector<long long> start_;
+  std::string reason_;  // set at the first counter that could not be read or unwrapped
   Clock::time_point idle0_, idle1_, t0_;
   double idle_j_ = 0, idle_dt_ = 0;
 };
@@ -332,11 +360,17 @@ class Battery : public EnergyMeter {  // raw current_now / voltage_now, sampled 
     if (mark) mark("run_start");
     t0_ = Clock::now();
   }
+  // The sampler is stopped and joined here too: a run that ends in an exception between begin() and
+  // end() destroys the meter during unwinding, and a joinable std::thread destroyed would terminate.
+  ~Battery() override { stop(); }
+  void stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
   std::string end(const Mark& mark) override {
     auto t1 = Clock::now();
     if (mark) mark("run_end");  // while the sampler runs on, like the Python runner's
-    stop_ = true;
-    if (thread_.joinable()) thread_.join();
+    stop();
     std::string name = supply_.substr(supply_.rfind('/') + 1);
     std::string arr = "[";
     for (size_t k = 0; k < raw_.size(); ++k) arr += (k ? ", " : "") + raw_[k];
@@ -524,86 +558,23 @@ std::string environment_block() {
 
 // ------------------------------------------------------------------ test vectors (.epv)
 
-struct RawTensor {
-  uint32_t dtype;
-  std::vector<int64_t> sizes;
-  std::vector<uint8_t> data;
-};
-struct TestSet {
-  std::vector<RawTensor> inputs, expected;
-};
-
-struct Failure {
-  std::string code, message;
-};
-
-class Reader {
- public:
-  explicit Reader(std::vector<uint8_t> d) : d_(std::move(d)) {}
-  template <typename T>
-  T get() {
-    need(sizeof(T));
-    T v;
-    std::memcpy(&v, d_.data() + pos_, sizeof(T));
-    pos_ += sizeof(T);
-    return v;
-  }
-  std::vector<uint8_t> bytes(uint64_t n) {
-    need(n);
-    std::vector<uint8_t> out(d_.begin() + pos_, d_.begin() + pos_ + n);
-    pos_ += n;
-    return out;
-  }
-
- private:
-  void need(uint64_t n) {
-    if (n > d_.size() - pos_)
-      throw Failure{"bad_vectors", "vectors file truncated at offset " + std::to_string(pos_)};
-  }
-  std::vector<uint8_t> d_;
-  size_t pos_ = 0;
-};
-
-size_t item_bytes(uint32_t dtype) {
-  switch (dtype) {
-    case 0: case 1: case 11: return 1;
-    case 2: case 5: case 15: return 2;
-    case 3: case 6: return 4;
-    case 4: case 7: return 8;
-    default: return 0;
-  }
-}
+// The whole file, at most kMaxVectorsBytes, parsed by parsers.h (every count checked against the
+// bytes the file really has).
+constexpr uint64_t kMaxVectorsBytes = 1ull << 31;
 
 std::vector<TestSet> read_vectors(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
   if (!f) throw Failure{"bad_vectors", "cannot open vectors file " + path};
-  std::vector<uint8_t> data((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  Reader r(std::move(data));
-  auto magic = r.bytes(8);
-  if (std::memcmp(magic.data(), "EPVEC001", 8) != 0) throw Failure{"bad_vectors", "not an edgeprobe vectors file (bad magic)"};
-  auto tensor = [&r]() {
-    RawTensor t;
-    t.dtype = r.get<uint32_t>();
-    uint32_t ndim = r.get<uint32_t>();
-    if (item_bytes(t.dtype) == 0) throw Failure{"bad_vectors", "unsupported dtype code " + std::to_string(t.dtype)};
-    if (ndim > 16) throw Failure{"bad_vectors", "implausible tensor rank " + std::to_string(ndim)};
-    uint64_t numel = 1;
-    for (uint32_t i = 0; i < ndim; ++i) {
-      t.sizes.push_back(r.get<int64_t>());
-      if (t.sizes.back() < 0) throw Failure{"bad_vectors", "negative tensor size"};
-      numel *= static_cast<uint64_t>(t.sizes.back());
-    }
-    uint64_t nbytes = r.get<uint64_t>();
-    if (nbytes != numel * item_bytes(t.dtype)) throw Failure{"bad_vectors", "tensor byte count does not match its shape"};
-    t.data = r.bytes(nbytes);
-    return t;
-  };
-  std::vector<TestSet> sets(r.get<uint32_t>());
-  for (auto& s : sets) {
-    for (uint32_t n = r.get<uint32_t>(); n; --n) s.inputs.push_back(tensor());
-    for (uint32_t n = r.get<uint32_t>(); n; --n) s.expected.push_back(tensor());
-  }
-  return sets;
+  std::streamoff size = f.tellg();
+  if (size < 0) throw Failure{"bad_vectors", "cannot read the size of vectors file " + path};
+  if (static_cast<uint64_t>(size) > kMaxVectorsBytes)
+    throw Failure{"bad_vectors", "vectors file " + path + " is " + std::to_string(size) + " bytes, over the " +
+                                     std::to_string(kMaxVectorsBytes) + "-byte limit"};
+  std::vector<uint8_t> data(static_cast<size_t>(size));
+  f.seekg(0);
+  if (size > 0 && !f.read(reinterpret_cast<char*>(data.data()), size))
+    throw Failure{"bad_vectors", "cannot read vectors file " + path};
+  return edgeprobe::parse_vectors(data.data(), data.size());
 }
 
 void write_vectors(const std::string& path, const std::vector<RawTensor>& inputs, const std::vector<RawTensor>& outputs) {
@@ -692,113 +663,6 @@ std::string compare(const RawTensor& a, const RawTensor& e, double rtol, double 
 // serve` (the tail) as one codec frame, the tail's outputs come back. Written by hand: the wire codec
 // (edgeprobe_runner/codec.py) and the framing (edgeprobe_runner/server.py) are edgeprobe's own.
 
-struct JVal {  // a top-level JSON value; nested objects and arrays are skipped, not kept
-  enum Kind { Null, Bool, Num, Str, Other } kind = Null;
-  bool b = false;
-  double num = 0;
-  std::string str;
-};
-
-class JsonScan {  // just enough JSON for the server's flat replies
- public:
-  explicit JsonScan(const std::string& s) : s_(s) {}
-  std::map<std::string, JVal> object() {
-    std::map<std::string, JVal> out;
-    ws();
-    expect('{');
-    ws();
-    if (peek() == '}') return ++i_, out;
-    while (true) {
-      ws();
-      std::string k = string();
-      ws();
-      expect(':');
-      ws();
-      out[k] = value();
-      ws();
-      if (peek() == ',') { ++i_; continue; }
-      expect('}');
-      return out;
-    }
-  }
-
- private:
-  char peek() const { return i_ < s_.size() ? s_[i_] : '\0'; }
-  void ws() { while (i_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[i_]))) ++i_; }
-  void expect(char c) {
-    if (peek() != c) throw Failure{"split_protocol", std::string("bad JSON from the server: expected '") + c + "'"};
-    ++i_;
-  }
-  std::string string() {
-    expect('"');
-    std::string o;
-    while (i_ < s_.size() && s_[i_] != '"') {
-      char c = s_[i_++];
-      if (c == '\\' && i_ < s_.size()) {
-        char e = s_[i_++];
-        switch (e) {
-          case 'n': o += '\n'; break;
-          case 't': o += '\t'; break;
-          case 'r': o += '\r'; break;
-          case 'b': o += '\b'; break;
-          case 'f': o += '\f'; break;
-          case 'u': {
-            unsigned v = 0;
-            for (int k = 0; k < 4; ++k) {
-              char h = peek();
-              int d = std::isdigit(static_cast<unsigned char>(h)) ? h - '0'
-                      : (h >= 'a' && h <= 'f') ? h - 'a' + 10 : (h >= 'A' && h <= 'F') ? h - 'A' + 10 : -1;
-              if (d < 0) throw Failure{"split_protocol", "bad \\u escape in the server's JSON"};
-              v = v * 16 + static_cast<unsigned>(d);
-              ++i_;
-            }
-            o += v < 0x80 ? static_cast<char>(v) : '?';
-            break;
-          }
-          default: o += e;
-        }
-      } else {
-        o += c;
-      }
-    }
-    expect('"');
-    return o;
-  }
-  void skip_nested() {  // an object or array, strings inside respected
-    int depth = 0;
-    do {
-      char c = s_[i_];
-      if (c == '"') { string(); continue; }
-      if (c == '{' || c == '[') ++depth;
-      if (c == '}' || c == ']') --depth;
-      ++i_;
-    } while (depth > 0 && i_ < s_.size());
-  }
-  JVal value() {
-    JVal v;
-    char c = peek();
-    if (c == '"') { v.kind = JVal::Str; v.str = string(); return v; }
-    if (c == '{' || c == '[') { v.kind = JVal::Other; skip_nested(); return v; }
-    if (s_.compare(i_, 4, "true") == 0) { i_ += 4; v.kind = JVal::Bool; v.b = true; return v; }
-    if (s_.compare(i_, 5, "false") == 0) { i_ += 5; v.kind = JVal::Bool; return v; }
-    if (s_.compare(i_, 4, "null") == 0) { i_ += 4; return v; }
-    const char* start = s_.c_str() + i_;
-    char* end = nullptr;
-    v.num = std::strtod(start, &end);
-    if (end == start) throw Failure{"split_protocol", "bad JSON value from the server"};
-    i_ += static_cast<size_t>(end - start);
-    v.kind = JVal::Num;
-    return v;
-  }
-  const std::string& s_;
-  size_t i_ = 0;
-};
-
-double jget_num(const std::map<std::string, JVal>& m, const char* k) {
-  auto it = m.find(k);
-  return it != m.end() && it->second.kind == JVal::Num ? it->second.num : 0.0;
-}
-
 class Conn {  // one TCP connection to `edgeprobe serve`, with the runner framing
  public:
   Conn(const std::string& hostport, double timeout_s) {
@@ -840,22 +704,29 @@ class Conn {  // one TCP connection to `edgeprobe serve`, with the runner framin
     write_all(payload, n);
     return head.size() + n;
   }
-  // a reply: its header (parsed, and its raw size with the length prefix) and payload ("size" bytes when ok)
-  std::map<std::string, JVal> recv(std::vector<uint8_t>& payload, size_t& wire_bytes) {
+  // a reply: its header (parsed, and its raw size with the length prefix) and payload ("size" bytes when
+  // ok); `max_header` is 4096 before authentication (the server's own limit), 1 MiB after
+  JVal recv(std::vector<uint8_t>& payload, size_t& wire_bytes, size_t max_header = edgeprobe::kMaxReplyHeader) {
     uint8_t len[4];
     read_all(len, 4);
     size_t n = (size_t(len[0]) << 24) | (size_t(len[1]) << 16) | (size_t(len[2]) << 8) | size_t(len[3]);
-    if (n > (1u << 20)) throw Failure{"split_protocol", "reply header of " + std::to_string(n) + " bytes is over 1 MiB"};
+    if (n > max_header)
+      throw Failure{"split_protocol", "the server's message header of " + std::to_string(n) + " bytes is over the " +
+                                          std::to_string(max_header) + "-byte limit"};
     std::string text(n, '\0');
     read_all(reinterpret_cast<uint8_t*>(text.data()), n);
-    auto m = JsonScan(text).object();
-    size_t size = 0;
-    auto ok = m.find("ok");
-    if (ok != m.end() && ok->second.kind == JVal::Bool && ok->second.b) size = static_cast<size_t>(jget_num(m, "size"));
-    payload.resize(size);
-    read_all(payload.data(), size);
-    wire_bytes = 4 + n + size;
-    return m;
+    auto reply = edgeprobe::parse_reply(text);
+    // read in chunks as they arrive: a lying "size" costs what the server really sends, not a 2 GiB buffer
+    payload.clear();
+    for (uint64_t left = reply.payload_size; left > 0;) {
+      size_t k = static_cast<size_t>(std::min<uint64_t>(left, 1u << 20));
+      size_t at = payload.size();
+      payload.resize(at + k);
+      read_all(payload.data() + at, k);
+      left -= k;
+    }
+    wire_bytes = 4 + n + static_cast<size_t>(reply.payload_size);
+    return reply.header;
   }
 
  private:
@@ -1002,26 +873,56 @@ struct SplitArgs {
   double timeout_s = 60;
 };
 
-// warmup + iterations of head -> encode -> run request -> reply; writes the per-iteration split times
-// to <outputs>.json, the head's outputs (codec fp32) to <outputs> and the tail's reply frame to
-// <outputs>.tail. Returns the e2e nanoseconds per timed iteration.
+// A message from outside, fit for a one-line error: newlines folded, at most `max` bytes.
+std::string one_line(const std::string& s, size_t max = 200) {
+  std::string o = s.substr(0, max);
+  for (char& c : o)
+    if (c == '\n' || c == '\r') c = ' ';
+  return o;
+}
+
+std::string random_hex32() {  // the client nonce CN: 32 random bytes, 64 lowercase hex
+  uint8_t b[32];
+  std::ifstream f("/dev/urandom", std::ios::binary);
+  if (!f.read(reinterpret_cast<char*>(b), sizeof b)) throw Failure{"split_protocol", "cannot read 32 random bytes from /dev/urandom"};
+  return edgeprobe::to_hex(b, sizeof b);
+}
+
+// The v2 handshake (PROTOCOL.md, "Split mode"): the server's challenge, our MAC over both nonces, then
+// the server's MAC, checked in constant time before anything else is sent. The token never leaves.
+void authenticate(Conn& conn, const std::string& server, const std::string& token) {
+  constexpr const char* kService = "split";
+  std::vector<uint8_t> none;
+  size_t wire = 0;
+  JVal challenge = conn.recv(none, wire, 4096);
+  std::string sn = edgeprobe::parse_challenge(challenge, kService, server);
+  std::string cn = random_hex32();
+  std::string both = std::string("|") + kService + "|" + sn + "|" + cn;
+  std::string mac_c = edgeprobe::to_hex(edgeprobe::hmac_sha256(token, "edgeprobe-auth-v1|client" + both));
+  conn.send("{\"op\": \"hello\", \"nonce\": " + jstr(cn) + ", \"mac\": " + jstr(mac_c) + "}", nullptr, 0);
+  JVal reply = conn.recv(none, wire);
+  if (!edgeprobe::jget_true(reply, "ok"))
+    throw Failure{"refused", server + " refused the connection: " + one_line(edgeprobe::jget_str(reply, "error", "no reason given"))};
+  std::string mac_s = edgeprobe::to_hex(edgeprobe::hmac_sha256(token, "edgeprobe-auth-v1|server" + both));
+  if (!edgeprobe::constant_time_equal(edgeprobe::jget_str(reply, "mac"), mac_s))
+    throw Failure{"unauthenticated_server", "the server at " + server + " did not prove it holds the token; not talking to it"};
+}
+
+// warmup + iterations of head -> encode -> run request -> reply -> decode; writes the per-iteration split
+// times to <outputs>.json, the head's outputs (codec fp32) to <outputs> and the tail's reply frame (as it
+// came) to <outputs>.tail. Returns the e2e nanoseconds per timed iteration.
 std::vector<long long> run_split(const SplitArgs& sa, long warmup, long iterations,
                                  const std::function<std::vector<RawTensor>()>& head) {
   bool device_only = sa.server == "none";
   std::unique_ptr<Conn> conn;
-  std::string info_json = "null";
   if (!device_only) {
-    if (sa.token.empty() || sa.name.empty()) throw Failure{"usage", "--split-token and --split-name are required with a server"};
+    if (sa.token.empty())
+      throw Failure{"usage", "split mode with a server needs its token: pass --split-token-file PATH or set EDGEPROBE_SPLIT_TOKEN"};
+    if (sa.name.empty()) throw Failure{"usage", "--split-name is required with --split-server HOST:PORT"};
     if (sa.encoding != "fp32" && sa.encoding != "fp16" && sa.encoding != "int8")
-      throw Failure{"usage", "--split-encoding must be fp32, fp16 or int8"};
+      throw Failure{"usage", "--split-encoding must be fp32, fp16 or int8, not " + one_line(sa.encoding, 40)};
     conn = std::make_unique<Conn>(sa.server, sa.timeout_s);
-    conn->send("{\"op\": \"hello\", \"token\": " + jstr(sa.token) + "}", nullptr, 0);
-    std::vector<uint8_t> none;
-    size_t wire = 0;
-    auto hello = conn->recv(none, wire);
-    auto ok = hello.find("ok");
-    if (ok == hello.end() || ok->second.kind != JVal::Bool || !ok->second.b)
-      throw Failure{"refused", sa.server + " refused the connection: " + (hello.count("error") ? hello["error"].str : "no reason")};
+    authenticate(*conn, sa.server, sa.token);
   }
   std::vector<long long> e2e;
   std::string iters = "[";
@@ -1032,7 +933,9 @@ std::vector<long long> run_split(const SplitArgs& sa, long warmup, long iteratio
     auto t0 = Clock::now();
     outs = head();
     auto t1 = Clock::now();
-    double enc_ms = 0, rt_ms = 0, server_ms = 0, sdec = 0, senc = 0, handle = 0;
+    // device only: no encode, request, server or decode happened; those fields are null, not 0
+    std::string enc_ms = "null", rt_ms = "null", server_ms = "null", sdec = "null", senc = "null", handle = "null",
+                net_ms = "null", dec_ms = "null";
     if (!device_only) {
       size_t k = sa.send < 0 ? outs.size() : std::min(outs.size(), static_cast<size_t>(sa.send));
       std::vector<RawTensor> acts(outs.begin(), outs.begin() + static_cast<long>(k));
@@ -1044,25 +947,36 @@ std::vector<long long> run_split(const SplitArgs& sa, long warmup, long iteratio
       payload_up = frame.size();
       auto reply = conn->recv(reply_payload, bytes_down);
       auto t3 = Clock::now();
-      auto ok = reply.find("ok");
-      if (ok == reply.end() || ok->second.kind != JVal::Bool || !ok->second.b)
-        throw Failure{"server_error", "the server refused run '" + sa.name + "': " + (reply.count("error") ? reply["error"].str : "no reason")};
-      enc_ms = std::chrono::duration<double, std::milli>(t2 - t1).count();
-      rt_ms = std::chrono::duration<double, std::milli>(t3 - t2).count();
-      server_ms = jget_num(reply, "server_ms");
-      sdec = jget_num(reply, "decode_ms");
-      senc = jget_num(reply, "encode_ms");
-      handle = jget_num(reply, "handle_ms");
+      if (!edgeprobe::jget_true(reply, "ok"))
+        throw Failure{"server_error", "the server refused run '" + sa.name + "': " +
+                                          one_line(edgeprobe::jget_str(reply, "error", "no reason given"))};
+      auto tail = edgeprobe::decode_frame(reply_payload.data(), reply_payload.size());  // checked, as an app would
+      auto t4 = Clock::now();
+      (void)tail;
+      // the server's own parts: required (a missing one is an error, never read as 0), handle_ms optional
+      auto srv = edgeprobe::jget_num(reply, "server_ms"), d = edgeprobe::jget_num(reply, "decode_ms"),
+           e = edgeprobe::jget_num(reply, "encode_ms"), h = edgeprobe::jget_num(reply, "handle_ms");
+      for (auto [key, v] : {std::pair<const char*, const std::optional<double>*>{"server_ms", &srv}, {"decode_ms", &d}, {"encode_ms", &e}})
+        if (!*v) throw Failure{"split_protocol", std::string("the server's run reply has no number '") + key + "' (an older or foreign server?)"};
+      double rt = std::chrono::duration<double, std::milli>(t3 - t2).count();
+      enc_ms = jnum(std::chrono::duration<double, std::milli>(t2 - t1).count());
+      rt_ms = jnum(rt);
+      server_ms = jnum(*srv);
+      sdec = jnum(*d);
+      senc = jnum(*e);
+      handle = h ? jnum(*h) : "null";
+      net_ms = jnum(rt - *srv - *d - *e);
+      dec_ms = jnum(std::chrono::duration<double, std::milli>(t4 - t3).count());
     }
-    auto t4 = Clock::now();
+    auto t5 = Clock::now();
     if (i < warmup) continue;
-    e2e.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(t4 - t0).count());
+    e2e.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(t5 - t0).count());
     double head_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
     iters += (iters.size() > 1 ? ", " : "") +
-             Obj().add("head_ms", jnum(head_ms)).add("encode_ms", jnum(enc_ms)).add("round_trip_ms", jnum(rt_ms))
-                 .add("server_ms", jnum(server_ms)).add("server_decode_ms", jnum(sdec)).add("server_encode_ms", jnum(senc))
-                 .add("server_handle_ms", jnum(handle)).add("network_ms", jnum(rt_ms - server_ms - sdec - senc))
-                 .add("decode_ms", "0").add("e2e_ms", jnum(static_cast<double>(e2e.back()) / 1e6))
+             Obj().add("head_ms", jnum(head_ms)).add("encode_ms", enc_ms).add("round_trip_ms", rt_ms)
+                 .add("server_ms", server_ms).add("server_decode_ms", sdec).add("server_encode_ms", senc)
+                 .add("server_handle_ms", handle).add("network_ms", net_ms)
+                 .add("decode_ms", dec_ms).add("e2e_ms", jnum(static_cast<double>(e2e.back()) / 1e6))
                  .add("bytes_up", jint(static_cast<long long>(bytes_up)))
                  .add("bytes_down", jint(static_cast<long long>(bytes_down))).str();
   }
@@ -1089,30 +1003,55 @@ struct Args {
   SplitArgs split;  // split.server set: split mode
 };
 
-[[noreturn]] void usage(const std::string& why) {
-  std::fprintf(stderr,
-               "edgeprobe_runner: %s\nusage: edgeprobe_runner --model PATH [--vectors PATH] [--warmup N] "
-               "[--iterations N] [--min-seconds S] [--idle-s S] [--threads N] [--rtol X] [--atol X] [--etdump PATH] "
-               "[--method NAME] [--save-outputs PATH] [--output PATH]\n"
-               "       split mode: --split-server HOST:PORT|none --split-outputs PATH [--split-token T] [--split-name N]\n"
-               "                   [--split-send K] [--split-encoding fp32|fp16|int8] [--split-timeout-s S]\n"
-               "                   [--split-send-inputs 1]\n",
-               why.c_str());
-  std::exit(2);
+struct UsageError {
+  std::string message;
+  bool help = false;
+};
+
+const char* kUsage =
+    "usage: edgeprobe_runner --model PATH [--vectors PATH] [--warmup N] [--iterations N] [--min-seconds S]\n"
+    "                        [--idle-s S] [--threads N] [--rtol X] [--atol X] [--etdump PATH] [--method NAME]\n"
+    "                        [--save-outputs PATH] [--output PATH]\n"
+    "       split mode: --split-server HOST:PORT|none --split-outputs PATH [--split-token-file PATH] [--split-name N]\n"
+    "                   [--split-send K] [--split-encoding fp32|fp16|int8] [--split-timeout-s S] [--split-send-inputs 1]\n"
+    "       the split token: --split-token-file PATH, else $EDGEPROBE_SPLIT_TOKEN (never on the command line)\n"
+    "       see device_runner/PROTOCOL.md\n";
+
+// The split token from a file (the host pushes it with the run's files and deletes it after): its
+// content without trailing newlines.
+std::string read_token_file(const std::string& path) {
+  auto t = read_text(path);
+  if (!t) throw UsageError{"cannot read --split-token-file " + path};
+  std::string tok = *t;
+  while (!tok.empty() && (tok.back() == '\n' || tok.back() == '\r')) tok.pop_back();
+  if (tok.empty()) throw UsageError{"--split-token-file " + path + " is empty"};
+  return tok;
 }
 
 Args parse(int argc, char** argv) {
   Args a;
-  auto num = [](const std::string& flag, const char* v, bool integral) {
+  // every number is checked: finite, not negative, integral where it counts, and within a cap (a cast of
+  // 1e18 or NaN to long would be undefined or a silent nonsense run)
+  auto num = [](const std::string& flag, const char* v, bool integral, double max) {
     char* end = nullptr;
+    errno = 0;
     double d = std::strtod(v, &end);
-    if (end == v || *end || d < 0 || (integral && d != std::floor(d))) usage("bad value for " + flag + ": " + v);
+    if (end == v || *end || errno == ERANGE || !std::isfinite(d) || d < 0 || (integral && d != std::floor(d)) || d > max) {
+      char b[64];
+      std::snprintf(b, sizeof b, "%g", max);
+      throw UsageError{"bad value for " + flag + ": '" + one_line(v, 40) + "' (want a " + (integral ? "whole " : "") +
+                       "number in [0, " + b + "])"};
+    }
     return d;
   };
+  std::string token_file;
   for (int i = 1; i < argc; ++i) {
     std::string f = argv[i];
-    if (f == "--help" || f == "-h") usage("measure one .pte (see PROTOCOL.md)");
-    if (i + 1 >= argc) usage("missing value for " + f);
+    if (f == "--help" || f == "-h") throw UsageError{"measure one .pte (see PROTOCOL.md)", true};
+    if (f == "--split-token")
+      throw UsageError{"--split-token was removed: a token on the command line is visible to every user (ps); "
+                       "pass --split-token-file PATH or set EDGEPROBE_SPLIT_TOKEN"};
+    if (i + 1 >= argc) throw UsageError{"missing value for " + one_line(f, 60)};
     const char* v = argv[++i];
     if (f == "--model") a.model = v;
     else if (f == "--vectors") a.vectors = v;
@@ -1120,42 +1059,113 @@ Args parse(int argc, char** argv) {
     else if (f == "--method") a.method = v;
     else if (f == "--output") a.output = v;
     else if (f == "--save-outputs") a.save_outputs = v;
-    else if (f == "--warmup") a.warmup = static_cast<long>(num(f, v, true));
-    else if (f == "--iterations") a.iterations = static_cast<long>(num(f, v, true));
-    else if (f == "--threads") a.threads = static_cast<long>(num(f, v, true));
-    else if (f == "--min-seconds") a.min_seconds = num(f, v, false);
-    else if (f == "--idle-s") a.idle_s = num(f, v, false);
-    else if (f == "--rtol") a.rtol = num(f, v, false);
-    else if (f == "--atol") a.atol = num(f, v, false);
+    else if (f == "--warmup") a.warmup = static_cast<long>(num(f, v, true, 1e7));
+    else if (f == "--iterations") a.iterations = static_cast<long>(num(f, v, true, 1e7));
+    else if (f == "--threads") a.threads = static_cast<long>(num(f, v, true, 4096));
+    else if (f == "--min-seconds") a.min_seconds = num(f, v, false, 86400);
+    else if (f == "--idle-s") a.idle_s = num(f, v, false, 3600);
+    else if (f == "--rtol") a.rtol = num(f, v, false, 1e300);
+    else if (f == "--atol") a.atol = num(f, v, false, 1e300);
     else if (f == "--split-server") a.split.server = v;
-    else if (f == "--split-token") a.split.token = v;
+    else if (f == "--split-token-file") token_file = v;
     else if (f == "--split-name") a.split.name = v;
     else if (f == "--split-encoding") a.split.encoding = v;
     else if (f == "--split-outputs") a.split.outputs = v;
-    else if (f == "--split-send") a.split.send = static_cast<long>(num(f, v, true));
-    else if (f == "--split-timeout-s") a.split.timeout_s = num(f, v, false);
-    else if (f == "--split-send-inputs") a.split.send_inputs = num(f, v, true) != 0;
-    else usage("unknown argument " + f);
+    else if (f == "--split-send") a.split.send = static_cast<long>(num(f, v, true, 1e6));
+    else if (f == "--split-timeout-s") a.split.timeout_s = num(f, v, false, 86400);
+    else if (f == "--split-send-inputs") a.split.send_inputs = num(f, v, true, 1) != 0;
+    else throw UsageError{"unknown argument " + one_line(f, 60)};
   }
-  if (!a.split.server.empty() && a.split.outputs.empty()) usage("--split-server needs --split-outputs");
-  if (a.split.token.empty())
-    if (const char* t = std::getenv("EDGEPROBE_SPLIT_TOKEN")) a.split.token = t;  // keeps it out of `ps`
-  if (a.model.empty()) usage("--model is required");
-  if (a.iterations < 1) usage("--iterations must be >= 1");
+  if (!a.split.server.empty() && a.split.outputs.empty()) throw UsageError{"--split-server needs --split-outputs"};
+  if (!a.split.server.empty() && a.split.timeout_s <= 0) throw UsageError{"--split-timeout-s must be > 0"};
+  if (!token_file.empty()) a.split.token = read_token_file(token_file);
+  else if (const char* t = std::getenv("EDGEPROBE_SPLIT_TOKEN")) a.split.token = t;
+  if (a.model.empty()) throw UsageError{"--model is required"};
+  if (a.iterations < 1) throw UsageError{"--iterations must be >= 1"};
   return a;
+}
+
+// Test-only fault injection (tests/test_native_runner.py): EDGEPROBE_RUNNER_FAULT=timed_loop throws a
+// std::runtime_error in the timed loop after its first iteration, where a meter's thread is running.
+bool fault(const char* where) {
+  const char* f = std::getenv("EDGEPROBE_RUNNER_FAULT");
+  return f != nullptr && std::strcmp(f, where) == 0;
+}
+
+// Resets this process's VmHWM to its VmRSS (Linux >= 4.0); "" on success, else why not.
+std::string reset_hwm() {
+  FILE* f = std::fopen("/proc/self/clear_refs", "w");
+  if (f == nullptr) return std::string("cannot open /proc/self/clear_refs: ") + std::strerror(errno);
+  bool ok = std::fputs("5", f) >= 0;
+  ok = (std::fclose(f) == 0) && ok;
+  if (!ok) return std::string("writing 5 to /proc/self/clear_refs failed: ") + std::strerror(errno);
+  return "";
+}
+
+std::string peak_rss_definition(const std::string& reset_failed) {
+  if (reset_failed.empty())
+    return "peak_rss_bytes - baseline_hwm_bytes: VmHWM after the run minus VmHWM before the model was loaded, "
+           "the mark first reset to VmRSS (/proc/self/clear_refs 5), so it is the run's own peak above the runner's baseline";
+  return "peak_rss_bytes - baseline_hwm_bytes: VmHWM after the run minus VmHWM before the model was loaded (the mark "
+         "could not be reset: " + reset_failed + "), a lower bound of the run's peak above the runner's baseline "
+         "when baseline_hwm_bytes > baseline_rss_bytes";
+}
+
+// A record for a run that ended before the measurement could say more (bad arguments, an internal
+// error): the same top-level keys, status error, one-line message.
+std::string error_record(const std::string& model, const std::string& code, const std::string& message) {
+  return Obj().add("schema_version", jint(kSchemaVersion)).add("status", jstr("error"))
+      .add("error", Obj().add("code", jstr(code)).add("message", jstr(one_line(message, 500))).str())
+      .add("runner", Obj().add("flavor", jstr("native")).add("version", jstr(kVersion))
+                         .add("runtime", jstr("executorch")).add("runtime_version", jstr(EDGEPROBE_EXECUTORCH_VERSION)).str())
+      .add("artifact", Obj().add("path", model.empty() ? "null" : jstr(model)).add("size_bytes", "null").str())
+      .add("config", "null").add("verification", "null").add("timing", "null").add("memory", "null")
+      .add("energy", "null").add("thermal", "null").add("environment", "null").str();
+}
+
+// Writes the record to `output` (atomically: tmp + rename) or stdout; false when it could not.
+bool write_record(const std::string& output, const std::string& record) {
+  if (output.empty()) {
+    std::printf("%s\n", record.c_str());
+    return std::fflush(stdout) == 0;
+  }
+  std::string tmp = output + ".tmp";
+  {
+    std::ofstream f(tmp);
+    f << record << "\n";
+    f.flush();
+    if (!f) {
+      std::fprintf(stderr, "edgeprobe_runner: cannot write %s\n", tmp.c_str());
+      return false;
+    }
+  }
+  if (std::rename(tmp.c_str(), output.c_str()) != 0) {
+    std::fprintf(stderr, "edgeprobe_runner: cannot rename %s to %s: %s\n", tmp.c_str(), output.c_str(), std::strerror(errno));
+    return false;
+  }
+  return true;
+}
+
+// The value of the last --output on the command line, found before parsing so that even bad arguments
+// get their error record there.
+std::string scan_output(int argc, char** argv) {
+  std::string out;
+  for (int i = 1; i + 1 < argc; ++i)
+    if (std::strcmp(argv[i], "--output") == 0) out = argv[++i];
+  return out;
 }
 
 std::string error_name(Error e) {
   return "ExecuTorch error 0x" + [](int v) { char b[16]; std::snprintf(b, sizeof b, "%x", v); return std::string(b); }(static_cast<int>(e));
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  Args args = parse(argc, argv);
+// The measurement (PROTOCOL.md, "Order of work"); returns the exit code.
+int measure(const Args& args) {
   executorch::runtime::runtime_init();
 
-  // 1. baseline before anything is loaded
+  // 1. baseline before anything is loaded: the high-water mark reset to the current RSS first, so the
+  // baseline HWM is the runner's own and not a transient from before
+  std::string hwm_reset_failed = reset_hwm();
   auto base = proc_status();
   auto thermal_before = thermal_zones();
 
@@ -1165,6 +1175,7 @@ int main(int argc, char** argv) {
   Obj config;
   std::string verification = "null", timing = "null", energy;
   std::string status = "ok", error = "null";
+  bool internal = false;  // an unexpected exception (a runner bug): the record is written, the exit is 1
   std::optional<long long> threads_used;
   Obj memory;
   memory.add("baseline_rss_bytes", jopt_int(get(base, "VmRSS"))).add("baseline_hwm_bytes", jopt_int(get(base, "VmHWM")));
@@ -1328,6 +1339,7 @@ int main(int argc, char** argv) {
       auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - s0).count();
       if (!res.ok()) throw Failure{"execute_failed", "execute failed in the timed loop: " + error_name(res.error())};
       samples.push_back(ns);
+      if (fault("timed_loop")) throw std::runtime_error("injected fault (EDGEPROBE_RUNNER_FAULT=timed_loop)");
       timed_ns += ns;
     }
     energy = meter->end(mark);
@@ -1347,13 +1359,24 @@ int main(int argc, char** argv) {
     }
   } catch (const Failure& f) {
     status = "error";
-    error = Obj().add("code", jstr(f.code)).add("message", jstr(f.message)).str();
+    error = Obj().add("code", jstr(f.code)).add("message", jstr(one_line(f.message, 500))).str();
+    timing = "null";
+  } catch (const std::exception& e) {
+    status = "error";
+    internal = true;
+    error = Obj().add("code", jstr("internal_error")).add("message", jstr(one_line(std::string("runner error: ") + e.what(), 500))).str();
+    timing = "null";
+  } catch (...) {
+    status = "error";
+    internal = true;
+    error = Obj().add("code", jstr("internal_error")).add("message", jstr("runner error: an unknown exception")).str();
     timing = "null";
   }
 
   auto after = proc_status();
   memory.add("peak_rss_bytes", jopt_int(get(after, "VmHWM"))).add("swap_bytes", jopt_int(get(after, "VmSwap")))
-      .add("source", jstr("/proc/self/status VmHWM"));
+      .add("source", jstr("/proc/self/status VmHWM")).add("hwm_reset", hwm_reset_failed.empty() ? "true" : "false")
+      .add("peak_rss_definition", jstr(peak_rss_definition(hwm_reset_failed)));
   config.add("method", jstr(args.method)).add("warmup", jint(args.warmup)).add("iterations", jint(args.iterations))
       .add("min_seconds", jnum(args.min_seconds)).add("threads_requested", jint(args.threads))
       .add("threads_used", jopt_int(threads_used)).add("loader", jstr("mmap"))
@@ -1368,22 +1391,42 @@ int main(int argc, char** argv) {
           .add("memory", memory.str()).add("energy", energy).add("thermal", thermal_block(thermal_before, thermal_zones()))
           .add("environment", environment_block()).str();
 
-  if (args.output.empty()) {
-    std::printf("%s\n", record.c_str());
-  } else {
-    std::string tmp = args.output + ".tmp";
-    {
-      std::ofstream f(tmp);
-      f << record << "\n";
-      if (!f) {
-        std::fprintf(stderr, "edgeprobe_runner: cannot write %s\n", tmp.c_str());
-        return 3;
+  if (internal) std::fprintf(stderr, "edgeprobe_runner: %s\n", error.c_str());
+  if (!write_record(args.output, record)) return 3;
+  return internal ? 1 : 0;
+}
+
+}  // namespace
+
+// Exit codes (PROTOCOL.md): 0 a record was written (status ok, or error for a failed measurement);
+// 1 an internal error, its record written where possible; 2 bad arguments (a record too, when --output
+// was given); 3 the record could not be written.
+int main(int argc, char** argv) {
+  std::string output = scan_output(argc, argv), model;
+  auto fail = [&](const std::string& code, const std::string& message, int rc) {
+    std::fprintf(stderr, "edgeprobe_runner: %s\n", one_line(message, 500).c_str());
+    if (!output.empty() || rc != 2) write_record(output, error_record(model, code, message));
+    return rc;
+  };
+  try {
+    Args args;
+    try {
+      args = parse(argc, argv);
+    } catch (const UsageError& u) {
+      if (u.help) {
+        std::printf("edgeprobe_runner %s: %s\n%s", kVersion, u.message.c_str(), kUsage);
+        return 0;
       }
+      std::fprintf(stderr, "%s", kUsage);
+      return fail("usage", u.message, 2);
     }
-    if (std::rename(tmp.c_str(), args.output.c_str()) != 0) {
-      std::fprintf(stderr, "edgeprobe_runner: cannot rename %s\n", tmp.c_str());
-      return 3;
-    }
+    model = args.model;
+    return measure(args);
+  } catch (const Failure& f) {
+    return fail(f.code, f.message, 1);
+  } catch (const std::exception& e) {
+    return fail("internal_error", std::string("runner error: ") + e.what(), 1);
+  } catch (...) {
+    return fail("internal_error", "runner error: an unknown exception", 1);
   }
-  return 0;
 }
