@@ -30,6 +30,28 @@ def _read(path: str) -> Optional[str]:
         return None
 
 
+def reset_hwm() -> Optional[str]:
+    """Reset this process's VmHWM to its VmRSS (``/proc/self/clear_refs`` 5, Linux >= 4.0); None on
+    success, else why not."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError as exc:
+        return f"writing 5 to /proc/self/clear_refs failed: {exc.strerror or exc}"
+    return None
+
+
+def peak_rss_definition(reset_failed: Optional[str]) -> str:
+    """How ``memory.peak_rss_bytes - memory.baseline_hwm_bytes`` is to be read (the native runner's words)."""
+    if reset_failed is None:
+        return ("peak_rss_bytes - baseline_hwm_bytes: VmHWM after the run minus VmHWM before the model was loaded, "
+                "the mark first reset to VmRSS (/proc/self/clear_refs 5), so it is the run's own peak above the "
+                "runner's baseline")
+    return ("peak_rss_bytes - baseline_hwm_bytes: VmHWM after the run minus VmHWM before the model was loaded (the "
+            f"mark could not be reset: {reset_failed}), a lower bound of the run's peak above the runner's baseline "
+            "when baseline_hwm_bytes > baseline_rss_bytes")
+
+
 def proc_status() -> dict[str, int]:
     """VmRSS / VmHWM / VmSwap of this process in bytes."""
     out: dict[str, int] = {}
@@ -69,8 +91,22 @@ def _window(idle0: float, idle1: float, run0: float, run1: float) -> dict[str, f
     return {"idle_start_s": idle0, "idle_end_s": idle1, "run_start_s": run0, "run_end_s": run1}
 
 
+def _read_int(path: str) -> Optional[int]:
+    """An integer file's value; None when it is missing, unreadable or not an integer (never 0)."""
+    text = _read(path)
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
 class _Rapl:
-    """Powercap energy counters (µJ) read at the edges of the idle and the run windows."""
+    """Powercap energy counters (µJ) read at the edges of the idle and the run windows.
+
+    A counter that cannot be read at an edge (vanished, unreadable, garbled), or one that went down
+    without a readable ``max_energy_range_uj`` to undo the wrap, makes the block unavailable with the
+    reason: it is never read as 0 and then "unwrapped" into a large energy.
+    """
 
     def __init__(self, domains: list[str]) -> None:
         self.domains = domains
@@ -78,14 +114,28 @@ class _Rapl:
         self.t0 = self.idle0 = self.idle1 = 0.0
         self.idle_j: Optional[float] = None
         self.idle_dt: Optional[float] = None
+        self.reason: Optional[str] = None  # the first counter that could not be read or unwrapped
 
-    def _counters(self) -> dict[str, int]:
-        return {d: int(_read(os.path.join(d, "energy_uj")) or 0) for d in self.domains}
+    def _counters(self, edge: str) -> dict[str, int]:
+        out = {}
+        for d in self.domains:
+            v = _read_int(os.path.join(d, "energy_uj"))
+            if v is None and self.reason is None:
+                self.reason = f"RAPL counter {d}/energy_uj could not be read at {edge}"
+            out[d] = 0 if v is None else v
+        return out
 
     def _delta_j(self, d: str, a: int, b: int) -> float:
         delta = b - a
         if delta < 0:  # the counter wrapped
-            delta += int(_read(os.path.join(d, "max_energy_range_uj")) or 0)
+            span = _read_int(os.path.join(d, "max_energy_range_uj"))
+            if span is None or span <= 0:
+                self.reason = self.reason or (f"RAPL counter {d}/energy_uj went down and max_energy_range_uj is "
+                                              "unreadable, so the wrap cannot be undone")
+                return 0.0
+            delta += span
+            if delta < 0:
+                self.reason = self.reason or f"RAPL counter {d}/energy_uj went down by more than its range"
         return delta / 1e6
 
     def begin(self, idle_s: float = 0.0, mark: Mark = None) -> None:
@@ -93,24 +143,26 @@ class _Rapl:
             mark("idle_start")
         self.idle0 = time.monotonic()
         if idle_s > 0:
-            c0 = self._counters()
+            c0 = self._counters("idle_start")
             time.sleep(idle_s)
-            c1 = self._counters()
+            c1 = self._counters("idle_end")
             self.idle_j = sum(self._delta_j(d, c0[d], c1[d]) for d in self.domains)
             self.idle_dt = time.monotonic() - self.idle0
         self.idle1 = time.monotonic()
         if mark:
             mark("run_start")
-        self.start, self.t0 = self._counters(), time.monotonic()
+        self.start, self.t0 = self._counters("run_start"), time.monotonic()
 
     def end(self, mark: Mark = None) -> dict[str, Any]:
-        end, t1 = self._counters(), time.monotonic()
+        end, t1 = self._counters("run_end"), time.monotonic()
         if mark:
             mark("run_end")
         domains = {}
         for d in self.domains:
             name = _read(os.path.join(d, "name")) or os.path.basename(d)
             domains[f"{os.path.basename(d)}:{name}"] = self._delta_j(d, self.start[d], end[d])
+        if self.reason is not None:
+            return {"available": False, "reason": self.reason, "meter": "rapl"}
         return {"available": True, "reason": None, "meter": "rapl", "energy_j": sum(domains.values()),
                 "duration_s": t1 - self.t0, "samples": 2, "method": "powercap energy counter delta",
                 "domains": domains, "idle_energy_j": self.idle_j, "idle_duration_s": self.idle_dt,
@@ -231,7 +283,7 @@ def energy_meter():
     domains = sorted(d for d in glob.glob(os.path.join(root, "class/powercap/intel-rapl:*"))
                      if d.count(":") == 1 and os.path.exists(os.path.join(d, "energy_uj")))
     if domains:
-        if all(_read(os.path.join(d, "energy_uj")) is not None for d in domains):
+        if all(_read_int(os.path.join(d, "energy_uj")) is not None for d in domains):
             return _Rapl(domains)
         return Unavailable(f"RAPL energy_uj under {root}/class/powercap is not readable (permission denied?)")
     for supply in sorted(glob.glob(os.path.join(root, "class/power_supply/*"))):

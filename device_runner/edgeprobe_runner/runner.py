@@ -187,10 +187,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         record["runner"].update(runtime=runtime, runtime_version=version)
         import torch
 
+        # the high-water mark reset to the current RSS first: the baseline HWM is this runner's own
+        # (interpreter + runtime), not a transient of the imports above
+        reset_failed = meters.reset_hwm()
         base = meters.proc_status()
         thermal_before = meters.thermal_zones()
         record["memory"] = {"baseline_rss_bytes": base.get("VmRSS"), "baseline_hwm_bytes": base.get("VmHWM"),
-                            "peak_rss_bytes": None, "swap_bytes": None, "source": "/proc/self/status VmHWM"}
+                            "peak_rss_bytes": None, "swap_bytes": None, "source": "/proc/self/status VmHWM",
+                            "hwm_reset": reset_failed is None,
+                            "peak_rss_definition": meters.peak_rss_definition(reset_failed)}
 
         try:
             testsets = epv.read(args.vectors) if args.vectors else []

@@ -207,13 +207,18 @@ class Memory:
     peak_rss_bytes: Optional[int]
     swap_bytes: Optional[int]
     source: str = "/proc/self/status VmHWM"
+    hwm_reset: Optional[bool] = None  # the runner reset VmHWM to VmRSS before its baseline (absent: older runner)
+    peak_rss_definition: Optional[str] = None  # the runner's words for peak_rss_delta_bytes (absent: older runner)
 
     @property
     def peak_rss_delta_bytes(self) -> Optional[int]:
-        """Peak resident memory above the runner's own pre-load baseline."""
-        if self.peak_rss_bytes is None or self.baseline_rss_bytes is None:
+        """Peak resident memory above the runner's own pre-load baseline: high-water mark after the run
+        minus high-water mark before the model was loaded (``peak_rss_definition`` says how exact that
+        is). A record without a baseline HWM falls back to the baseline VmRSS."""
+        baseline = self.baseline_hwm_bytes if self.baseline_hwm_bytes is not None else self.baseline_rss_bytes
+        if self.peak_rss_bytes is None or baseline is None:
             return None
-        return self.peak_rss_bytes - self.baseline_rss_bytes
+        return self.peak_rss_bytes - baseline
 
 
 @dataclass(frozen=True)
