@@ -33,10 +33,11 @@ ENCODINGS = ("fp32", "fp16", "int8")
 
 @pytest.fixture(scope="module")
 def codec_env():
-    """(the codec, the environment for the subprocesses: no inherited EDGEPROBE_TOKEN)."""
+    """(the codec, the environment for the subprocesses: no inherited tokens)."""
     from edgeprobe_runner import codec
 
-    return codec, {k: v for k, v in os.environ.items() if k != "EDGEPROBE_TOKEN"}
+    return codec, {k: v for k, v in os.environ.items()
+                   if k not in ("EDGEPROBE_TOKEN", "EDGEPROBE_SERVE_TOKEN", "EDGEPROBE_SPLIT_TOKEN")}
 
 
 def _model() -> nn.Sequential:
@@ -151,12 +152,13 @@ def test_reply_encoding_can_be_asked(loaded, client):
 def test_wrong_token_is_refused_and_closed(server):
     from edgeprobe.errors import TransportError
     from edgeprobe.split.server import TailClient
-    from edgeprobe_runner.server import recv_msg, send_msg
+    from edgeprobe_runner.wire import recv_msg, send_msg
 
-    with pytest.raises(TransportError, match="unauthorized: wrong or missing token"):
+    with pytest.raises(TransportError, match="unauthorized: wrong token"):
         TailClient(server["host"], server["port"], "wrong-token")
     s = socket.create_connection((server["host"], server["port"]), timeout=10)
     try:
+        assert recv_msg(s)["op"] == "challenge"  # the server speaks first
         send_msg(s, {"op": "load", "name": "x", "size": 0, "sha256": ""})  # no hello first
         reply = recv_msg(s)
         assert reply["ok"] is False and "unauthorized" in reply["error"] and reply["closed"] is True
@@ -168,7 +170,7 @@ def test_wrong_token_is_refused_and_closed(server):
 def test_oversized_payload_refused_and_server_keeps_serving(loaded, server):
     from edgeprobe.errors import TransportError
     from edgeprobe.split.server import TailClient
-    from edgeprobe_runner.server import recv_msg, send_msg
+    from edgeprobe_runner.wire import client_handshake, recv_msg, send_msg
 
     big = torch.randn(1, 16, 128, 128)  # 1 MiB of fp32 > the 256 KiB limit
     c = TailClient(server["host"], server["port"], TOKEN, timeout_s=30)
@@ -178,8 +180,7 @@ def test_oversized_payload_refused_and_server_keeps_serving(loaded, server):
     # only the header: refused before any payload is read
     s = socket.create_connection((server["host"], server["port"]), timeout=10)
     try:
-        send_msg(s, {"op": "hello", "token": TOKEN})
-        assert recv_msg(s)["ok"]
+        client_handshake(s, TOKEN, "split", "test")
         send_msg(s, {"op": "load", "name": "huge", "size": 10 ** 12, "sha256": "0" * 64})
         reply = recv_msg(s)
         assert reply["ok"] is False and "over this server's" in reply["error"] and reply["closed"]
@@ -240,11 +241,12 @@ def _split_client(server, codec, tmp_path, x, *, head=None, name="tail", encodin
     inputs.write_bytes(codec.encode([x], "fp32"))
     out, outputs = tmp_path / f"result-{encoding}.json", tmp_path / f"outputs-{encoding}.bin"
     argv = [sys.executable, "-m", "edgeprobe_runner.split_client", "--server", f"{server['host']}:{server['port']}",
-            "--token", TOKEN, "--name", name, "--encoding", encoding, "--inputs", str(inputs),
+            "--name", name, "--encoding", encoding, "--inputs", str(inputs),
             "--iterations", str(iterations), "--warmup", "2", "--out", str(out), "--outputs-file", str(outputs)]
     if head is not None:
         argv += ["--head", str(head)]
-    p = subprocess.run(argv, capture_output=True, text=True, env=server["env"], timeout=300)
+    p = subprocess.run(argv, capture_output=True, text=True, env={**server["env"], "EDGEPROBE_SPLIT_TOKEN": TOKEN},
+                       timeout=300)
     record = json.loads(out.read_text())
     assert p.returncode == 0, (record.get("error"), p.stderr[-2000:])
     # the outputs file holds the head's outputs, then the tail's: keep the tail's (the model's here)
@@ -299,8 +301,10 @@ def test_split_client_reports_a_refusal_in_its_record(loaded, server, codec_env,
     inputs = tmp_path / "inputs.bin"
     inputs.write_bytes(codec.encode([loaded["act"]], "fp32"))
     out = tmp_path / "r.json"
+    bad = tmp_path / "token"
+    bad.write_text("bad\n")
     p = subprocess.run([sys.executable, "-m", "edgeprobe_runner.split_client", "--server",
-                        f"{server['host']}:{server['port']}", "--token", "bad", "--name", "tail", "--inputs",
+                        f"{server['host']}:{server['port']}", "--token-file", str(bad), "--name", "tail", "--inputs",
                         str(inputs), "--iterations", "1", "--out", str(out)],
                        capture_output=True, text=True, env=server["env"], timeout=120)
     record = json.loads(out.read_text())

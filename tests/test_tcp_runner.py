@@ -14,7 +14,7 @@ import pytest
 import edgeprobe
 from edgeprobe.devices.tcp import TcpTransport, discover
 from edgeprobe.errors import TransportError
-from edgeprobe_runner.server import recv_msg, send_msg
+from edgeprobe_runner.wire import client_handshake, recv_msg, send_msg
 
 TOKEN = "s3cret-token"
 
@@ -73,8 +73,7 @@ def test_discovered_over_zeroconf_and_benched_by_name(runner_server, tiny_pte, m
 
 def _raw(port: int):
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    send_msg(s, {"op": "hello", "token": TOKEN})
-    assert recv_msg(s)["ok"]
+    client_handshake(s, TOKEN, "runner", f"127.0.0.1:{port}")
     return s
 
 
@@ -87,7 +86,7 @@ def test_uploads_are_confined_checked_and_limited(runner_server):
                 t.push(__file__, bad)
         with pytest.raises(TransportError, match="only the runners"):
             t.run(["/bin/sh", "-c", "echo pwned"], timeout_s=5)
-        with pytest.raises(TransportError, match="leaves the runner's work dir"):
+        with pytest.raises(TransportError, match="inside the runner's work dir"):
             t.run(["@python", "--model", "x.pte", "--output", "../../etc/x"], timeout_s=5)
     finally:
         t.close()

@@ -1,15 +1,19 @@
 """The device side of a split: run the head here (ExecuTorch), send its activations to
 ``edgeprobe serve`` (the tail), get the outputs back, and time every part of it.
 
-    python -m edgeprobe_runner.split_client --head head.pte --server HOST:PORT --token T --name N \\
+    EDGEPROBE_SPLIT_TOKEN=T python -m edgeprobe_runner.split_client --head head.pte --server HOST:PORT --name N \\
         --encoding fp32|fp16|int8 --inputs inputs.bin --iterations 20 --warmup 3 --out result.json \\
         [--outputs-file outputs.bin] [--reply-encoding fp32]
+
+The server's token: ``--token-file PATH`` (the file's first line), else ``$EDGEPROBE_SPLIT_TOKEN``;
+never on the command line, where other users of the device could read it.
 
 ``--inputs``: the model's input tensors as ``edgeprobe_runner.codec.encode(tensors, "fp32")``.
 Without ``--head`` (cloud only) the inputs themselves are sent, with ``--encoding``.
 
-The wire protocol is the one in ``edgeprobe/split/server.py`` (the framing of
-``edgeprobe_runner.server``). It must not import the host package.
+The wire protocol is the one in ``edgeprobe/split/server.py`` (the framing and the v2 handshake of
+``edgeprobe_runner.wire``: the token never crosses the wire, and the server must prove it holds it).
+It must not import the host package.
 
 Every timed iteration (``time.monotonic_ns``) records, in ms: ``head_ms`` (the head's execute; 0
 without a head), ``encode_ms`` (codec encode of the activations), ``round_trip_ms`` (send the run
@@ -34,6 +38,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import socket
 import sys
 import time
@@ -41,7 +46,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from edgeprobe_runner import codec
-from edgeprobe_runner.server import ProtocolError, recv_exact, recv_msg, send_msg
+from edgeprobe_runner.wire import ProtocolError, client_handshake, read_token_file, recv_exact, recv_msg, send_msg
 
 SCHEMA_VERSION = 1
 
@@ -53,12 +58,12 @@ class SplitError(Exception):
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="edgeprobe_runner.split_client",
+    p = argparse.ArgumentParser(prog="edgeprobe_runner.split_client", allow_abbrev=False,
                                 description="Run a split: head here, tail on `edgeprobe serve`.")
     p.add_argument("--head", help="the head .pte (omit for cloud only: the inputs are sent)")
     p.add_argument("--server", required=True, help="HOST:PORT of edgeprobe serve, or none (device only: the head is "
                                                    "the whole model)")
-    p.add_argument("--token", default="")
+    p.add_argument("--token-file", help="a file holding the server's token (default: $EDGEPROBE_SPLIT_TOKEN)")
     p.add_argument("--name", default="", help="the tail's name on the server")
     p.add_argument("--send", type=int, help="send the first N head outputs (the crossing tensors; default all); "
                                             "the rest are model outputs that stay on the device")
@@ -75,8 +80,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error("--iterations >= 1, --warmup >= 0 and --timeout-s > 0 are required")
     if args.server == "none" and not args.head:
         p.error("--server none (device only) needs --head")
-    if args.server != "none" and not (args.token and args.name):
-        p.error("--token and --name are required with a server")
+    args.token = ""
+    if args.server != "none":
+        try:
+            args.token = read_token_file(args.token_file) if args.token_file else \
+                os.environ.get("EDGEPROBE_SPLIT_TOKEN", "")
+        except (OSError, ValueError) as exc:
+            p.error(f"--token-file: {exc}")
+        if not (args.token and args.name):
+            p.error("a server needs its token (--token-file or $EDGEPROBE_SPLIT_TOKEN) and --name")
     return args
 
 
@@ -89,12 +101,12 @@ def _connect(server: str, token: str, timeout_s: float) -> tuple[socket.socket, 
     except OSError as exc:
         raise SplitError("connect_failed", f"cannot connect to {server}: {exc}") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    send_msg(sock, {"op": "hello", "token": token})
-    reply = recv_msg(sock)
-    if not reply.get("ok"):
+    try:
+        info = client_handshake(sock, token, "split", server)
+    except (OSError, ProtocolError) as exc:
         sock.close()
-        raise SplitError("refused", f"{server} refused the connection: {reply.get('error')}")
-    return sock, reply.get("info", {})
+        raise SplitError("refused", str(exc)) from None
+    return sock, info
 
 
 def _portable_lib():

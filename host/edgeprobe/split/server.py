@@ -1,18 +1,19 @@
 """`edgeprobe serve`: the cloud side of a split. It keeps tail programs in memory and runs them on
 the activations a device sends, on CUDA when available.
 
-Wire protocol: the framing of ``edgeprobe runner serve`` (imported from ``edgeprobe_runner.server``):
-every message is a 4-byte big-endian length + a UTF-8 JSON header object (at most 1 MiB),
-optionally followed by exactly ``size`` raw payload bytes, ``size`` being a field of that header.
-Every reply carries ``ok``; a failed request gets ``{"ok": false, "error": "<what and what to do>"}``
-and the connection stays usable, except where the payload could not be read or the token is wrong:
-then the reply also says ``"closed": true`` and the server closes the connection. A reply with a
-payload carries its ``size`` (only ``run`` replies have one).
+Wire protocol: the framing and the v2 handshake of ``edgeprobe_runner.wire`` (service ``"split"``):
+every message is a 4-byte big-endian length + a UTF-8 JSON header object (at most 4 KiB before
+authentication, 1 MiB after), optionally followed by exactly ``size`` raw payload bytes, ``size``
+being a field of that header. Every reply carries ``ok``; a failed request gets ``{"ok": false,
+"error": "<what and what to do>"}`` and the connection stays usable, except where the payload could
+not be read or authentication failed: then the reply also says ``"closed": true`` and the server
+closes the connection. A reply with a payload carries its ``size`` (only ``run`` replies have one).
 
 Requests, in order:
 
-- ``hello {token}`` (must come first) -> ``{ok, info}``. A wrong or missing token (compared in
-  constant time, hmac.compare_digest) gets ``{ok: false, closed: true, error: "unauthorized: ..."}``
+- the handshake (must come first; the server speaks first with a challenge): the client proves it
+  holds the token with an HMAC over both nonces, the server proves it back; the token itself never
+  crosses the wire. A wrong MAC gets ``{ok: false, closed: true, error: "unauthorized: wrong token"}``
   and the connection is closed.
 - ``load {name, size, sha256}`` + ``size`` bytes -> ``{ok, name, sha256, program_bytes, load_ms,
   device}``. The bytes are a tail program written by ``torch.export.save`` (an ExportedProgram). They
@@ -36,11 +37,14 @@ Requests, in order:
 - ``info`` -> ``{ok, info}``, info = ``{device (cpu or the CUDA device's name), device_type, torch,
   cuda, threads, max_bytes, programs, version}``.
 
-Limits: the header (1 MiB, from the runner's framing); every payload (``--max-bytes``, default 1 GiB):
-a ``load`` or ``run`` whose ``size`` is over it is refused *before* its payload is read, so the reply
-is sent and the connection closed (the server goes on serving other connections); the number of
-programs kept (``--max-programs``); every connection has an idle timeout (``--timeout-s``) on each
-read and write.
+Limits (each refusal is one line; the server goes on serving other connections): a connection cap
+(``--max-connections``, 64) and at most 8 unauthenticated connections per client address; an
+authentication deadline (``--auth-timeout-s``, 10 s); an idle timeout on every read and write after
+it (``--timeout-s``, 120 s); every payload (``--max-bytes``, default 1 GiB): a ``load`` or ``run``
+whose ``size`` is over it is refused *before* its payload is read, so the reply is sent and the
+connection closed; a global budget of payload bytes being received at once (``--max-inflight-bytes``,
+2 GiB), reserved before a payload is read (read in chunks: a ``size`` claim allocates nothing); the
+number of programs kept (``--max-programs``).
 
 Trust: only holders of the token can talk to the server. ``torch.export.load`` may fall back to
 unpickling, so loading a program is as powerful as running code on the server: give the token only
@@ -54,13 +58,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import hmac
 import io
 import json
 import os
 import secrets
 import socket
-import socketserver
 import sys
 import threading
 import time
@@ -70,14 +72,17 @@ import torch
 
 from edgeprobe.errors import ConnectionLostError
 from edgeprobe_runner import codec
-from edgeprobe_runner.server import ProtocolError, recv_exact, recv_msg, send_msg, serve_until_stopped
+from edgeprobe_runner.wire import (DEFAULT_AUTH_DEADLINE_S, DEFAULT_MAX_CONNECTIONS, BoundedServer, Budget,
+                                   ProtocolError, client_handshake, close_after_refusal, read_token_file,
+                                   recv_exact, recv_msg, recv_payload, send_msg, serve_until_stopped)
 
+SERVICE = "split"
 DEFAULT_MAX_BYTES = 1 << 30
-DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_MAX_INFLIGHT_BYTES = 2 << 30
+DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_MAX_PROGRAMS = 64
 MAX_NAME_CHARS = 256
 ENCODINGS: tuple[str, ...] = tuple(getattr(codec, "ENCODINGS", ("fp32", "fp16", "int8")))
-_CHUNK = 1 << 20
 
 
 class _Fail(Exception):
@@ -100,19 +105,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _recv_payload(sock: socket.socket, size: int) -> bytearray:
-    """``size`` bytes into one preallocated buffer (no per-chunk concatenation)."""
-    buf = bytearray(size)
-    view = memoryview(buf)
-    got = 0
-    while got < size:
-        n = sock.recv_into(view[got:], min(size - got, _CHUNK))
-        if not n:
-            raise ProtocolError(f"connection closed after {got} of {size} payload bytes")
-        got += n
-    return buf
-
-
 def _flatten(out: Any) -> list[torch.Tensor]:
     leaves = torch.utils._pytree.tree_leaves(out)
     bad = [type(x).__name__ for x in leaves if not isinstance(x, torch.Tensor)]
@@ -131,22 +123,19 @@ class _Tail:
         self.module, self.size, self.sha256 = module, size, sha256
 
 
-class TailServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class TailServer(BoundedServer):
+    service = SERVICE
 
     def __init__(self, addr: tuple[str, int], *, token: str, device: torch.device,
                  max_bytes: int = DEFAULT_MAX_BYTES, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 max_programs: int = DEFAULT_MAX_PROGRAMS) -> None:
-        self.token, self.device = token, device
+                 max_programs: int = DEFAULT_MAX_PROGRAMS, max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+                 **limits: Any) -> None:
+        self.device = device
         self.max_bytes, self.timeout_s, self.max_programs = max_bytes, timeout_s, max_programs
+        self.payloads = Budget(max_inflight_bytes)
         self.programs: dict[str, _Tail] = {}
         self.lock = threading.Lock()
-        super().__init__(addr, _Handler)
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
+        super().__init__(addr, token=token, idle_timeout_s=timeout_s, **limits)
 
     def info(self) -> dict[str, Any]:
         cuda = self.device.type == "cuda"
@@ -269,37 +258,22 @@ class TailServer(socketserver.ThreadingTCPServer):
                 "device": self.info()["device"]}, b""
 
 
-class _Handler(socketserver.BaseRequestHandler):
-    server: TailServer
+    # -- one authenticated connection -----------------------------------------------------------
 
-    def handle(self) -> None:
-        sock, srv = self.request, self.server
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(srv.timeout_s)
-        try:
-            hello = recv_msg(sock)
-            token = hello.get("token")
-            if hello.get("op") != "hello" or not isinstance(token, str) or \
-                    not hmac.compare_digest(token.encode(), srv.token.encode()):
-                send_msg(sock, {"ok": False, "closed": True,
-                                "error": "unauthorized: wrong or missing token (hello {token} must come first)"})
+    def serve_connection(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                req = recv_msg(sock)
+            except ProtocolError as exc:
+                if "after 0 of 4 bytes" not in str(exc):  # not a clean close: say why before closing
+                    send_msg(sock, {"ok": False, "closed": True, "error": f"bad frame: {exc}; closing"})
                 return
-            send_msg(sock, {"ok": True, "info": srv.info()})
-            while True:
-                try:
-                    req = recv_msg(sock)
-                except ProtocolError as exc:
-                    if "after 0 of 4 bytes" not in str(exc):  # not a clean close: say why before closing
-                        send_msg(sock, {"ok": False, "closed": True, "error": f"bad frame: {exc}; closing"})
-                    return
-                if not self.dispatch(sock, req):
-                    return
-        except (OSError, ProtocolError):
-            return  # timeout, reset, or the client went away mid-frame
+            if not self.dispatch(sock, req):
+                close_after_refusal(sock)
+                return
 
     def dispatch(self, sock: socket.socket, req: dict[str, Any]) -> bool:
         """Answer one request; False when the connection must be closed (payload not read)."""
-        srv = self.server
         op = req.get("op")
         payload = bytearray()
         if op in ("load", "run", "profile"):
@@ -308,29 +282,38 @@ class _Handler(socketserver.BaseRequestHandler):
                 send_msg(sock, {"ok": False, "closed": True,
                                 "error": f"{op} needs the payload's size (a non-negative integer); closing"})
                 return False
-            if size > srv.max_bytes:
+            if size > self.max_bytes:
                 send_msg(sock, {"ok": False, "closed": True, "error": f"{op} payload of {size} bytes is over this server's "
-                                f"{srv.max_bytes}-byte limit (--max-bytes); the payload was not read, closing"})
+                                f"{self.max_bytes}-byte limit (--max-bytes); the payload was not read, closing"})
                 return False
-            payload = _recv_payload(sock, size)
+            if not self.payloads.reserve(size):
+                send_msg(sock, {"ok": False, "closed": True,
+                                "error": f"busy: {self.payloads.used} payload bytes are being received, and {size} more "
+                                f"would pass this server's {self.payloads.total}-byte budget (--max-inflight-bytes); "
+                                "the payload was not read, closing; try again later"})
+                return False
+            try:
+                payload = recv_payload(sock, size)
+            finally:
+                self.payloads.release(size)
         t_start = time.perf_counter_ns()
         try:
             if op == "info":
-                reply, data = {"ok": True, "info": srv.info()}, b""
+                reply, data = {"ok": True, "info": self.info()}, b""
             elif op == "load":
-                reply, data = srv.load(req, payload)
+                reply, data = self.load(req, payload)
             elif op == "run":
-                reply, data = srv.run(req, payload)
+                reply, data = self.run(req, payload)
             elif op == "profile":
-                reply, data = srv.profile(req, payload)
+                reply, data = self.profile(req, payload)
             elif op == "unload":
-                reply, data = srv.unload(req), b""
+                reply, data = self.unload(req), b""
             else:
-                raise _Fail(f"unknown op {op!r} (hello, load, run, profile, unload, info)")
+                raise _Fail(f"unknown op {str(op)[:80]!r} (load, run, profile, unload, info)")
         except _Fail as exc:
             reply, data = {"ok": False, "error": str(exc)}, b""
         except Exception as exc:  # noqa: BLE001  (a bug or an odd program must not take the server down)
-            reply, data = {"ok": False, "error": f"{op} failed: {_first_line(exc)}"}, b""
+            reply, data = {"ok": False, "error": f"{str(op)[:80]} failed: {_first_line(exc)}"}, b""
         if op == "run" and reply.get("ok"):  # everything between the request's last byte and the reply
             reply["handle_ms"] = (time.perf_counter_ns() - t_start) / 1e6
         send_msg(sock, reply, data)
@@ -368,12 +351,14 @@ class TailClient:
         except OSError as exc:
             raise self._error(f"cannot connect to edgeprobe serve at {self.where}: {exc}") from None
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            reply, _, _, _ = self._once({"op": "hello", "token": self._token})
+        try:  # the v2 handshake: the token is never sent, and the server must prove it holds it
+            return client_handshake(self.sock, self._token, SERVICE, self.where)
+        except (OSError, ProtocolError) as exc:
+            self.close()
+            raise self._error(f"edgeprobe serve at {self.where}: {exc}") from None
         except BaseException:
             self.close()
             raise
-        return reply["info"]
 
     def _request(self, header: dict[str, Any], payload: bytes = b"") -> tuple[dict[str, Any], bytes, int, int]:
         for attempt in range(self.reconnects + 1):
@@ -407,7 +392,7 @@ class TailClient:
                                       f"{getattr(self, 'info', {}).get('max_bytes', 'unknown')}") from None
         down = 4 + len(json.dumps(reply).encode()) + len(data)
         if not reply.get("ok"):
-            if send_error is not None or reply.get("closed") or header.get("op") == "hello":
+            if send_error is not None or reply.get("closed"):
                 self.close()
             raise self._error(f"edgeprobe serve at {self.where} refused {header.get('op')}: {reply.get('error')}")
         return reply, data, up, down
@@ -480,29 +465,45 @@ class TailClient:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="edgeprobe serve",
+    p = argparse.ArgumentParser(prog="edgeprobe serve", allow_abbrev=False,
                                 description="Serve tail programs of split models over TCP (the cloud side).")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=0, help="0: pick a free port (printed)")
-    p.add_argument("--token", default=os.environ.get("EDGEPROBE_TOKEN"),
-                   help="clients must send it (default: $EDGEPROBE_TOKEN, else a random one, printed)")
+    p.add_argument("--token", default=None,
+                   help="clients must prove they hold it (default: --token-file, else $EDGEPROBE_SERVE_TOKEN, else a "
+                        "random one, printed); on the command line it is visible to other users of this machine")
+    p.add_argument("--token-file", default=None, help="read the token from this file's first line")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where tails run (auto: CUDA if available)")
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="largest load or run payload, bytes")
     p.add_argument("--max-programs", type=int, default=DEFAULT_MAX_PROGRAMS, help="most tail programs kept in memory")
-    p.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, help="idle timeout of a connection, per read/write")
+    p.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S,
+                   help="idle timeout of an authenticated connection, per read/write")
+    p.add_argument("--auth-timeout-s", type=float, default=DEFAULT_AUTH_DEADLINE_S,
+                   help="a connection must authenticate within this many seconds")
+    p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS)
+    p.add_argument("--max-inflight-bytes", type=int, default=DEFAULT_MAX_INFLIGHT_BYTES,
+                   help="payload bytes being received at once, over all connections")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads on CPU (0: torch's default)")
     args = p.parse_args(argv)
-    if args.max_bytes < 0 or args.max_programs < 1 or args.timeout_s <= 0 or args.threads < 0:
-        p.error("--max-bytes >= 0, --max-programs >= 1, --timeout-s > 0 and --threads >= 0 are required")
+    if args.max_bytes < 0 or args.max_programs < 1 or args.timeout_s <= 0 or args.threads < 0 \
+            or args.auth_timeout_s <= 0 or args.max_connections < 1 or args.max_inflight_bytes < 0:
+        p.error("--max-bytes >= 0, --max-inflight-bytes >= 0, --max-programs >= 1, --max-connections >= 1, "
+                "--timeout-s > 0, --auth-timeout-s > 0 and --threads >= 0 are required")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         device = resolve_device(args.device)
     except ValueError as exc:
         p.error(str(exc))
-    token = args.token or secrets.token_urlsafe(16)
+    try:
+        token = args.token or (read_token_file(args.token_file) if args.token_file else None) \
+            or os.environ.get("EDGEPROBE_SERVE_TOKEN") or secrets.token_urlsafe(16)
+    except (OSError, ValueError) as exc:
+        p.error(f"--token-file: {exc}")
     server = TailServer((args.host, args.port), token=token, device=device, max_bytes=args.max_bytes,
-                        timeout_s=args.timeout_s, max_programs=args.max_programs)
+                        timeout_s=args.timeout_s, max_programs=args.max_programs,
+                        max_inflight_bytes=args.max_inflight_bytes, max_connections=args.max_connections,
+                        auth_deadline_s=args.auth_timeout_s)
     info = server.info()
     print(json.dumps({"listening": f"{args.host}:{server.port}", "token": token, "device": info["device"],
                       "device_type": info["device_type"], "torch": info["torch"], "max_bytes": args.max_bytes}),
