@@ -215,7 +215,7 @@ def plan_split(
         raise UsageError("--device-server is the device's way to --server; give --server too")
     if verify and addr is None:
         raise UsageError("--verify runs the split end to end and needs --server tcp:HOST:PORT (edgeprobe serve)")
-    token = token or os.environ.get("EDGEPROBE_TOKEN")
+    token = token or os.environ.get("EDGEPROBE_SERVE_TOKEN")  # edgeprobe serve's; never the runner's
     device_token = device_token or os.environ.get("EDGEPROBE_TOKEN")  # a tcp: runner's (not the server's)
     if device_costs is None:  # a bad device id or an unreachable device fails before any lowering
         from edgeprobe.devices import check_device
@@ -245,7 +245,7 @@ def plan_split(
         from edgeprobe.split.server import TailClient
 
         if not token:
-            raise UsageError("--server needs its token: --token or $EDGEPROBE_TOKEN (`edgeprobe serve` prints it)")
+            raise UsageError("--server needs its token: --token or $EDGEPROBE_SERVE_TOKEN (`edgeprobe serve` prints it)")
         client = TailClient(addr[0], addr[1], token)
         say(f"measuring per-operator server costs on {server}")
         server_ms, info = client.profile(prog, og.exported, list(spec.example_inputs), runs=iterations)
@@ -388,8 +388,9 @@ class _ClientProcess:
     """One ``edgeprobe_runner.split_client --jobs`` process for a whole sweep (it imports the runtime
     once instead of once per candidate); restarted after a crash or a timeout."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, env: Optional[dict[str, str]] = None) -> None:
         self._err_path = tmp / "split_client.stderr"
+        self._env = env  # the server's token goes in $EDGEPROBE_SPLIT_TOKEN, never on the argv
         self._proc: Optional[subprocess.Popen] = None
 
     def __enter__(self) -> "_ClientProcess":
@@ -422,7 +423,8 @@ class _ClientProcess:
             self._stop()
             with open(self._err_path, "ab") as err:
                 self._proc = subprocess.Popen([sys.executable, "-m", "edgeprobe_runner.split_client", "--jobs"],
-                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
+                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+                                              env=self._env)
         assert self._proc.stdin is not None and self._proc.stdout is not None
         try:
             self._proc.stdin.write(json.dumps(argv) + "\n")
@@ -469,14 +471,15 @@ class _NativeSplit:
 
         self.dev = open_device(device, runner="native", token=token)
 
-    def run(self, art, extra: list[str], iterations: int, warmup: int, tmp: Path, k: int
-            ) -> tuple[dict[str, Any], bytes, Optional[bytes]]:
+    def run(self, art, extra: list[str], iterations: int, warmup: int, tmp: Path, k: int,
+            token: Optional[str] = None) -> tuple[dict[str, Any], bytes, Optional[bytes]]:
         from edgeprobe.devices import MeasureConfig, measure
 
         t = self.dev.transport
         remote = f"{t.workdir}/{art.manifest.cache_key}/split-outputs.bin"
-        res = measure(self.dev, art, MeasureConfig(warmup=warmup, iterations=iterations, timeout_s=600.0),
-                      extra_args=[*extra, "--split-outputs", remote])
+        with self._token_file(token, f"{t.workdir}/{art.manifest.cache_key}", tmp) as token_args:
+            res = measure(self.dev, art, MeasureConfig(warmup=warmup, iterations=iterations, timeout_s=600.0),
+                          extra_args=[*extra, *token_args, "--split-outputs", remote])
         if not res.ok:
             err = res.run.error
             raise RuntimeError(f"{err.code}: {err.message}" if err else "the runner failed")
@@ -491,6 +494,34 @@ class _NativeSplit:
         if files[".json"] is None or files[""] is None:
             raise RuntimeError(f"the runner wrote no split record at {remote}.json")
         return json.loads(files[".json"]), files[""] or b"", files[".tail"]
+
+    @contextlib.contextmanager
+    def _token_file(self, token: Optional[str], remote_dir: str, tmp: Path):
+        """The server's token for the runner, never on its argv: a 0600 file pushed with the run's
+        files (``--split-token-file``) and deleted from the device and here after the run."""
+        if not token:
+            yield []
+            return
+        t = self.dev.transport
+        local = tmp / f"split-token-{secrets.token_hex(8)}"
+        remote = f"{remote_dir}/{local.name}"
+        fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        try:
+            t.push(local, remote)
+            if getattr(t, "shell", None) is not None:
+                t.shell(f"chmod 600 '{remote}'")
+            yield ["--split-token-file", remote]
+        finally:
+            local.unlink(missing_ok=True)
+            try:
+                if getattr(t, "remove", None) is not None:
+                    t.remove(remote)
+                elif getattr(t, "shell", None) is not None:
+                    t.shell(f"rm -f '{remote}'")
+            except Exception:  # noqa: BLE001 - the run's result matters more; the name is random
+                pass
 
     def close(self) -> None:
         self.dev.close()
@@ -517,7 +548,8 @@ def _verify(og, spec, rows: list[CandidateRow], client, addr, token: str, encodi
     # per candidate would hit the server's --max-programs (64) on models with more candidates.
     out: list[CandidateRow] = []
     native = _NativeSplit(device, device_token) if split_runner == "native" else None
-    with tempfile.TemporaryDirectory(prefix="edgeprobe-split-") as tmp, _ClientProcess(Path(tmp)) as proc, \
+    client_env = {**os.environ, "EDGEPROBE_SPLIT_TOKEN": token or ""}
+    with tempfile.TemporaryDirectory(prefix="edgeprobe-split-") as tmp, _ClientProcess(Path(tmp), client_env) as proc, \
             contextlib.closing(native) if native is not None else contextlib.nullcontext():
         inputs = Path(tmp) / "inputs.bin"
         inputs.write_bytes(codec.encode(list(spec.example_inputs), "fp32"))
@@ -542,7 +574,7 @@ def _verify(og, spec, rows: list[CandidateRow], client, addr, token: str, encodi
                     argv += ["--server", "none"]
                 else:
                     client.load(tail_name, export_tail(s))
-                    argv += ["--server", f"{addr[0]}:{addr[1]}", "--token", token, "--name", tail_name]
+                    argv += ["--server", f"{addr[0]}:{addr[1]}", "--name", tail_name]
                 rec_path = Path(tmp) / f"r{k}.json"
                 proc.run(argv, timeout_s=600)
                 if not rec_path.exists():  # killed, crashed or refused its arguments: say how
@@ -590,5 +622,5 @@ def _native_candidate(native: _NativeSplit, s, spec, client, addr, token: str, e
         extra += ["--split-server", "none"]
     else:
         client.load(tail_name, export_tail(s))
-        extra += ["--split-server", f"{addr[0]}:{addr[1]}", "--split-token", token, "--split-name", tail_name]
-    return native.run(art, extra, iterations, warmup, tmp, k)
+        extra += ["--split-server", f"{addr[0]}:{addr[1]}", "--split-name", tail_name]
+    return native.run(art, extra, iterations, warmup, tmp, k, token=None if s.device_only else token)
