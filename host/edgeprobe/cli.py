@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeprobe.errors import EdgeprobeError
+from edgeprobe.fsutil import atomic_write_text
 from edgeprobe.results import BenchResult
 
 console = Console()
@@ -199,10 +200,16 @@ def _add_measure_args(p: argparse.ArgumentParser, iterations: int, warmup: int) 
     p.add_argument("--backend", help="xnnpack (default for pte) | portable | cpu (ptl)")
 
 
-def _add_columns(t: Table, cols: Sequence[str], left: Sequence[str]) -> None:
-    """Cells never wrap (a folded number is unreadable); headers wrap at their spaces instead."""
-    for c in cols:
-        t.add_column(c, justify="left" if c in left else "right", no_wrap=True)
+def _fill(t: Table, cols: Sequence[str], rows: Sequence[dict[str, str]], left: Sequence[str]) -> None:
+    """Columns at least as wide as their widest cell, so a cell never wraps (a folded number is
+    unreadable); a header wraps at its spaces instead."""
+    from rich.text import Text
+
+    for c in cols:  # the text columns never shrink; the numeric ones give up their header's width
+        width = max([Text.from_markup(r[c]).cell_len for r in rows] + [1])
+        t.add_column(c, justify="left" if c in left else "right", min_width=width, no_wrap=c in left)
+    for r in rows:
+        t.add_row(*[r[c] for c in cols])
 
 
 def _errors_below(errors: Sequence[tuple[str, str]]) -> Optional[Table]:
@@ -235,7 +242,6 @@ def render_sweep(r, wide: bool = False) -> list:
             "nonzero", "SQNR dB", "cosine", "top-1 agr", "accuracy"]
     if not wide:
         cols = [c for c in cols if c not in SWEEP_WIDE_ONLY and (c not in ("SQNR dB", "accuracy") or c == quality)]
-    _add_columns(t, cols, left=("", "recipe"))
 
     def ratio(a, b):
         return f"{a / b:.2f}" if a is not None and b else ""
@@ -245,11 +251,11 @@ def render_sweep(r, wide: bool = False) -> list:
             return ""
         return "inf" if isinstance(x, float) and math.isinf(x) else format(x, fmt)
 
-    errors, unstable = [], []
+    errors, unstable, table = [], [], []
     for x in r.rows:
         if x.status != "ok":
             errors.append((x.recipe, x.error or "failed"))
-            t.add_row("", escape(x.recipe), "[red]error[/red]", *[""] * (len(cols) - 3))
+            table.append({**dict.fromkeys(cols, ""), "recipe": escape(x.recipe), "p50 ms": "[red]error[/red]"})
             continue
         if getattr(x, "unstable_reason", None):
             unstable.append(f"{x.recipe}: {x.unstable_reason}")
@@ -264,7 +270,8 @@ def render_sweep(r, wide: bool = False) -> list:
                  "params": num(x.params, ","), "nonzero": num(x.nonzero_params, ","), "SQNR dB": num(x.sqnr_db, ".1f"),
                  "cosine": num(x.cosine, ".5f"), "top-1 agr": num(x.top1_agreement, ".3f"),
                  "accuracy": num(x.accuracy, ".3f")}
-        t.add_row(*[cells[c] for c in cols])
+        table.append(cells)
+    _fill(t, cols, table, left=("", "recipe"))
     cap = ("* Pareto front over (p50 latency, artifact size, " + ("accuracy" if r.quality == "accuracy" else "SQNR")
            + "). Unstructured sparsity (magnitude, taylor) and clustering do not shrink the fp32 .pte or speed up "
              "dense kernels; their notes in sweep.json say what would. † computed from cluster indices and codebooks, "
@@ -289,7 +296,7 @@ def render_split(plan, top: int = 12, wide: bool = False) -> list:
     t = Table(title=f"split · {plan.model_ref} · device {plan.device} · server {plan.server or 'this host (timed)'} · "
                     f"up {mbit(plan.uplink_bps)}, down {mbit(plan.downlink_bps)}, RTT {plan.rtt_ms:g} ms · "
                     f"{plan.encoding}", title_justify="left")
-    cols = ["", "cut", "device ops", "bytes up", "device ms", "uplink ms", "server ms", "downlink ms", "rtt + sw ms",
+    cols = ["cut", "device ops", "bytes up", "device ms", "uplink ms", "server ms", "downlink ms", "rtt + sw ms",
             "predicted ms"]
     verified = any(r.measured_e2e_p50_ms is not None or r.error for r in plan.candidates)
     confirmed = any(r.measured_head_ms is not None or r.confirm_error for r in plan.candidates if r.kind == "split")
@@ -300,16 +307,15 @@ def render_split(plan, top: int = 12, wide: bool = False) -> list:
     if not wide:
         cols = [c for c in cols if c not in SPLIT_WIDE_ONLY]
         if verified:  # the measurement and the prediction's error matter most; the components are in --json
-            cols = [c for c in cols if c not in ("uplink ms", "server ms")]
-    _add_columns(t, cols, left=("", "cut"))
+            cols = [c for c in cols if c not in ("device ms", "uplink ms", "server ms")]
     rows = list(plan.candidates[:top])
     for must in (plan.chosen, plan.device_only, plan.cloud_only):
         if all(r.device_node_names != must.device_node_names for r in rows):
             rows.append(must)
-    errors = []
+    errors, table = [], []
     for r in rows:
-        cells = {"": "[bold red]*[/bold red]" if r.device_node_names == plan.chosen.device_node_names else "",
-                 "cut": escape(r.label), "device ops": str(r.device_nodes), "bytes up": f"{r.bytes_up:,}",
+        chosen = r.device_node_names == plan.chosen.device_node_names
+        cells = {"cut": ("[bold red]*[/bold red] " if chosen else "  ") + escape(r.label), "device ops": str(r.device_nodes), "bytes up": f"{r.bytes_up:,}",
                  "device ms": f"{r.predicted_device_ms:.3f}", "uplink ms": f"{r.predicted_uplink_ms:.3f}",
                  "server ms": f"{r.predicted_server_ms:.3f}", "downlink ms": f"{r.predicted_downlink_ms:.3f}",
                  "rtt + sw ms": f"{r.predicted_rtt_ms + r.predicted_overhead_ms:.1f}",
@@ -329,7 +335,8 @@ def render_split(plan, top: int = 12, wide: bool = False) -> list:
             cells["pred. error"] = f"{100 * r.prediction_error:+.1f} %" if r.prediction_error is not None else ""
             if r.sqnr_db is not None:
                 cells["SQNR dB"] = "inf" if r.sqnr_db == float("inf") else f"{r.sqnr_db:.1f}"
-        t.add_row(*[cells[c] for c in cols])
+        table.append(cells)
+    _fill(t, cols, table, left=("cut",))
     cap = ["* chosen (minimum s-t cut" + (", then the best confirmed total: the predicted total with the head "
                                           "timed on the device" if confirmed else "") +
            "). Components are predictions from measured costs: " +

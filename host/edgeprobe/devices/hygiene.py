@@ -77,7 +77,8 @@ def parse_cpu_sample(text: str, t_s: float = 0.0) -> Optional[CpuSample]:
     return CpuSample(t_s, loadavg, total, busy, cpus, procs)
 
 
-def cpu_load(before: Optional[CpuSample], after: Optional[CpuSample], *, own_pid: Optional[int] = None) -> CpuLoad:
+def cpu_load(before: Optional[CpuSample], after: Optional[CpuSample], *, own_pid: Optional[int] = None,
+             top: int = TOP_OTHERS) -> CpuLoad:
     """What the CPUs did between two samples, in cores (1.0 = one core busy all the window)."""
     if before is None or after is None:
         return CpuLoad(False, "/proc/stat could not be read on the device")
@@ -95,7 +96,7 @@ def cpu_load(before: Optional[CpuSample], after: Optional[CpuSample], *, own_pid
     others.sort(key=lambda p: -p.cores)
     return CpuLoad(True, None, window_s=after.t_s - before.t_s, cores=after.cpus or None,
                    loadavg_1m_before=before.loadavg_1m, busy_cores=(after.busy_jiffies - before.busy_jiffies) / per_core,
-                   others_cores=sum(p.cores for p in others), others=tuple(others[:TOP_OTHERS]),
+                   others_cores=sum(p.cores for p in others), others=tuple(others[:top]),
                    processes_seen=len(after.procs))
 
 
