@@ -160,6 +160,17 @@ def remove_leftovers(final: PathLike, *markers: str) -> None:
                     entry.unlink()
 
 
+def make_temp_dir(final: PathLike, marker: str) -> Path:
+    """A hidden directory beside ``final`` (``.<name><marker>XXXX``) with the mode ``mkdir`` would
+    give (``mkdtemp`` makes it 0700, and it becomes ``final`` when renamed)."""
+    final = Path(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{marker}", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
+
+
 @contextlib.contextmanager
 def locked(lock_path: PathLike) -> Iterator[None]:
     """An exclusive advisory lock (flock) on ``lock_path``, released when the process dies."""

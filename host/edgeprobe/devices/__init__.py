@@ -122,7 +122,7 @@ def deploy_native_runner(transport) -> list[str]:
     """Push the native runner bundle for the device's ABI (skipping files already there by
     sha256) and return the command that starts it."""
     from edgeprobe.errors import RunnerNotBuiltError
-    from edgeprobe.native import BINARY, install_dir
+    from edgeprobe.native import BINARY, install_dir, verify_bundle
 
     abi = transport.info().get("abi", "")
     machine = ABI_TO_MACHINE.get(abi)
@@ -133,11 +133,10 @@ def deploy_native_runner(transport) -> list[str]:
     if not binary.is_file():
         raise RunnerNotBuiltError(f"no native runner bundle for {machine} at {bundle}; build it with "
                                   f"`edgeprobe runner build`{'' if machine == os.uname().machine else ' (cross build)'}")
+    files = verify_bundle(bundle)  # every file against the bundle's manifest: never push a half-written one
     remote = f"{transport.workdir}/runner/{machine}"
-    from edgeprobe.lower import sha256_file
-
-    for local in [binary, *sorted((bundle / "lib").glob("*.so*"))]:
-        push_if_changed(transport, local, f"{remote}/{local.parent.name}/{local.name}", sha256_file(local))
+    for rel, sha256 in files.items():
+        push_if_changed(transport, bundle / rel, f"{remote}/{rel}", sha256)
     transport.shell(f"chmod 755 {remote}/bin/{BINARY}")
     return ["env", f"LD_LIBRARY_PATH={remote}/lib", f"{remote}/bin/{BINARY}"]
 

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -26,7 +25,7 @@ import torch
 
 from edgeprobe import versions
 from edgeprobe.errors import ArtifactError, LoweringError, UsageError
-from edgeprobe.fsutil import _fault_point, fsync_tree, locked, remove_leftovers, replace_dir
+from edgeprobe.fsutil import _fault_point, fsync_tree, locked, make_temp_dir, remove_leftovers, replace_dir
 from edgeprobe.lower import capabilities
 from edgeprobe.models import ModelSpec
 from edgeprobe.results import Manifest, TensorSpec, from_dict, to_dict
@@ -231,7 +230,7 @@ def _lower_into(spec: ModelSpec, cap: capabilities.Capability, recipe: str, key:
                 compression: Sequence[dict], quantized: bool) -> Manifest:
     """Write the artifact into a temporary directory beside ``final``, then swap it in."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = make_temp_dir(final, ".tmp-")
     try:
         notes: list[str] = []
         if cap.target == "executorch":
