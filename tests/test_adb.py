@@ -70,8 +70,6 @@ def test_connection_dropped_mid_push_leaves_no_runnable_file(tmp_path, adb_key):
 
 
 def test_bench_over_adb_deploys_the_native_runner_once(tmp_path, adb_key, native_runner, tiny_pte, monkeypatch):
-    if os.environ.get("EDGEPROBE_NATIVE_RUNNER"):
-        pytest.skip("runner given as a single file (EDGEPROBE_NATIVE_RUNNER); deployment needs the installed bundle")
     with TestAdbd(tmp_path / "dev") as d:
         dev = f"adb:127.0.0.1:{d.port}"
         r = edgeprobe.bench(tiny_pte, device=dev, iterations=4, warmup=1)
@@ -86,6 +84,7 @@ def test_bench_over_adb_deploys_the_native_runner_once(tmp_path, adb_key, native
         assert deployed.stat().st_mtime_ns == first and model.stat().st_mtime_ns == first_model
 
 
+@pytest.mark.real_peer("adb")
 @pytest.mark.skipif(shutil.which("adb") is None, reason="Debian's adb client is not installed (apt-get install adb)")
 def test_debian_adb_client_talks_to_the_test_adbd(tmp_path):
     """Conformance: the real adb client connects, runs a shell, pushes and pulls."""
@@ -122,8 +121,6 @@ def test_debian_adb_client_talks_to_the_test_adbd(tmp_path):
 def test_connection_dropped_mid_run_is_retried_then_reported(tmp_path, adb_key, native_runner, tiny_pte):
     """The adbd drops the connection while the runner runs: edgeprobe reconnects, re-checks the
     artifact's sha256 and runs again; when it keeps dropping, a clear error, not a number."""
-    if os.environ.get("EDGEPROBE_NATIVE_RUNNER"):
-        pytest.skip("runner given as a single file (EDGEPROBE_NATIVE_RUNNER); deployment needs the installed bundle")
     with TestAdbd(tmp_path / "dev", drop_on_shell="--iterations", drop_times=1) as d:
         r = edgeprobe.bench(tiny_pte, device=f"adb:127.0.0.1:{d.port}", iterations=2, warmup=0)
         assert r.ok, r.run.error

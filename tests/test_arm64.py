@@ -17,6 +17,7 @@ from adbd import TestAdbd
 
 QEMU = shutil.which("qemu-aarch64-static")
 pytestmark = [
+    pytest.mark.real_peer("cross-compiler", "qemu"),
     pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None,
                        reason="no cross compiler (apt-get install g++-aarch64-linux-gnu)"),
     pytest.mark.skipif(QEMU is None, reason="no qemu user-mode emulation (apt-get install qemu-user-static)"),

@@ -80,7 +80,7 @@ def test_magnitude_hits_target_sparsity(trained, splits, target):
 def test_magnitude_threshold_zeroes_exactly_the_small_weights(trained, splits):
     theta = 0.05
     out = apply(trained, f"magnitude:threshold={theta}", ctx(splits))
-    for w0, w1 in zip(weights(trained), weights(out.module)):
+    for w0, w1 in zip(weights(trained), weights(out.module), strict=True):
         small = w0.detach().abs() < theta
         assert torch.equal(w1[small], torch.zeros_like(w1[small]))
         assert torch.equal(w1.detach()[~small], w0.detach()[~small])
@@ -104,7 +104,7 @@ def test_taylor_hits_sparsity(trained, splits):
     assert any("no speed-up" in n for n in out.steps[0].notes)
     # a different criterion than magnitude: not the same set of zeros
     mag = apply(trained, "magnitude:0.5", ctx(splits))
-    assert any(not torch.equal(a == 0, b == 0) for a, b in zip(weights(out.module), weights(mag.module)))
+    assert any(not torch.equal(a == 0, b == 0) for a, b in zip(weights(out.module), weights(mag.module), strict=True))
     print(f"taylor:0.5 sparsity={s['sparsity']:.4f} test acc={accuracy(out.module, splits.test):.3f}")
 
 
@@ -150,7 +150,7 @@ def test_channel_shrinks_params_and_macs_by_the_ratio(trained, splits):
     # every prunable layer lost `ratio` of its outputs, up to one channel of rounding; the classifier kept 10
     full = (16, 32, 64)
     kept = tuple(w.shape[0] for w in layers[:3])
-    for k, c in zip(kept, full):
+    for k, c in zip(kept, full, strict=True):
         assert abs(k - c * (1 - ratio)) <= 1, (kept, full)
     assert layers[3].shape[0] == 10
     # the summary agrees with the model and with torch-pruning's own count

@@ -13,6 +13,8 @@ import pytest
 
 from netns import emulated_link, emulation_available, ping_rtts, tcp_transfer_seconds  # tests/ is on sys.path
 
+pytestmark = pytest.mark.real_peer("netns")
+
 
 @pytest.fixture(autouse=True)
 def _needs_emulation():

@@ -111,7 +111,7 @@ def _capture(powers_w, t_idle, t_run, bracket=0.02, start_j=1000.0):
     the counters are read at its midpoint."""
     times = [0.0, t_idle, t_idle + t_run]
     snaps, energy = [], dict.fromkeys(powers_w, start_j)
-    for k, (w, t) in enumerate(zip(("idle_start", "run_start", "run_end"), times)):
+    for k, (w, t) in enumerate(zip(("idle_start", "run_start", "run_end"), times, strict=True)):
         if k:
             phase = "idle" if k == 1 else "run"
             for r in energy:
@@ -331,8 +331,6 @@ def adb_key(tmp_path, monkeypatch):
 def test_odpm_over_adb_while_charging(tmp_path, adb_key, native_runner, tiny_pte):
     """The whole path: the native runner pushed over the real ADB protocol, a charging fake battery
     and driven ODPM rails; ODPM is preferred and reliable, the battery reading is kept, unreliable."""
-    if os.environ.get("EDGEPROBE_NATIVE_RUNNER"):
-        pytest.skip("runner given as a single file (EDGEPROBE_NATIVE_RUNNER); deployment needs the installed bundle")
     sysfs = tmp_path / "sys"
     with FakeBattery(sysfs, [350_000, 420_000], usb_online=True, status="Charging"), \
             TestAdbd(tmp_path / "dev", env={"EDGEPROBE_SYSFS_ROOT": str(sysfs)}, dumpsys={SERVICE: ""}) as d, \

@@ -30,6 +30,8 @@ import pytest
 
 from netns import EmulatedLink, emulated_link, emulation_available, first_line  # tests/ is on sys.path
 
+pytestmark = pytest.mark.real_peer("netns")
+
 TOKEN = "split-netns-s3cret"
 MODEL = "tiny_cnn"
 ITERATIONS, WARMUP = 5, 1
