@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 import edgeprobe
-from edgeprobe.devices import MeasureConfig, measure, open_device
+from edgeprobe.devices import Device, MeasureConfig, measure, open_device
+from edgeprobe.devices.local import LocalTransport
 from edgeprobe.errors import RunnerNotBuiltError, UsageError
 from edgeprobe.lower import Artifact
 from edgeprobe.results import BenchResult
@@ -147,3 +148,99 @@ def test_cli_devices_lists_local():
     p = subprocess.run([sys.executable, "-m", "edgeprobe", "devices"], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert "local" in p.stdout
+
+
+def test_native_runner_honours_min_seconds(tiny_pte, native_runner):
+    r = edgeprobe.bench(tiny_pte, iterations=1, warmup=0, min_seconds=0.3)
+    assert r.ok and sum(r.run.timing.iteration_ns) >= 0.3e9 and r.stats.n > 1
+    assert r.run.config.min_seconds == 0.3
+
+
+# ---------------------------------------------------------------- one directory per run (finding 4)
+
+def _wrapper(tmp_path: Path, real: Path, name: str, body: str) -> Path:
+    """A runner that runs the real one, then does ``body`` (a shell snippet; $out is the --output path)."""
+    p = tmp_path / name
+    p.write_text("#!/bin/sh\n" + textwrap.dedent(f"""\
+        out=""; prev=""
+        for a in "$@"; do [ "$prev" = "--output" ] && out="$a"; prev="$a"; done
+        "{real}" "$@"; rc=$?
+        """) + textwrap.dedent(body) + "exit $rc\n")
+    p.chmod(0o755)
+    return p
+
+
+def test_a_runner_that_writes_nothing_is_a_bad_record_not_the_last_one(tiny_pte, native_runner, tmp_path, monkeypatch):
+    """The artifact dir is shared by every bench of an artifact; a fixed result.json there made a
+    runner that exited 0 without writing return the previous run's record."""
+    t = LocalTransport(str(tmp_path / "device"))
+    dev = Device("local", t, "native")
+    first = measure(dev, tiny_pte, MeasureConfig(iterations=3, warmup=0))
+    assert first.ok
+    monkeypatch.setenv("EDGEPROBE_NATIVE_RUNNER", str(_script(tmp_path, "exit 0\n")))
+    again = measure(dev, tiny_pte, MeasureConfig(iterations=3, warmup=0))
+    assert not again.ok and again.run.error.code == "bad_record", again.run
+    assert not (tmp_path / "device" / "runs").exists() or not any((tmp_path / "device" / "runs").iterdir())
+
+
+def _concurrent(measure_a, measure_b, head_start_s: float = 0.8):
+    """A starts first and stays alive (sleeps) after writing its record; B runs and finishes
+    meanwhile. With one shared record path, A pulled B's record."""
+    import threading
+    import time
+
+    out = {}
+    ta = threading.Thread(target=lambda: out.__setitem__("a", measure_a()))
+    ta.start()
+    time.sleep(head_start_s)
+    out["b"] = measure_b()
+    ta.join(timeout=120)
+    return out["a"], out["b"]
+
+
+def test_two_concurrent_benches_on_one_local_device_keep_their_records(tiny_pte, native_runner, tmp_path, monkeypatch):
+    slow = _wrapper(tmp_path, native_runner, "slow.sh", 'case "$*" in *"--iterations 3 "*) sleep 3;; esac\n')
+    monkeypatch.setenv("EDGEPROBE_NATIVE_RUNNER", str(slow))
+    t = LocalTransport(str(tmp_path / "device"))
+    dev = Device("local", t, "native")
+    a, b = _concurrent(lambda: measure(dev, tiny_pte, MeasureConfig(iterations=3, warmup=0)),
+                       lambda: measure(dev, tiny_pte, MeasureConfig(iterations=9, warmup=0)))
+    assert a.ok and b.ok, (a.run.error, b.run.error)
+    assert len(a.run.timing.iteration_ns) == 3 and len(b.run.timing.iteration_ns) == 9
+
+
+@pytest.fixture()
+def tcp_runner(tmp_path, native_runner):
+    """`edgeprobe runner serve` on loopback whose native runner sleeps after a 3-iteration run, and
+    exits 0 without running (or writing anything) once tmp_path/silent exists."""
+    import json as _json
+
+    runner = _wrapper(tmp_path, native_runner, "slow-tcp.sh", 'case "$*" in *"--iterations 3 "*) sleep 3;; esac\n')
+    silent_runner = tmp_path / "tcp-runner.sh"
+    silent_runner.write_text(f'#!/bin/sh\n[ -f "{tmp_path}/silent" ] && exit 0\nexec "{runner}" "$@"\n')
+    silent_runner.chmod(0o755)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeprobe", "runner", "serve", "--host", "127.0.0.1", "--port", "0", "--token", "tk",
+         "--name", f"ep-runs-{os.getpid()}", "--workdir", str(tmp_path / "srv"), "--native-runner", str(silent_runner),
+         "--no-zeroconf"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        yield int(_json.loads(line)["listening"].rsplit(":", 1)[1])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_two_concurrent_benches_on_one_tcp_runner_keep_their_records(tiny_pte, tcp_runner, tmp_path):
+    def bench(iterations):
+        with open_device(f"tcp:127.0.0.1:{tcp_runner}", token="tk") as dev:
+            return measure(dev, tiny_pte, MeasureConfig(iterations=iterations, warmup=0))
+
+    a, b = _concurrent(lambda: bench(3), lambda: bench(9), head_start_s=1.0)
+    assert a.ok and b.ok, (a.run.error, b.run.error)
+    assert len(a.run.timing.iteration_ns) == 3 and len(b.run.timing.iteration_ns) == 9
+    # a runner that exits 0 without writing: bad_record, not the record of the run before
+    (tmp_path / "silent").write_text("")
+    c = bench(9)
+    assert not c.ok and c.run.error.code == "bad_record", c.run
