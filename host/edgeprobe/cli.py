@@ -446,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--confirm", type=int, default=3, metavar="N",
                     help="time the compiled heads of the N best-predicted splits on the device and choose with "
                          "them (0: predictions only)")
+    sp.add_argument("--network", default="declared", choices=["declared", "measured"],
+                    help="plan with the declared link (--uplink/--downlink/--rtt) or with the one measured to "
+                         "--server (a short probe runs either way; the plan warns when they differ)")
     sp.add_argument("--packet-overhead", type=int, default=52, metavar="BYTES",
                     help="TCP/IP header bytes per 1448-byte segment carried by the link rates (default 52: "
                          "TCP/IPv4 with timestamps; 0 if the rates are goodput, e.g. from a speed test)")
@@ -600,7 +603,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                           input_shape=_shape(args.input_shape), weights=args.weights, iterations=args.iterations,
                           warmup=args.warmup, verify=args.verify, verify_candidates=args.verify_candidates,
                           confirm=args.confirm, packet_overhead_bytes=args.packet_overhead,
-                          split_runner=args.split_runner, progress=_progress)
+                          split_runner=args.split_runner, network=args.network, progress=_progress)
         if args.json:
             _save(args.json, lambda path: atomic_write_text(path, plan.to_json() + "\n", fault="plan-save"))
         for table in render_split(plan, args.top, wide=args.wide):

@@ -31,7 +31,9 @@ from typing import Any, Callable, Optional, Sequence
 
 from edgeprobe.errors import UsageError
 
-PLAN_SCHEMA_VERSION = 2  # 2: measured_head_ms/confirmed_total_ms/confirm_error, packet_overhead_bytes, framing per message
+PLAN_SCHEMA_VERSION = 3  # 3: confirm_source, declared/measured link, network_source, colocation, split_runner;
+# per_message_overhead_bytes/request_overhead_ms null when not measured (no server). 2: measured_head_ms/
+# confirmed_total_ms/confirm_error, packet_overhead_bytes, framing per message
 Progress = Callable[[str], None]
 
 _RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmg]?)(bit|bps|b)?(?:/s)?\s*$", re.I)
@@ -79,6 +81,7 @@ class CandidateRow:
     measured_head_ms: Optional[float] = None  # confirm: the compiled (XNNPACK) head's p50 on the device
     confirmed_total_ms: Optional[float] = None  # predicted total with the measured head in place of its prediction
     confirm_error: Optional[str] = None  # why the head could not be timed (the row keeps its prediction)
+    confirm_source: Optional[str] = None  # where measured_head_ms comes from, or why there is none (cloud-only)
 
 
 @dataclass(frozen=True)
@@ -91,9 +94,9 @@ class SplitPlan:
     rtt_ms: float
     encoding: str
     objective: str
-    per_message_overhead_bytes: int
+    per_message_overhead_bytes: Optional[int]  # measured against the server; None without one (not in the model)
     packet_overhead_bytes: int
-    request_overhead_ms: float
+    request_overhead_ms: Optional[float]  # measured (echo through the server); None without one
     chosen: CandidateRow
     device_only: CandidateRow
     cloud_only: CandidateRow
@@ -105,6 +108,13 @@ class SplitPlan:
     best_measured: Optional[str] = None
     median_abs_prediction_error: Optional[float] = None
     notes: tuple[str, ...] = ()
+    # the link as the user declared it (--uplink/--downlink/--rtt) and as probed over the device's path to
+    # the server (None without a server); network_source says which of the two the plan used
+    declared_link: Optional[dict[str, float]] = None
+    measured_link: Optional[dict[str, Any]] = None
+    network_source: str = "declared"
+    colocation: Optional[dict[str, Any]] = None  # whether device half and server share this host's CPUs, and the pinning
+    split_runner: Optional[str] = None  # what ran the device half in verify (native | python)
     schema_version: int = PLAN_SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,6 +174,7 @@ def plan_split(
     device_costs: Any = None,
     split_runner: str = "auto",
     policy_bps: Optional[Sequence[float]] = None,
+    network: str = "declared",
     progress: Optional[Progress] = None,
 ) -> SplitPlan:
     """Plan (and with ``verify`` run end to end) the split of ``model`` between ``device`` and
@@ -180,12 +191,22 @@ def plan_split(
     segment that the link rates also carry (52 for TCP/IPv4 with timestamps; 0 if the rates are goodput).
     ``split_runner``: what runs the device half in ``verify``: "native" (the C++ runner's split mode, on
     any device: local, adb:, tcp:) or "python" (``edgeprobe_runner.split_client``, ``local`` only);
-    "auto": python on local, native elsewhere.
+    "auto": the runner the device costs were measured with (the native runner), so that the verified
+    times and the predictions come from the same runtime path.
+
+    ``network``: "declared" plans with ``uplink``/``downlink``/``rtt``; "measured" with the link probed
+    over the device's path to the server (``split.link``). The probe runs whenever there is a server, and
+    the plan carries both (``declared_link``, ``measured_link``) with a WARNING note when they differ.
+
+    A server on this host (same kernel boot id, or a loopback address) and a ``local`` device share the
+    CPUs: the two sides' thread pools then compete and the measured times stop matching the costs
+    measured apart. When the server keeps to some cores (``edgeprobe serve --cpus``) the device half is
+    pinned to the others, with as many runtime threads (``colocation`` in the plan); else a WARNING.
 
     ``device_costs``: ``costs.measure_device_costs(graph.op_graph(...).exported, ...)`` of the same model
     on the same device, reused instead of measured again (planning one model for several networks)."""
     from edgeprobe.models import load_model
-    from edgeprobe.split import planner
+    from edgeprobe.split import link, planner
     from edgeprobe.split.costs import measure_device_costs, time_nodes
     from edgeprobe.split.graph import op_graph, to_cost_graph
     from edgeprobe_runner import codec
@@ -193,9 +214,7 @@ def plan_split(
     say = progress or (lambda _m: None)
     if encoding not in ("fp32", "fp16", "int8"):
         raise UsageError(f"--encoding {encoding!r}: use fp32, fp16 or int8")
-    if split_runner == "auto":
-        split_runner = "python" if device == "local" else "native"
-    if split_runner not in ("python", "native"):
+    if split_runner not in ("auto", "python", "native"):
         raise UsageError(f"split runner {split_runner!r}: use native or python")
     if split_runner == "python" and device != "local":
         raise UsageError("the Python split client runs on this host only (device local); use the native runner")
@@ -203,6 +222,8 @@ def plan_split(
         raise UsageError("--confirm and --packet-overhead must be >= 0")
     if objective not in ("latency", "energy"):
         raise UsageError(f"--objective {objective!r}: use latency or energy")
+    if network not in ("declared", "measured"):
+        raise UsageError(f"--network {network!r}: use declared (--uplink/--downlink/--rtt) or measured")
     if objective == "energy":  # the planner can (edgeprobe.split.planner); the meters cannot price operators
         raise UsageError("the energy objective needs a per-operator device energy meter; edgeprobe measures "
                          "whole-run energy only (battery/ODPM/RAPL), so it cannot price operators. Use latency.")
@@ -215,6 +236,8 @@ def plan_split(
         raise UsageError("--device-server is the device's way to --server; give --server too")
     if verify and addr is None:
         raise UsageError("--verify runs the split end to end and needs --server tcp:HOST:PORT (edgeprobe serve)")
+    if network == "measured" and addr is None:
+        raise UsageError("--network measured probes the link to the server: give --server tcp:HOST:PORT")
     token = token or os.environ.get("EDGEPROBE_SERVE_TOKEN")  # edgeprobe serve's; never the runner's
     device_token = device_token or os.environ.get("EDGEPROBE_TOKEN")  # a tcp: runner's (not the server's)
     if device_costs is None:  # a bad device id or an unreachable device fails before any lowering
@@ -229,15 +252,11 @@ def plan_split(
         if device_costs.device != device or not set(device_costs.per_node_ms) <= names:
             raise UsageError(f"device_costs were measured on {device_costs.device} for another graph; "
                              f"they cannot price {spec.ref} on {device}")
-        dev = device_costs
-    else:
-        say(f"{len(og.nodes)} operator nodes; measuring per-operator device costs on {device} (ETDump)")
-        dev = measure_device_costs(og.exported, device=device, iterations=iterations, warmup=warmup, token=device_token,
-                                   node_names=names, progress=say)
-    notes = list(dev.notes)
+    notes: list[str] = []
     client = None
-    overhead = 0
-    request_ms = 0.0
+    info: dict[str, Any] = {}
+    overhead: Optional[int] = None
+    request_ms: Optional[float] = None
     # One program name per plan, reused for every program it loads (the whole model, the echo, each
     # tail), and unloaded at the end: two plans sharing a server never replace each other's programs.
     prog = f"edgeprobe-split-{os.getpid()}-{secrets.token_hex(4)}"
@@ -247,57 +266,127 @@ def plan_split(
         if not token:
             raise UsageError("--server needs its token: --token or $EDGEPROBE_SERVE_TOKEN (`edgeprobe serve` prints it)")
         client = TailClient(addr[0], addr[1], token)
-        say(f"measuring per-operator server costs on {server}")
-        server_ms, info = client.profile(prog, og.exported, list(spec.example_inputs), runs=iterations)
-        # Timing node by node synchronizes after each one: on CUDA that serializes the kernel launches the
-        # whole program overlaps (the per-node sum was 1.7-1.8x the whole-model time for ResNet18 and
-        # MobileNetV2 on an H200, 0.97-1.03x on CPU). Scaled to the whole-model time, as the device side is.
-        node_sum = sum(server_ms.values())
-        s_scale = float(info.get("whole_ms") or 0.0) / node_sum if node_sum > 0 else 1.0
-        if s_scale > 0:
-            server_ms = {k: v * s_scale for k, v in server_ms.items()}
-        server_src = (f"per-node times on the server ({info.get('device', '?')}), fx interpreter, median of "
-                      f"{iterations}, scaled x{s_scale:.3f} to its whole-model time {info.get('whole_ms', 0):.3f} ms")
-        client.run(prog, list(spec.example_inputs), encoding)
-        overhead = int(client.last["bytes_up"] - client.last["payload_up"])  # length prefix + JSON header
-        request_ms = _request_overhead_ms(client, prog, iterations, warmup)
-    else:
-        say("timing per-operator server costs on this machine (CPU; no --server given)")
-        server_ms = time_nodes(og.exported.module(), spec.example_inputs, runs=iterations, warmup=warmup)
-        server_src = f"per-node times on this host's CPU (fx interpreter, median of {iterations}); no server given"
-    _codec = codec
+        info = dict(client.info or {})
+    coloc = _colocation(device, info if client is not None else None, dev_addr)
+    pin = coloc.get("device_cpus") if coloc and coloc.get("pinned") else None
+    threads = len(pin) if pin else 0  # 0: the runner's default
+    if coloc and coloc.get("warning"):
+        say(coloc["warning"])
+        notes.append(coloc["warning"])
+    elif pin:
+        say(f"the server runs on this host's cores {coloc['server_cpus']}: the device half is pinned to {pin} "
+            f"with {threads} thread(s)")
+    declared = {"uplink_bps": up, "downlink_bps": down, "rtt_ms": rtt_ms}
+    measured_link: Optional[dict[str, Any]] = None
+    try:
+        with _pinned(pin):
+            if device_costs is not None:
+                dev = device_costs
+                if pin and getattr(dev, "threads", 0) != threads:
+                    notes.append(f"the device costs given were measured with {getattr(dev, 'threads', 0) or 'default'} "
+                                 f"threads, not pinned to {pin} like the rest of this plan")
+            else:
+                say(f"{len(og.nodes)} operator nodes; measuring per-operator device costs on {device} (ETDump)")
+                dev = measure_device_costs(og.exported, device=device, iterations=iterations, warmup=warmup,
+                                           token=device_token, node_names=names, threads=threads, progress=say)
+            notes += list(dev.notes)
+            runner_of_costs = getattr(dev, "runner", "native")
+            if split_runner == "auto":  # the runtime path the device costs were measured with
+                split_runner = "python" if runner_of_costs == "python" and device == "local" else "native"
+            elif split_runner != runner_of_costs:
+                notes.append(f"WARNING: the device costs come from the {runner_of_costs} runner and --verify runs the "
+                             f"{split_runner} one: the measured times include the difference between the two "
+                             "runtime paths (--split-runner auto uses the same one)")
+            if pin and split_runner == "python":
+                notes.append("the Python split client sizes its own thread pool (not to the pinned cores)")
+            if client is not None:
+                say(f"measuring per-operator server costs on {server}")
+                server_ms, sinfo = client.profile(prog, og.exported, list(spec.example_inputs), runs=iterations)
+                # Timing node by node synchronizes after each one: on CUDA that serializes the kernel launches the
+                # whole program overlaps (the per-node sum was 1.7-1.8x the whole-model time for ResNet18 and
+                # MobileNetV2 on an H200, 0.97-1.03x on CPU). Scaled to the whole-model time, as the device side is.
+                node_sum = sum(server_ms.values())
+                whole = sinfo.get("whole_ms")
+                if isinstance(whole, (int, float)) and whole > 0 and node_sum > 0:
+                    s_scale = float(whole) / node_sum
+                    server_ms = {k: v * s_scale for k, v in server_ms.items()}
+                    server_src = (f"per-node times on the server ({sinfo.get('device', '?')}), fx interpreter, median "
+                                  f"of {iterations}, scaled x{s_scale:.3f} to its whole-model time {whole:.3f} ms")
+                else:
+                    server_src = (f"per-node times on the server ({sinfo.get('device', '?')}), fx interpreter, median "
+                                  f"of {iterations}, not scaled: the server reported no whole-model time")
+                client.run(prog, list(spec.example_inputs), encoding)
+                overhead = int(client.last["bytes_up"] - client.last["payload_up"])  # length prefix + JSON header
+                request_ms = _request_overhead_ms(client, prog, iterations, warmup)
+                measured_link = _measure_link(client, addr, dev_addr, token, prog, packet_overhead_bytes, device, say)
+                diff = [] if "error" in measured_link else link.compare(declared, measured_link)
+                if network == "measured":
+                    if "error" in measured_link or measured_link.get("uplink_bps") is None \
+                            or measured_link.get("downlink_bps") is None:
+                        raise UsageError("--network measured: the link probe could not measure "
+                                         + (measured_link.get("error") or "; ".join(measured_link["unresolved"]))
+                                         + "; declare the link with --uplink/--downlink/--rtt")
+                    up, down = measured_link["uplink_bps"], measured_link["downlink_bps"]
+                    rtt_ms = measured_link["rtt_ms"]
+                    notes.append(f"planned with the measured link to {measured_link['path']}: up {up / 1e6:.4g} Mbit/s, "
+                                 f"down {down / 1e6:.4g} Mbit/s, RTT {rtt_ms:.3g} ms"
+                                 + (f" (the declared one differs: {'; '.join(diff)})" if diff else ""))
+                elif diff:
+                    warn = (f"WARNING: the link measured to {measured_link['path']} is not the declared one: "
+                            f"{'; '.join(diff)}. The predictions are for the declared link, so a --verify over this one "
+                            "measures another network (prediction errors and regret say nothing about the plan): "
+                            "declare the real link, or plan with it (--network measured)")
+                    say(warn)
+                    notes.append(warn)
+                elif "error" in measured_link:
+                    notes.append(f"the link could not be probed: {measured_link['error']}")
+            else:
+                say("timing per-operator server costs on this machine (CPU; no --server given)")
+                server_ms = time_nodes(og.exported.module(), spec.example_inputs, runs=iterations, warmup=warmup)
+                server_src = f"per-node times on this host's CPU (fx interpreter, median of {iterations}); no server given"
+                notes.append("no server: the framing and the software time per request were not measured and are "
+                             "not in the predictions (per_message_overhead_bytes and request_overhead_ms are null)")
+            _codec = codec
 
-    tensor_bytes: dict[str, int] = {i.name: _codec.encoded_bytes([(i.info.shape, i.info.dtype)], encoding)
-                                    for i in og.inputs}
-    for n in og.nodes:
-        if len(n.outputs) == 1:
-            tensor_bytes[n.name] = _codec.encoded_bytes([(n.outputs[0].shape, n.outputs[0].dtype)], encoding)
-        elif n.is_getitem:
-            prod = og.node(n.getitem_of[0])
-            info_ = prod.outputs[n.getitem_of[1]]
-            tensor_bytes[n.name] = _codec.encoded_bytes([(info_.shape, info_.dtype)], encoding)
-    graph = to_cost_graph(og, dev.per_node_ms, server_ms, tensor_bytes=tensor_bytes)
-    net = planner.Network(up, down, rtt_ms, overhead, packet_overhead_bytes=packet_overhead_bytes,
-                          request_overhead_ms=request_ms)
-    say("solving the minimum cut")
-    chosen = planner.plan(graph, net, objective, memory_limit_bytes)
-    cands = planner.candidates(graph, net)
-    rows = [_row(og, c, tensor_bytes) for c in cands]
-    chosen_row = _row(og, chosen, tensor_bytes)
-    bps = list(policy_bps) if policy_bps else [up * f for f in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)]
-    pol = tuple((bw, _label(og, c)) for bw, c in planner.policy(graph, sorted(bps), down, rtt_ms,
-                                                                per_message_overhead_bytes=overhead,
-                                                                memory_limit_bytes=memory_limit_bytes,
-                                                                packet_overhead_bytes=packet_overhead_bytes,
-                                                                request_overhead_ms=request_ms))
-    if confirm:
-        rows, chosen_row, note = _confirm(og, spec, rows, chosen_row, dev.xnnpack_total_ms, confirm, device, device_token,
-                                          iterations, warmup, memory_limit_bytes is None, say)
-        notes += [note] if note else []
-    regret = best = med_err = None
+            tensor_bytes: dict[str, int] = {i.name: _codec.encoded_bytes([(i.info.shape, i.info.dtype)], encoding)
+                                            for i in og.inputs}
+            for n in og.nodes:
+                if len(n.outputs) == 1:
+                    tensor_bytes[n.name] = _codec.encoded_bytes([(n.outputs[0].shape, n.outputs[0].dtype)], encoding)
+                elif n.is_getitem:
+                    prod = og.node(n.getitem_of[0])
+                    info_ = prod.outputs[n.getitem_of[1]]
+                    tensor_bytes[n.name] = _codec.encoded_bytes([(info_.shape, info_.dtype)], encoding)
+            graph = to_cost_graph(og, dev.per_node_ms, server_ms, tensor_bytes=tensor_bytes)
+            net = planner.Network(up, down, rtt_ms, overhead or 0, packet_overhead_bytes=packet_overhead_bytes,
+                                  request_overhead_ms=request_ms or 0.0)
+            say("solving the minimum cut")
+            chosen = planner.plan(graph, net, objective, memory_limit_bytes)
+            cands = planner.candidates(graph, net)
+            rows = [_row(og, c, tensor_bytes) for c in cands]
+            chosen_row = _row(og, chosen, tensor_bytes)
+            bps = list(policy_bps) if policy_bps else [up * f for f in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20,
+                                                                        50, 100)]
+            pol = tuple((bw, _label(og, c)) for bw, c in planner.policy(graph, sorted(bps), down, rtt_ms,
+                                                                        per_message_overhead_bytes=overhead or 0,
+                                                                        memory_limit_bytes=memory_limit_bytes,
+                                                                        packet_overhead_bytes=packet_overhead_bytes,
+                                                                        request_overhead_ms=request_ms or 0.0))
+            if confirm:
+                rows, chosen_row, note = _confirm(og, spec, rows, chosen_row, dev.xnnpack_total_ms, confirm, device,
+                                                  device_token, iterations, warmup, memory_limit_bytes is None, say,
+                                                  threads=threads)
+                notes += [note] if note else []
+            regret = best = med_err = None
+            if verify and client is not None:
+                rows = _verify(og, spec, rows, client, dev_addr, token, encoding, iterations, warmup, verify_candidates,
+                               prog, say, device=device, split_runner=split_runner, device_token=device_token,
+                               threads=threads)
+    except BaseException:
+        if client is not None:
+            client.close()
+        raise
     if verify and client is not None:
-        rows = _verify(og, spec, rows, client, dev_addr, token, encoding, iterations, warmup, verify_candidates,
-                       prog, say, device=device, split_runner=split_runner, device_token=device_token)
         measured = [r for r in rows if r.measured_e2e_p50_ms is not None]
         if measured:
             best_row = min(measured, key=lambda r: r.measured_e2e_p50_ms)
@@ -316,29 +405,142 @@ def plan_split(
         client.close()
     sources = {"device": dev.method, "server": server_src,
                "network": (f"exact encoded bytes ({encoding}, edgeprobe_runner.codec) + {packet_overhead_bytes} B "
-                           "TCP/IP headers per 1448 B + " + (f"{overhead} B framing per message (measured)" if addr
+                           "TCP/IP headers per 1448 B + " + (f"{overhead} B framing per message (measured)"
+                                                             if overhead is not None
                                                              else "framing not measured (no server)")) +
                           (f"; {request_ms:.3f} ms software time per request (server handling + client encode/"
-                           "decode of a 1-element echo, measured)" if addr else ""),
+                           "decode of a 1-element echo, measured)" if request_ms is not None else "") +
+                          ("; link: measured by the probe" if network == "measured" else
+                           "; link: declared (--uplink/--downlink/--rtt)"),
                "scale": f"portable total {dev.portable_total_ms:.3f} ms -> XNNPACK p50 {dev.xnnpack_total_ms:.3f} ms"}
     return SplitPlan(spec.ref, device, server, up, down, rtt_ms, encoding, objective, overhead,
                      packet_overhead_bytes, request_ms, chosen_row,
                      next(r for r in rows if r.kind == "device-only"), next(r for r in rows if r.kind == "cloud-only"),
                      tuple(rows), pol, sources,
                      _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), regret, best, med_err,
-                     tuple(notes))
+                     tuple(notes), declared_link=declared, measured_link=measured_link, network_source=network,
+                     colocation=coloc, split_runner=split_runner if verify else None)
+
+
+def _this_host_id() -> Optional[str]:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+    import socket
+
+    try:
+        found = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(found) and all(ipaddress.ip_address(a[4][0].split("%")[0]).is_loopback for a in found)
+
+
+def _colocation(device: str, info: Optional[dict[str, Any]], addr: Optional[tuple[str, int]]
+                ) -> Optional[dict[str, Any]]:
+    """Does the server share this host's CPUs with the device half, and where may the device half run?
+
+    Same host: the server's ``host_id`` (kernel boot id; equal across network namespaces) is this
+    host's, or (a server too old to say) its address is loopback. Then, for a ``local`` device, the
+    device half gets this process's cores minus the server's (``info["cpus"]``), with one runtime thread
+    per core; when nothing is left (a server on every core) the plan cannot keep the two apart and
+    says so in ``warning``."""
+    if info is None or addr is None:
+        return None
+    mine, theirs = _this_host_id(), info.get("host_id")
+    if mine and isinstance(theirs, str):
+        same = mine == theirs
+        how = f"the server's host_id (kernel boot id) {'equals' if same else 'differs from'} this host's"
+    elif _is_loopback(addr[0]):
+        same, how = True, f"the server's address {addr[0]} is loopback"
+    else:
+        return {"same_host": None, "how": "the server reports no host_id and its address is not loopback",
+                "pinned": False}
+    out: dict[str, Any] = {"same_host": same, "how": how, "pinned": False}
+    if not same:
+        return out
+    if device != "local":
+        out["note"] = (f"the server runs on this host and the device half on {device}; edgeprobe does not place "
+                       "that device's processes")
+        return out
+    cpus = sorted(os.sched_getaffinity(0))
+    srv = info.get("cpus")
+    srv = sorted(int(c) for c in srv) if isinstance(srv, list) and srv else None
+    out.update(host_cpus=cpus, server_cpus=srv, server_threads=info.get("threads"))
+    free = sorted(set(cpus) - set(srv)) if srv else []
+    if free:
+        out.update(pinned=True, device_cpus=free, device_threads=len(free))
+        n = info.get("threads")
+        if isinstance(n, int) and n > len(srv):
+            out["warning"] = (f"WARNING: the server runs {n} torch threads on {len(srv)} core(s) {srv}: they "
+                              f"oversubscribe its cores; restart it with --threads {len(srv)}")
+        return out
+    where = "all of them" if srv is None or set(srv) >= set(cpus) else str(srv)
+    hint = (f"restart it as `edgeprobe serve --cpus {cpus[-1]}` (its own core; this plan then pins the device half to "
+            f"the others)" if len(cpus) > 1 else "this host has one core for both: measure on two machines")
+    out["warning"] = (f"WARNING: the device half (local) and edgeprobe serve share this host's cores {cpus} (the server "
+                      f"uses {where}): their thread pools compete while the other side computes, so the end-to-end "
+                      f"times are longer than the costs, which were measured one side at a time; {hint}")
+    return out
+
+
+@contextlib.contextmanager
+def _pinned(cpus: Optional[Sequence[int]]):
+    """Run the block with this thread on ``cpus``: every process it starts (the runner, the split
+    client) inherits them; restored after. Nothing (None): unchanged."""
+    if not cpus:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(cpus))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _measure_link(client, addr, dev_addr, token: str, prog: str, packet_overhead_bytes: int, device: str,
+                  say: Progress) -> dict[str, Any]:
+    """The link probe (``split.link``) over the device's way to the server (``dev_addr``): the plan's
+    own connection when that is the same address, else a second one. From this host: for a device on
+    another machine it is this host's path, which the record says."""
+    from edgeprobe.split import link
+    from edgeprobe.split.server import TailClient
+
+    say(f"probing the link to {dev_addr[0]}:{dev_addr[1]} (RTT, throughput both ways)")
+    other = None
+    try:
+        c = client
+        if tuple(dev_addr) != tuple(addr):
+            other = c = TailClient(dev_addr[0], dev_addr[1], token)
+        out = link.probe_link(c, prog, packet_overhead_bytes=packet_overhead_bytes)
+    except Exception as exc:  # noqa: BLE001 - the plan goes on with the declared link, and says why
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return {"path": f"{dev_addr[0]}:{dev_addr[1]}", "error": f"{type(exc).__name__}: {msg}"}
+    finally:
+        if other is not None:
+            other.close()
+    out["from"] = "this host" + ("" if device == "local" else f" (not {device}: its own path may differ)")
+    return out
 
 
 def _confirm(og, spec, rows: list[CandidateRow], chosen: CandidateRow, device_only_ms: float, k: int, device: str,
-             token: Optional[str], iterations: int, warmup: int, may_switch: bool, say: Progress
+             token: Optional[str], iterations: int, warmup: int, may_switch: bool, say: Progress, *, threads: int = 0
              ) -> tuple[list[CandidateRow], CandidateRow, Optional[str]]:
     """Time the compiled heads of the ``k`` best-predicted splits (and the chosen one) on the device.
 
     The per-operator device costs are predictions (portable-kernel ETDump times scaled to the XNNPACK
     whole-model p50); this measures each of these heads as lowered (XNNPACK) and run by the runner on
-    the device. The device-only row's head is the whole model, measured already; cloud-only has no
-    head. Among the confirmed rows the best ``confirmed_total_ms`` is chosen (``may_switch``: not under
-    a memory limit, whose choice the confirmation does not re-check)."""
+    the device. The device-only row's head is the whole model: the per-node costs were scaled to one
+    bench of it (``device_only_ms``), so its prediction equals that bench by construction; it is timed
+    again here, in a bench of its own, so that its confirmed total is a second measurement and not the
+    first one restated. Cloud-only has no head: nothing to measure (``measured_head_ms`` None, its
+    confirmed total is its prediction). Among the confirmed rows the best ``confirmed_total_ms`` is
+    chosen (``may_switch``: not under a memory limit, whose choice the confirmation does not re-check)."""
     from edgeprobe import api
     from edgeprobe.lower import lower
     from edgeprobe.models import ModelSpec
@@ -347,18 +549,20 @@ def _confirm(og, spec, rows: list[CandidateRow], chosen: CandidateRow, device_on
     splits = [r for r in rows if r.kind == "split"]
     picked = {r.device_node_names for r in splits[:k]} | ({chosen.device_node_names} if chosen.kind == "split" else set())
     out: list[CandidateRow] = []
+    n_runs = max(iterations, 10)
     for r in rows:
         measured: Optional[float] = None
-        if r.kind == "device-only":
-            measured = device_only_ms
-        elif r.kind == "cloud-only":
-            measured = 0.0
-        elif r.device_node_names in picked:
+        if r.kind == "cloud-only":
+            out.append(dataclasses.replace(r, confirmed_total_ms=r.predicted_total_ms, confirm_source=(
+                "no head: nothing runs on the device, so there is nothing to time; the confirmed total is the "
+                "prediction")))
+            continue
+        if r.kind == "device-only" or r.device_node_names in picked:
             say(f"confirming {r.label}: lowering its head and timing it on {device}")
             try:
                 s = split(og, spec.example_inputs, set(r.device_node_names))
                 art = lower(ModelSpec(f"{spec.ref}-head", s.head_example_inputs, exported=export_head(s)))
-                res = api.bench(art, device=device, token=token, iterations=max(iterations, 10), warmup=warmup)
+                res = api.bench(art, device=device, token=token, iterations=n_runs, warmup=warmup, threads=threads)
                 if not res.ok or res.stats is None:
                     raise RuntimeError(res.run.error.message if res.run.error else "no timing")
                 measured = res.stats.p50_ms
@@ -369,7 +573,12 @@ def _confirm(og, spec, rows: list[CandidateRow], chosen: CandidateRow, device_on
         if measured is None:
             out.append(r)
         else:
-            out.append(dataclasses.replace(r, measured_head_ms=measured, confirmed_total_ms=(
+            src = f"p50 of {n_runs} runs of the head, lowered (XNNPACK) as a program of its own, on {device}"
+            if r.kind == "device-only":
+                src = (f"p50 of {n_runs} runs of the whole model (the device-only head) in a bench of its own on "
+                       f"{device}; the per-node costs were scaled to another bench of it ({device_only_ms:.3f} ms), "
+                       "which is therefore its prediction by construction")
+            out.append(dataclasses.replace(r, measured_head_ms=measured, confirm_source=src, confirmed_total_ms=(
                 r.predicted_total_ms - r.predicted_device_ms + measured)))
     by_nodes = {r.device_node_names: r for r in out}
     new_chosen = by_nodes.get(chosen.device_node_names, chosen)
@@ -466,10 +675,11 @@ class _NativeSplit:
     the runner measures the artifact as usual (load, output check), then times head -> network ->
     tail; the split's times and its outputs come back in three files next to the artifact."""
 
-    def __init__(self, device: str, token: Optional[str]) -> None:
+    def __init__(self, device: str, token: Optional[str], threads: int = 0) -> None:
         from edgeprobe.devices import open_device
 
         self.dev = open_device(device, runner="native", token=token)
+        self.threads = threads
 
     def run(self, art, extra: list[str], iterations: int, warmup: int, tmp: Path, k: int,
             token: Optional[str] = None) -> tuple[dict[str, Any], bytes, Optional[bytes]]:
@@ -478,7 +688,8 @@ class _NativeSplit:
         t = self.dev.transport
         remote = f"{t.workdir}/{art.manifest.cache_key}/split-outputs.bin"
         with self._token_file(token, f"{t.workdir}/{art.manifest.cache_key}", tmp) as token_args:
-            res = measure(self.dev, art, MeasureConfig(warmup=warmup, iterations=iterations, timeout_s=600.0),
+            res = measure(self.dev, art, MeasureConfig(warmup=warmup, iterations=iterations, timeout_s=600.0,
+                                                       threads=self.threads),
                           extra_args=[*extra, *token_args, "--split-outputs", remote])
         if not res.ok:
             err = res.run.error
@@ -529,7 +740,7 @@ class _NativeSplit:
 
 def _verify(og, spec, rows: list[CandidateRow], client, addr, token: str, encoding: str, iterations: int,
             warmup: int, limit: Optional[int], tail_name: str, say: Progress, *, device: str = "local",
-            split_runner: str = "python", device_token: Optional[str] = None) -> list[CandidateRow]:
+            split_runner: str = "python", device_token: Optional[str] = None, threads: int = 0) -> list[CandidateRow]:
     """Run each candidate end to end: head lowered to .pte (XNNPACK) and run on the device (the native
     runner's split mode, or the Python split client on this host), tail on the server."""
     import torch
@@ -547,7 +758,7 @@ def _verify(og, spec, rows: list[CandidateRow], client, addr, token: str, encodi
     # The plan's one program name, reloaded per candidate (the same name replaces the last tail): a name
     # per candidate would hit the server's --max-programs (64) on models with more candidates.
     out: list[CandidateRow] = []
-    native = _NativeSplit(device, device_token) if split_runner == "native" else None
+    native = _NativeSplit(device, device_token, threads) if split_runner == "native" else None
     client_env = {**os.environ, "EDGEPROBE_SPLIT_TOKEN": token or ""}
     with tempfile.TemporaryDirectory(prefix="edgeprobe-split-") as tmp, _ClientProcess(Path(tmp), client_env) as proc, \
             contextlib.closing(native) if native is not None else contextlib.nullcontext():

@@ -36,6 +36,8 @@ class DeviceCosts:
     method: str = ("ETDump OPERATOR_CALL medians of the portable .pte mapped to export nodes via ETRecord "
                    "debug handles, scaled to the measured XNNPACK whole-model p50 (prediction per node)")
     notes: tuple[str, ...] = field(default_factory=tuple)
+    runner: str = "native"  # the runner flavor that measured xnnpack_total_ms (what --split-runner auto runs)
+    threads: int = 0  # runtime threads asked for (0: the runner's default)
 
 
 def _provenance(sources: list) -> list[str]:
@@ -111,8 +113,9 @@ def measure_device_costs(model: Any, *, device: str = "local", iterations: int =
     notes = ()
     if unmapped > 0.05 * total:
         notes = (f"{unmapped:.3f} ms of {total:.3f} ms of ETDump time could not be mapped to export nodes",)
+    flavor = xnn.run.runner.flavor if xnn.run.runner is not None else "native"
     return DeviceCosts({k: v * scale for k, v in per_node.items()}, per_node, total, xnn.stats.p50_ms, scale,
-                       device, unmapped, notes=notes)
+                       device, unmapped, notes=notes, runner=flavor, threads=threads)
 
 
 class _TimingInterpreter(torch.fx.Interpreter):

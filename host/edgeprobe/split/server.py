@@ -146,7 +146,10 @@ class TailServer(BoundedServer):
         return {"device": torch.cuda.get_device_name(self.device) if cuda else "cpu",
                 "device_type": self.device.type, "torch": torch.__version__,
                 "cuda": torch.version.cuda if cuda else None, "threads": torch.get_num_threads(),
-                "max_bytes": self.max_bytes, "programs": names, "version": __version__}
+                "max_bytes": self.max_bytes, "programs": names, "version": __version__,
+                # where it runs, so that a planner on the same host can keep off its cores (split finding 16)
+                "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+                "host_id": _host_id()}
 
     # -- requests (payload already read) ------------------------------------------------------
 
@@ -464,6 +467,15 @@ class TailClient:
 # -- CLI ----------------------------------------------------------------------------------------
 
 
+def _host_id() -> Optional[str]:
+    """The kernel's boot id: equal for two processes on one host (network namespaces included)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="edgeprobe serve", allow_abbrev=False,
                                 description="Serve tail programs of split models over TCP (the cloud side).")
@@ -484,7 +496,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--max-inflight-bytes", type=int, default=DEFAULT_MAX_INFLIGHT_BYTES,
                    help="payload bytes being received at once, over all connections")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads on CPU (0: torch's default)")
+    p.add_argument("--cpus", metavar="LIST", help="run on these cores only, e.g. 1 or 2-3 (and as many torch threads, "
+                                                  "unless --threads): keeps off the cores of a device half on this host")
     args = p.parse_args(argv)
+    if args.cpus:
+        from edgeprobe.devices.probe import parse_cores
+
+        try:
+            cores = parse_cores(args.cpus)
+            os.sched_setaffinity(0, cores)  # before any thread starts: they all inherit it
+        except (ValueError, OSError) as exc:
+            p.error(f"--cpus {args.cpus!r}: {exc}")
+        args.threads = args.threads or len(cores)
     if args.max_bytes < 0 or args.max_programs < 1 or args.timeout_s <= 0 or args.threads < 0 \
             or args.auth_timeout_s <= 0 or args.max_connections < 1 or args.max_inflight_bytes < 0:
         p.error("--max-bytes >= 0, --max-inflight-bytes >= 0, --max-programs >= 1, --max-connections >= 1, "
