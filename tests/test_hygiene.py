@@ -117,6 +117,8 @@ def test_bench_over_adb_records_state_pins_big_cores_and_sets_performance_mode(t
         assert st.affinity_cores == (1,) and st.fixed_performance == "on"
         assert (st.battery_level_percent, st.thermal_status, st.thermal_status_after, st.charging) == (80, 0, 0, False)
         assert any("taskset 2 " in c for c in d.shell_log)
+        # /proc read over the same shell, before and after the run (the test adbd runs a real sh here)
+        assert st.cpu_load.available and st.cpu_load.cores and st.cpu_load.processes_seen > 1, st.cpu_load
         log = (d.bin / "dumpsys.d" / "cmd.log").read_text().splitlines()
         assert log == ["power set-fixed-performance-mode-enabled true", "power set-fixed-performance-mode-enabled false"]
         again = edgeprobe.BenchResult.from_json(r.to_json())
@@ -162,3 +164,74 @@ def test_tcp_device_has_no_shell_for_affinity():
         Session(Tcpish(), MeasureConfig(affinity="big")).__enter__()
     with Session(Tcpish(), MeasureConfig()) as s:
         assert s.state.source.startswith("unavailable")
+    assert not s.finish().cpu_load.available and "no shell" in s.finish().cpu_load.reason
+
+
+# ---------------------------------------------------------------- what else used the CPU (finding 23)
+
+# /proc/stat and /proc/<pid>/stat as Linux and Android print them (a comm with spaces and parens)
+PROC_BEFORE = """0.52 0.61 0.70 2/311 4242
+@@
+cpu  1000 0 500 8000 100 0 0 0 0 0
+cpu0 500 0 250 4000 50 0 0 0 0 0
+cpu1 500 0 250 4000 50 0 0 0 0 0
+@@
+1 (init) S 0 1 1 0 -1 4194560 100 0 0 0 10 20 0 0 20 0 1 0 5 0 0
+77 (surfaceflinger) S 1 77 77 0 -1 4194560 100 0 0 0 300 100 0 0 20 0 1 0 5 0 0
+88 (a (weird) name) R 1 88 88 0 -1 4194560 100 0 0 0 50 50 0 0 20 0 1 0 5 0 0
+garbage line
+@@
+"""
+PROC_AFTER = """0.90 0.70 0.71 3/312 4300
+@@
+cpu  1150 0 550 8200 100 0 0 0 0 0
+cpu0 575 0 275 4100 50 0 0 0 0 0
+cpu1 575 0 275 4100 50 0 0 0 0 0
+@@
+1 (init) S 0 1 1 0 -1 4194560 100 0 0 0 10 20 0 0 20 0 1 0 5 0 0
+77 (surfaceflinger) S 1 77 77 0 -1 4194560 100 0 0 0 350 150 0 0 20 0 1 0 5 0 0
+88 (a (weird) name) R 1 88 88 0 -1 4194560 100 0 0 0 60 50 0 0 20 0 1 0 5 0 0
+4299 (edgeprobe_runne) R 1 4299 4299 0 -1 4194560 100 0 0 0 90 10 0 0 20 0 1 0 5 0 0
+@@
+"""
+
+
+def test_cpu_load_arithmetic_from_proc_texts():
+    from edgeprobe.devices.hygiene import cpu_load, parse_cpu_sample
+
+    a, b = parse_cpu_sample(PROC_BEFORE, 10.0), parse_cpu_sample(PROC_AFTER, 11.0)
+    assert a.cpus == 2 and a.loadavg_1m == 0.52 and a.procs[88] == ("a (weird) name", 100)
+    load = cpu_load(a, b)
+    # 400 jiffies over 2 CPUs = 200 per core; busy 200 jiffies = 1.0 core; surfaceflinger 100 = 0.5 core
+    assert load.available and load.cores == 2 and load.window_s == 1.0 and load.loadavg_1m_before == 0.52
+    assert load.busy_cores == pytest.approx(1.0)
+    assert [(p.name, p.pid) for p in load.others] == [("surfaceflinger", 77), ("a (weird) name", 88)]
+    assert load.others[0].cores == pytest.approx(0.5) and load.others_cores == pytest.approx(0.55)
+    assert all(p.pid != 4299 for p in load.others)  # the runner started in the window: not an "other"
+    assert parse_cpu_sample("") is None and parse_cpu_sample("1.0\n@@\n@@\n@@") is None
+    assert not cpu_load(a, None).available and "could not be read" in cpu_load(a, None).reason
+    assert not cpu_load(b, a).available  # the counters did not advance
+
+
+def test_a_busy_process_during_a_local_run_is_named(tmp_path):
+    """A real spinning process beside a real window on this machine's /proc."""
+    import subprocess
+    import sys
+    import time
+
+    from edgeprobe.devices.hygiene import cpu_load, cpu_sample
+
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<30: pass"])
+    t = LocalTransport()
+    try:
+        time.sleep(0.2)
+        before = cpu_sample(t)
+        time.sleep(1.0)
+        load = cpu_load(before, cpu_sample(t), top=10_000)
+    finally:
+        spin.kill()
+        spin.wait()
+        t.close()
+    mine = [p for p in load.others if p.pid == spin.pid]
+    assert load.available and mine and mine[0].cores > 0.1, load
+    assert load.busy_cores >= mine[0].cores - 0.05 and load.others_cores >= mine[0].cores
