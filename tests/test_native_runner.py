@@ -132,3 +132,172 @@ def test_native_mobilenet_v2_end_to_end(native_runner):
     assert r.ok, r.run.error
     assert r.manifest.planned_memory_bytes and r.stats.p50_ms > 0
     assert json.loads(r.to_json())["run"]["verification"]["passed"] is True
+
+
+# ---------------------------------------------------------------- hardening (issue 11: findings 11-13)
+
+import hashlib
+import hmac
+import os
+import random
+import socket
+import stat
+import struct
+from pathlib import Path
+
+NATIVE_SRC = Path(__file__).resolve().parents[1] / "device_runner" / "native"
+
+
+def _run_native(native_runner, *args, env=None, timeout=120):
+    return subprocess.run([str(native_runner), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def _one_line_error(rec: dict, code: str) -> str:
+    assert rec["status"] == "error" and rec["error"]["code"] == code, rec["error"]
+    msg = rec["error"]["message"]
+    assert msg and "\n" not in msg and len(msg) < 600, msg
+    return msg
+
+
+def _epv_tensor(dtype: int, shape, data: bytes, nbytes=None) -> bytes:
+    return (struct.pack("<II", dtype, len(shape)) + b"".join(struct.pack("<q", d) for d in shape)
+            + struct.pack("<Q", len(data) if nbytes is None else nbytes) + data)
+
+
+def _epv(sets, count=None) -> bytes:
+    out = b"EPVEC001" + struct.pack("<I", len(sets) if count is None else count)
+    for ins, outs in sets:
+        out += struct.pack("<I", len(ins)) + b"".join(ins) + struct.pack("<I", len(outs)) + b"".join(outs)
+    return out
+
+
+_F4 = struct.pack("<4f", 1, 2, 3, 4)
+BAD_VECTORS = {
+    # name: (bytes, a word the one-line message must hold)
+    "empty file": (b"", "truncated"),
+    "bad magic": (b"EPVEC999" + b"\0" * 8, "magic"),
+    "truncated in the data": (_epv([([_epv_tensor(6, [4], _F4)], [])])[:-7], "truncated"),
+    "2^32-1 test sets": (_epv([], count=2**32 - 1), "test set count"),
+    "2^32-1 inputs": (b"EPVEC001" + struct.pack("<II", 1, 2**32 - 1) + b"\0" * 8, "input tensor count"),
+    "count above what the file holds": (_epv([], count=1000), "needs at least"),
+    "element count overflows 64 bits": (_epv([([_epv_tensor(6, [2**31 - 1] * 3, b"", nbytes=0)], [])]), "overflows"),
+    "byte count overflows 64 bits": (_epv([([_epv_tensor(7, [2**31 - 1, 2**31 - 1, 2**3], b"", nbytes=0)], [])]), "overflows"),
+    "nbytes 2^64-1": (_epv([([_epv_tensor(6, [4], b"", nbytes=2**64 - 1)], [])]), "data bytes"),
+    "nbytes larger than the file": (_epv([([_epv_tensor(0, [1 << 30], b"", nbytes=1 << 30)], [])]), "truncated"),
+    "dim above int32": (_epv([([_epv_tensor(0, [2**40], b"", nbytes=2**40)], [])]), "outside"),
+    "negative dim": (_epv([([_epv_tensor(6, [-1], b"", nbytes=0)], [])]), "outside"),
+    "rank 17": (_epv([([_epv_tensor(6, [1] * 17, struct.pack("<f", 1))], [])]), "rank"),
+    "unknown dtype": (_epv([([_epv_tensor(99, [1], b"x")], [])]), "dtype"),
+    "trailing garbage": (_epv([([_epv_tensor(6, [4], _F4)], [])]) + b"junk", "trailing"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_VECTORS))
+def test_bad_vectors_give_an_error_record_not_a_crash(native_runner, tiny_pte, tmp_path, name):
+    """Finding 11: the .epv parser. Before, 2^32 test sets or an overflowing shape aborted the runner
+    (std::bad_alloc / length_error escaped; no record); now every one is a bad_vectors record."""
+    data, word = BAD_VECTORS[name]
+    vec, out = tmp_path / "bad.epv", tmp_path / "r.json"
+    vec.write_bytes(data)
+    p = _run_native(native_runner, "--model", tiny_pte.model_path, "--vectors", vec, "--iterations", 1, "--output", out)
+    # a failed measurement is a record and exit 0 (PROTOCOL.md, "Exit code"): never a signal
+    assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
+    msg = _one_line_error(json.loads(out.read_text()), "bad_vectors")
+    assert word in msg, msg
+
+
+def test_vectors_that_are_a_directory(native_runner, tiny_pte, tmp_path):
+    p = _run_native(native_runner, "--model", tiny_pte.model_path, "--vectors", tmp_path, "--output", tmp_path / "r.json")
+    assert p.returncode == 0, p.stderr
+    _one_line_error(json.loads((tmp_path / "r.json").read_text()), "bad_vectors")
+
+
+@pytest.mark.parametrize("args,word", [
+    (["--iterations", "x"], "--iterations"),
+    (["--iterations", "1e18"], "--iterations"),
+    (["--warmup", "-1"], "--warmup"),
+    (["--rtol", "nan"], "--rtol"),
+    (["--min-seconds", "inf"], "--min-seconds"),
+    (["--threads", "2.5"], "--threads"),
+    (["--split-token", "secret"], "--split-token-file"),
+    (["--split-server", "127.0.0.1:1"], "--split-outputs"),
+    (["--bogus", "1"], "unknown argument"),
+    (["--split-server", "none", "--split-outputs", "o", "--split-token-file", "/nonexistent/t"], "token"),
+])
+def test_bad_arguments_write_an_error_record(native_runner, tiny_pte, tmp_path, args, word):
+    """Every bad input gets a one-line error in the record (exit 2), not only a usage text on stderr."""
+    out = tmp_path / "r.json"
+    p = _run_native(native_runner, "--model", tiny_pte.model_path, *args, "--output", out)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    msg = _one_line_error(json.loads(out.read_text()), "usage")
+    assert word in msg and word in p.stderr, msg
+    assert "secret" not in msg
+
+
+def test_help_exits_0(native_runner):
+    p = _run_native(native_runner, "--help")
+    assert p.returncode == 0 and "--split-token-file" in p.stdout and "EDGEPROBE_SPLIT_TOKEN" in p.stdout
+
+
+def test_exception_with_the_battery_thread_running(native_runner, tiny_pte, tmp_path):
+    """Finding 11: an exception in the timed loop while the battery sampler runs. Before, only
+    Failure was caught and the joinable sampler thread was destroyed during unwinding: std::terminate,
+    SIGABRT, no record. Now the sampler is joined (RAII) and the top-level catch writes the record."""
+    bat = tmp_path / "sys/class/power_supply/battery"
+    bat.mkdir(parents=True)
+    for name, value in (("type", "Battery"), ("status", "Discharging"), ("current_now", "-300000"),
+                        ("voltage_now", "3900000")):
+        (bat / name).write_text(value + "\n")
+    out = tmp_path / "r.json"
+    p = _run_native(native_runner, "--model", tiny_pte.model_path, "--vectors", tiny_pte.vectors_path,
+                    "--warmup", 0, "--iterations", 3, "--output", out,
+                    env={"EDGEPROBE_SYSFS_ROOT": str(tmp_path / "sys"), "EDGEPROBE_RUNNER_FAULT": "timed_loop"})
+    assert p.returncode == 1, (p.returncode, p.stderr[-2000:])  # an internal error: exit 1, not a signal
+    msg = _one_line_error(json.loads(out.read_text()), "internal_error")
+    assert "injected fault" in msg and "injected fault" in p.stderr
+
+
+# -- SHA-256 / HMAC-SHA256 written by hand (sha256.cpp) against Python's hashlib/hmac
+
+FIPS_SHA256 = {  # FIPS 180-4 examples (NIST CSRC) and the empty string
+    b"": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    b"abc": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+    b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq":
+        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1",
+    b"abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopqklmnopqrlmnopqrsmnopqrstnopqrstu":
+        "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1",
+    b"a" * 1_000_000: "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0",
+}
+RFC4231_HMAC = [  # (key, data, HMAC-SHA256), RFC 4231 test cases 1, 2, 6
+    (b"\x0b" * 20, b"Hi There", "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
+    (b"Jefe", b"what do ya want for nothing?", "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
+    (b"\xaa" * 131, b"Test Using Larger Than Block-Size Key - Hash Key First",
+     "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"),
+]
+
+
+def test_sha256_and_hmac_match_python(tmp_path):
+    cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if cxx is None:
+        pytest.fail("no C++ compiler on PATH (the native runner needs one too)")
+    exe = tmp_path / "sha256_check"
+    subprocess.run([cxx, "-std=c++17", "-O2", "-o", str(exe), str(NATIVE_SRC / "tools/sha256_check.cpp"),
+                    str(NATIVE_SRC / "sha256.cpp")], check=True, capture_output=True, timeout=120)
+    rng = random.Random(11)
+    cases = [(b"", m) for m in FIPS_SHA256] + [(k, m) for k, m, _ in RFC4231_HMAC]
+    # every length around the 55/56/64-byte padding edges, keys around the 64-byte block, then random
+    cases += [(rng.randbytes(k), rng.randbytes(m)) for k in (0, 1, 63, 64, 65, 200) for m in range(0, 130)]
+    cases += [(rng.randbytes(rng.randrange(0, 300)), rng.randbytes(rng.randrange(0, 3000))) for _ in range(2000)]
+    stdin = "".join(f"{k.hex() or '-'} {m.hex() or '-'}\n" for k, m in cases)
+    p = subprocess.run([str(exe)], input=stdin, capture_output=True, text=True, check=True, timeout=120)
+    lines = p.stdout.splitlines()
+    assert len(lines) == len(cases)
+    for (k, m), line in zip(cases, lines, strict=True):
+        digest, mac = line.split()
+        assert digest == hashlib.sha256(m).hexdigest(), (k.hex(), m[:64].hex())
+        assert mac == hmac.new(k, m, hashlib.sha256).hexdigest(), (k.hex(), m[:64].hex())
+    for m, want in FIPS_SHA256.items():
+        assert hashlib.sha256(m).hexdigest() == want  # the table itself
+    for k, m, want in RFC4231_HMAC:
+        assert hmac.new(k, m, hashlib.sha256).hexdigest() == want

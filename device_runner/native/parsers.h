@@ -24,6 +24,15 @@ struct Failure {
   std::string code, message;
 };
 
+// Text from outside shown in a message: at most `max` bytes, control characters as '?', so the
+// message stays one line.
+inline std::string shown(const std::string& s, size_t max = 40) {
+  std::string o = s.substr(0, max);
+  for (char& c : o)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  return o;
+}
+
 // ------------------------------------------------------------------ checked arithmetic
 
 inline uint64_t checked_mul(uint64_t a, uint64_t b, const char* code, const std::string& what) {
@@ -256,7 +265,7 @@ class JsonParser {  // RFC 8259, with a depth limit; errors are Failure{code, "<
           utf8(o, cp);
           break;
         }
-        default: fail(std::string("bad escape '\\") + e + "'");
+        default: fail("bad escape '\\" + shown(std::string(1, e)) + "'");
       }
     }
   }
@@ -413,12 +422,15 @@ inline bool is_hex64(const std::string& s) {
 // The server's first message (/tmp auth protocol v2): returns its nonce SN.
 inline std::string parse_challenge(const JVal& m, const std::string& service, const std::string& server) {
   if (m.kind != JVal::Obj) throw Failure{"split_protocol", server + " sent no challenge object"};
+  const JVal* ok = m.get("op") == nullptr ? m.get("ok") : nullptr;
+  if (ok != nullptr && ok->kind == JVal::Bool && !ok->b)  // refused before the handshake (e.g. too many connections)
+    throw Failure{"refused", server + " refused the connection: " + shown(jget_str(m, "error", "no reason given"), 300)};
   if (jget_str(m, "op") != "challenge")
     throw Failure{"split_protocol", server + " did not open with a challenge (an edgeprobe server older than auth v2?)"};
   if (jget_str(m, "auth") != "hmac-sha256")
-    throw Failure{"split_protocol", server + " asks for auth '" + jget_str(m, "auth", "?").substr(0, 40) + "', not hmac-sha256; not talking to it"};
+    throw Failure{"split_protocol", server + " asks for auth '" + shown(jget_str(m, "auth", "?")) + "', not hmac-sha256; not talking to it"};
   if (jget_str(m, "service") != service)
-    throw Failure{"split_protocol", server + " is a '" + jget_str(m, "service", "?").substr(0, 40) + "' server, not '" + service +
+    throw Failure{"split_protocol", server + " is a '" + shown(jget_str(m, "service", "?")) + "' server, not '" + service +
                                         "' (is the port the runner server's?)"};
   std::string sn = jget_str(m, "nonce");
   if (!is_hex64(sn)) throw Failure{"split_protocol", server + " sent a nonce that is not 64 lowercase hex characters"};
@@ -464,7 +476,7 @@ inline std::vector<RawTensor> decode_frame(const uint8_t* p, size_t n) {
     std::string where = "reply frame tensor " + std::to_string(i);
     if (e.kind != JVal::Obj) throw Failure{code, where + " is not an object"};
     auto dt = codec_dtype_code(jget_str(e, "dtype"));
-    if (!dt) throw Failure{code, where + ": unsupported dtype '" + jget_str(e, "dtype", "?").substr(0, 40) + "'"};
+    if (!dt) throw Failure{code, where + ": unsupported dtype '" + shown(jget_str(e, "dtype", "?")) + "'"};
     const JVal* shape = e.get("shape");
     if (shape == nullptr || shape->kind != JVal::Arr) throw Failure{code, where + " has no shape list"};
     if (shape->arr.size() > kMaxRank) throw Failure{code, where + ": rank over " + std::to_string(kMaxRank)};
@@ -479,7 +491,7 @@ inline std::vector<RawTensor> decode_frame(const uint8_t* p, size_t n) {
     bool floating = *dt == 5 || *dt == 6 || *dt == 7 || *dt == 15;
     size_t item = enc == "raw" ? item_bytes(*dt) : enc == "fp16" ? 2 : enc == "int8" ? 1 : 0;
     if (item == 0 || (enc == "fp16" && *dt != 6) || (enc == "int8" && !floating))
-      throw Failure{code, where + ": encoding '" + enc.substr(0, 40) + "' does not apply to " + jget_str(e, "dtype")};
+      throw Failure{code, where + ": encoding '" + shown(enc) + "' does not apply to " + shown(jget_str(e, "dtype"))};
     uint64_t nbytes = jget_count(e, "nbytes", kMaxReplyPayload, code, where);
     uint64_t want = checked_mul(numel, item, code.c_str(), where + ": byte count");
     if (nbytes != want) throw Failure{code, where + ": nbytes " + std::to_string(nbytes) + " does not match its shape (" + std::to_string(want) + ")"};

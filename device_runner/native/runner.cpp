@@ -1018,12 +1018,14 @@ const char* kUsage =
     "       see device_runner/PROTOCOL.md\n";
 
 // The split token from a file (the host pushes it with the run's files and deletes it after): its
-// content without trailing newlines.
+// first line, whitespace stripped (edgeprobe_runner/wire.py read_token_file).
 std::string read_token_file(const std::string& path) {
   auto t = read_text(path);
   if (!t) throw UsageError{"cannot read --split-token-file " + path};
-  std::string tok = *t;
-  while (!tok.empty() && (tok.back() == '\n' || tok.back() == '\r')) tok.pop_back();
+  std::string tok = t->substr(0, t->find('\n'));
+  const char* ws = " \t\r\n\v\f";
+  size_t a = tok.find_first_not_of(ws), b = tok.find_last_not_of(ws);
+  tok = a == std::string::npos ? "" : tok.substr(a, b - a + 1);
   if (tok.empty()) throw UsageError{"--split-token-file " + path + " is empty"};
   return tok;
 }
