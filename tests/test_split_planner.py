@@ -50,6 +50,8 @@ def networks(draw):
         tx_power_w=draw(st.sampled_from([0.0, 0.8, 2.5])),
         rx_power_w=draw(st.sampled_from([0.0, 0.5, 1.2])),
         idle_power_w=draw(st.sampled_from([0.0, 0.0, 0.3])),
+        packet_overhead_bytes=draw(st.sampled_from([0, 52])),
+        request_overhead_ms=draw(st.sampled_from([0.0, 0.7])),
     )
 
 
@@ -92,6 +94,38 @@ def closed_under_predecessors(graph: CostGraph, device: frozenset[str]) -> bool:
                for t in graph.tensors)
 
 
+def independent_latency(graph: CostGraph, net: Network, device: frozenset[str]) -> dict[str, float]:
+    """The latency model of the planner's docstring, written again from the text (not from its code): device
+    costs of device nodes; every tensor on the device (a model input or made by a device node) read by a server
+    node goes up once; server costs of server nodes; every model output made on the server comes down; one
+    request and one reply (framing, RTT, software time) iff anything runs on the server."""
+    wire = 1.0 + net.packet_overhead_bytes / net.mss_bytes
+    dev = sum(nd.device_ms for nd in graph.nodes if nd.name in device)
+    srv = sum(nd.server_ms for nd in graph.nodes if nd.name not in device)
+    on_device = [t for t in graph.tensors if t.producer is None or t.producer in device]
+    up_bytes = sum(t.bytes for t in on_device if any(c not in device for c in t.consumers))
+    down_bytes = sum(t.bytes for t in graph.tensors
+                     if t.is_output and t.producer is not None and t.producer not in device)
+    uses_server = any(nd.name not in device for nd in graph.nodes)
+    frame = net.per_message_overhead_bytes if uses_server else 0
+    up = (up_bytes + frame) * wire * 8000.0 / net.uplink_bps
+    down = (down_bytes + frame) * wire * 8000.0 / net.downlink_bps
+    fixed = (net.rtt_ms + net.request_overhead_ms) if uses_server else 0.0
+    return {"device_ms": dev, "uplink_ms": up, "server_ms": srv, "downlink_ms": down,
+            "total_ms": dev + up + srv + down + fixed}
+
+
+def independent_optimum(graph: CostGraph, net: Network) -> float:
+    """Every subset of nodes (2^n), kept when closed under predecessors, priced by independent_latency."""
+    names = [nd.name for nd in graph.nodes]
+    best = math.inf
+    for bits in range(1 << len(names)):
+        device = frozenset(nm for i, nm in enumerate(names) if bits >> i & 1)
+        if closed_under_predecessors(graph, device):
+            best = min(best, independent_latency(graph, net, device)["total_ms"])
+    return best
+
+
 def check_against_brute_force(graph, net, objective="latency", memory_limit_bytes=None):
     got = plan(graph, net, objective=objective, memory_limit_bytes=memory_limit_bytes)
     want = brute_force(graph, net, objective=objective, memory_limit_bytes=memory_limit_bytes)
@@ -112,7 +146,14 @@ def check_against_brute_force(graph, net, objective="latency", memory_limit_byte
 def test_dag_plan_equals_brute_force(graph, net):
     got, _ = check_against_brute_force(graph, net)
     b = got.breakdown
-    assert b.predicted and b.total_ms == approx(b.device_ms + b.uplink_ms + b.server_ms + b.downlink_ms + b.rtt_ms)
+    # every component and the total against the model recomputed from its definition, and the optimum against
+    # an enumeration of all 2^n subsets priced that way (the planner's brute_force shares its evaluator)
+    want = independent_latency(graph, net, got.device_nodes)
+    assert b.predicted
+    for key in ("device_ms", "uplink_ms", "server_ms", "downlink_ms", "total_ms"):
+        assert getattr(b, key) == approx(want[key]), key
+    if len(graph.nodes) <= 10:
+        assert got.total_ms == approx(independent_optimum(graph, net))
     # networkx's preflow-push on the same network gives the same optimum
     assert plan(graph, net, solver="networkx").total_ms == approx(got.total_ms)
 
