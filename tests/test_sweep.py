@@ -26,14 +26,17 @@ def test_sweep_cli_on_digits_prints_the_measured_table_and_writes_outputs(tmp_pa
     out = tmp_path / "sw"
     p = subprocess.run(
         [sys.executable, "-m", "edgeprobe", "sweep", "digits_cnn", "--recipes", "fp32,int8,magnitude:0.5,channel:0.3+int8",
-         "--train-epochs", "5", "--iterations", "5", "--warmup", "1", "--out", str(out)],
+         "--train-epochs", "5", "--iterations", "5", "--warmup", "1", "--min-seconds", "0", "--out", str(out),
+         "--json", str(tmp_path / "copy.json")],
         capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "250"})
     assert p.returncode == 0, p.stderr[-3000:]
     assert "Pareto front" in p.stdout and "accuracy" in p.stdout
     data = json.loads((out / "sweep.json").read_text())
+    assert json.loads((tmp_path / "copy.json").read_text()) == data  # --json, as in bench and split
     rows = {r["recipe"]: r for r in data["rows"]}
     assert set(rows) == {"fp32", "int8", "magnitude:0.5", "channel:0.3+int8"}
     assert all(r["status"] == "ok" and r["latency_p50_ms"] > 0 and r["iterations"] == 5 for r in rows.values())
+    assert all(r["latency_cv_percent"] >= 0 and ("unstable_reason" in r) for r in rows.values())
     assert data["dataset"] == "digits" and data["eval_samples"] == 359 and data["quality"] == "accuracy"
     assert rows["int8"]["artifact_size_bytes"] * 3 <= rows["fp32"]["artifact_size_bytes"]
     assert abs(rows["int8"]["accuracy"] - rows["fp32"]["accuracy"]) <= 0.02
@@ -50,13 +53,15 @@ def test_sweep_cli_on_digits_prints_the_measured_table_and_writes_outputs(tmp_pa
 
 
 def test_a_failing_recipe_is_a_row_not_a_crash(native_runner):
-    """No labels (random inputs): taylor cannot compute gradients and reports why; the rest is measured."""
-    r = sweep("tiny_cnn", "fp32,taylor:0.5,int8", iterations=3, warmup=1)
+    """No labels (random inputs): taylor cannot compute gradients and reports why; the rest is measured
+    (for at least min_seconds each, as well as the iterations)."""
+    r = sweep("tiny_cnn", "fp32,taylor:0.5,int8", iterations=3, warmup=1, min_seconds=0.2)
     rows = {x.recipe: x for x in r.rows}
     assert rows["fp32"].status == "ok" and rows["int8"].status == "ok"
     assert rows["taylor:0.5"].status == "error" and "labelled training data" in rows["taylor:0.5"].error
     assert r.quality == "sqnr_db" and rows["fp32"].accuracy is None
     assert rows["int8"].sqnr_db is not None and any("RANDOM INPUTS" in n for n in rows["int8"].notes)
+    assert rows["fp32"].iterations > 3 and rows["int8"].iterations > 3  # 0.2 s of a ~0.02 ms model
 
 
 def test_bad_recipe_fails_before_any_work():
