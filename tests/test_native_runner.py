@@ -301,3 +301,233 @@ def test_sha256_and_hmac_match_python(tmp_path):
         assert hashlib.sha256(m).hexdigest() == want  # the table itself
     for k, m, want in RFC4231_HMAC:
         assert hmac.new(k, m, hashlib.sha256).hexdigest() == want
+
+
+# -- split mode: the v2 handshake (auth protocol v2) against a tiny server that speaks the spec itself
+
+
+def _send(sock, header: dict, payload: bytes = b"") -> None:
+    data = json.dumps(header).encode()
+    sock.sendall(struct.pack(">I", len(data)) + data + payload)
+
+
+def _recv_exact(sock, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return buf
+
+
+def _recv(sock) -> dict:
+    (n,) = struct.unpack(">I", _recv_exact(sock, 4))
+    return json.loads(_recv_exact(sock, n))
+
+
+def _mac(token: str, role: str, sn: str, cn: str, service: str = "split") -> str:
+    return hmac.new(token.encode(), f"edgeprobe-auth-v1|{role}|{service}|{sn}|{cn}".encode(), hashlib.sha256).hexdigest()
+
+
+class TinySplitServer:
+    """One connection at a time on loopback, speaking auth v2 by the spec (not through wire.py), then
+    answering run requests with the head's outputs doubled. ``reply(header, frame) -> (header, payload)``
+    replaces the run reply; ``service``/``prove`` make it a wrong or an impostor server."""
+
+    def __init__(self, token: str, *, service: str = "split", prove: bool = True, reply=None) -> None:
+        self.token, self.service, self.prove, self.reply = token, service, prove, reply
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.events: list = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        from edgeprobe_runner import codec
+
+        self.sock.settimeout(60)
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(30)
+            sn = os.urandom(32).hex()
+            _send(conn, {"op": "challenge", "auth": "hmac-sha256", "service": self.service, "nonce": sn})
+            hello = _recv(conn)
+            self.events.append(("hello", hello))
+            cn = hello.get("nonce", "")
+            if hello.get("op") != "hello" or hello.get("mac") != _mac(self.token, "client", sn, cn, self.service):
+                _send(conn, {"ok": False, "closed": True, "error": "unauthorized: wrong token"})
+                return
+            mac_s = _mac(self.token, "server", sn, cn, self.service) if self.prove else "0" * 64
+            _send(conn, {"ok": True, "mac": mac_s, "info": {"device": "cpu", "programs": ["n"]}})
+            while True:
+                try:
+                    req = _recv(conn)
+                except (EOFError, OSError):
+                    self.events.append(("closed", None))
+                    return
+                frame = _recv_exact(conn, req["size"])
+                self.events.append(("run", req))
+                if self.reply is not None:
+                    header, payload = self.reply(req, frame)
+                else:
+                    payload = codec.encode([t * 2 for t in codec.decode(frame)], "fp32")
+                    header = {"ok": True, "size": len(payload), "server_ms": 0.25, "decode_ms": 0.01,
+                              "encode_ms": 0.02, "handle_ms": 0.3}
+                if isinstance(header, bytes):  # a header text json.dumps cannot write
+                    conn.sendall(struct.pack(">I", len(header)) + header + payload)
+                else:
+                    _send(conn, header, payload)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture
+def split_token_file(tmp_path):
+    path = tmp_path / "split-token"
+    path.write_text("s3cret-token\n")
+    path.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    return path
+
+
+def _run_split(native_runner, tiny_pte, tmp_path, port, *extra, env=None, iterations=3):
+    out, outs = tmp_path / "r.json", tmp_path / "outs.bin"
+    p = _run_native(native_runner, "--model", tiny_pte.model_path, "--vectors", tiny_pte.vectors_path,
+                    "--warmup", 1, "--iterations", iterations, "--output", out,
+                    "--split-server", f"127.0.0.1:{port}", "--split-name", "n", "--split-outputs", outs,
+                    "--split-timeout-s", 20, *extra, env=env)
+    assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
+    rec = json.loads(out.read_text())
+    split = json.loads(Path(str(outs) + ".json").read_text()) if rec["status"] == "ok" else None
+    return rec, split, outs
+
+
+def test_split_v2_handshake_and_measured_decode(native_runner, tiny_pte, tmp_path, split_token_file):
+    """The v2 handshake with the token from --split-token-file (the token is in no message), and
+    finding 12: decode_ms is measured (the reply frame is decoded and checked), not a written 0."""
+    from edgeprobe_runner import codec
+
+    srv = TinySplitServer("s3cret-token")
+    try:
+        rec, split, outs = _run_split(native_runner, tiny_pte, tmp_path, srv.port, "--split-token-file", split_token_file)
+    finally:
+        srv.close()
+    assert rec["status"] == "ok", rec["error"]
+    hello = srv.events[0][1]
+    assert set(hello) == {"op", "nonce", "mac"} and "s3cret" not in json.dumps(srv.events)
+    assert [e[0] for e in srv.events] == ["hello"] + ["run"] * 4 + ["closed"]
+    its = split["iterations"]
+    assert len(its) == 3
+    for it in its:
+        assert isinstance(it["decode_ms"], float) and it["decode_ms"] > 0, it
+        assert it["server_ms"] == 0.25 and it["server_handle_ms"] == 0.3
+        assert it["network_ms"] == pytest.approx(it["round_trip_ms"] - 0.25 - 0.01 - 0.02)
+        assert it["e2e_ms"] >= it["head_ms"] + it["encode_ms"] + it["round_trip_ms"] + it["decode_ms"] - 1e-6
+    head = codec.decode(outs.read_bytes())
+    tail = codec.decode(Path(str(outs) + ".tail").read_bytes())
+    torch.testing.assert_close(tail[0], head[0] * 2, rtol=0, atol=0)
+
+
+def test_split_token_from_the_environment(native_runner, tiny_pte, tmp_path):
+    srv = TinySplitServer("env-token")
+    try:
+        rec, split, _ = _run_split(native_runner, tiny_pte, tmp_path, srv.port, env={"EDGEPROBE_SPLIT_TOKEN": "env-token"},
+                                   iterations=1)
+    finally:
+        srv.close()
+    assert rec["status"] == "ok", rec["error"]
+
+
+@pytest.mark.parametrize("case,code,word", [
+    ("wrong token", "refused", "unauthorized: wrong token"),
+    ("impostor", "unauthenticated_server", "did not prove it holds the token"),
+    ("runner service", "split_protocol", "'runner' server"),
+])
+def test_split_handshake_failures(native_runner, tiny_pte, tmp_path, split_token_file, case, code, word):
+    srv = TinySplitServer("other-token" if case == "wrong token" else "s3cret-token", prove=case != "impostor",
+                          service="runner" if case == "runner service" else "split")
+    try:
+        rec, _, _ = _run_split(native_runner, tiny_pte, tmp_path, srv.port, "--split-token-file", split_token_file)
+    finally:
+        srv.close()
+    assert word in _one_line_error(rec, code)
+    # an impostor gets nothing after the hello: the runner checked its MAC first
+    assert not [e for e in srv.events if e[0] == "run"]
+
+
+def _reply_with(**fields):
+    def reply(req, frame):
+        from edgeprobe_runner import codec
+
+        payload = codec.encode([t * 2 for t in codec.decode(frame)], "fp32")
+        header = {"ok": True, "size": len(payload), "server_ms": 0.25, "decode_ms": 0.01, "encode_ms": 0.02}
+        header.update(fields)
+        header = {k: v for k, v in header.items() if v is not None}
+        return header, payload if isinstance(header.get("size"), int) and header["size"] == len(payload) else b""
+    return reply
+
+
+@pytest.mark.parametrize("fields,word", [
+    ({"server_ms": None}, "'server_ms'"),  # finding 12: a missing field was read as 0.0
+    ({"decode_ms": "fast"}, "'decode_ms'"),
+    ({"size": 1e18}, "'size'"),  # finding 11: cast to size_t, then a 1e18-byte buffer (std::bad_alloc, abort)
+    ({"size": -1}, "'size'"),
+    ({"size": 2.5}, "'size'"),
+    ({"size": 1e400}, "'size'"),  # JSON has no inf: the number overflows a double
+])
+def test_split_bad_server_replies(native_runner, tiny_pte, tmp_path, split_token_file, fields, word):
+    if fields.get("size") == 1e400:
+        raw = b'{"ok": true, "size": 1e400, "server_ms": 0.1, "decode_ms": 0, "encode_ms": 0}'
+        srv = TinySplitServer("s3cret-token", reply=lambda req, frame: (raw, b""))
+    else:
+        srv = TinySplitServer("s3cret-token", reply=_reply_with(**fields))
+    try:
+        rec, _, _ = _run_split(native_runner, tiny_pte, tmp_path, srv.port, "--split-token-file", split_token_file,
+                               iterations=1)
+    finally:
+        srv.close()
+    assert word in _one_line_error(rec, "split_protocol")
+
+
+def test_split_against_the_real_edgeprobe_serve(native_runner, tiny_pte, tmp_path, split_token_file):
+    """The native client against `edgeprobe serve` itself (its v2 handshake in wire.py): a tail that
+    doubles tiny_cnn's logits, loaded with the host's TailClient."""
+    import sys
+
+    from edgeprobe.split.server import TailClient
+    from edgeprobe_runner import codec
+
+    class Double(torch.nn.Module):
+        def forward(self, x):
+            return x * 2.0
+
+    tail = torch.export.export(Double(), (torch.zeros(1, 10),))
+    env = {k: v for k, v in os.environ.items() if k not in ("EDGEPROBE_TOKEN", "EDGEPROBE_SERVE_TOKEN", "EDGEPROBE_SPLIT_TOKEN")}
+    args = ["--host", "127.0.0.1", "--port", "0", "--token-file", str(split_token_file), "--device", "cpu", "--threads", "1"]
+    proc = subprocess.Popen([sys.executable, "-c", f"import sys; from edgeprobe.split.server import main; sys.exit(main({args!r}))"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read() if proc.wait(timeout=30) is not None else ""
+        port = int(json.loads(line)["listening"].rsplit(":", 1)[1])
+        with TailClient("127.0.0.1", port, "s3cret-token", timeout_s=60) as c:
+            assert c.load("n", tail)["ok"]
+        rec, split, outs = _run_split(native_runner, tiny_pte, tmp_path, port, "--split-token-file", split_token_file)
+        assert rec["status"] == "ok", rec["error"]
+        assert all(it["decode_ms"] > 0 and it["server_ms"] > 0 for it in split["iterations"])
+        torch.testing.assert_close(codec.decode(Path(str(outs) + ".tail").read_bytes())[0],
+                                   codec.decode(outs.read_bytes())[0] * 2, rtol=1e-6, atol=1e-6)
+        # and a wrong token is refused by the real server, in one line
+        bad = tmp_path / "bad-token"
+        bad.write_text("wrong\n")
+        (tmp_path / "r.json").unlink()
+        rec, _, _ = _run_split(native_runner, tiny_pte, tmp_path, port, "--split-token-file", bad, iterations=1)
+        assert "wrong token" in _one_line_error(rec, "refused")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
