@@ -77,11 +77,12 @@ def main() -> int:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--only", choices=["push", "sweep", "split", "split-e2e"], help="run one section only")
+    ap.add_argument("--only", choices=["overhead", "push", "sweep", "split", "split-e2e"],
+                    help="run one section only (overhead: sections 1 and 2)")
     ap.add_argument("--push-size-mb", type=float, default=50)
     ap.add_argument("--push-repeats", type=int, default=3)
     args = ap.parse_args()
-    if args.only:
+    if args.only and args.only != "overhead":
         print(f"# edgeprobe benchmarks\n\nmachine: {platform.machine()}, {os.cpu_count()} cores, "
               f"{platform.platform()}\n")
         return {"push": push_section, "sweep": sweep_section, "split": split_section,
@@ -131,6 +132,8 @@ def main() -> int:
             print(f"| {name} | {th} | {pte_ms:.3f} | {eager:.3f} | {ptl_ms:.3f} | {eager / pte_ms:.2f} | "
                   f"{ptl_ms / pte_ms:.2f} |", flush=True)
 
+    if args.only == "overhead":
+        return 0
     # 3. ADB push throughput
     push_section(args)
     # 4. compression sweep
