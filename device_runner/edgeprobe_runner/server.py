@@ -281,6 +281,7 @@ class RunnerServer(BoundedServer):
             except ProtocolError as exc:
                 if "after 0 of 4 bytes" not in str(exc):  # not a clean close: say why before closing
                     send_msg(sock, {"ok": False, "closed": True, "error": f"bad frame: {exc}; closing"})
+                    close_after_refusal(sock)
                 return
             try:
                 self.dispatch(sock, req)
@@ -371,6 +372,7 @@ class RunnerServer(BoundedServer):
                     self._disk_reserved -= size
         finally:
             self.uploads.release(size)
+        send_msg(sock, {"ok": True, "sha256": digest})  # after the budget is released: the next push fits
 
     def _receive(self, sock: socket.socket, dest: Path, size: int, digest: str) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -385,7 +387,6 @@ class RunnerServer(BoundedServer):
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
-        send_msg(sock, {"ok": True, "sha256": h.hexdigest()})
 
     def _run(self, sock: socket.socket, req: dict[str, Any]) -> None:
         if "argv" in req:

@@ -219,7 +219,8 @@ def _refuse(sock: socket.socket, error: str) -> None:
         sock.settimeout(1.0)
         sock.sendall(encode_msg({"ok": False, "closed": True, "error": error}))
     except OSError:
-        pass
+        return
+    close_after_refusal(sock, 1 << 16, 0.2)
 
 
 def server_handshake(sock: socket.socket, token: str, service: str, info: Callable[[], dict[str, Any]], *,

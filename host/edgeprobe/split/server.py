@@ -270,6 +270,7 @@ class TailServer(BoundedServer):
             except ProtocolError as exc:
                 if "after 0 of 4 bytes" not in str(exc):  # not a clean close: say why before closing
                     send_msg(sock, {"ok": False, "closed": True, "error": f"bad frame: {exc}; closing"})
+                    close_after_refusal(sock)
                 return
             if not self.dispatch(sock, req):
                 close_after_refusal(sock)
