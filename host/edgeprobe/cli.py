@@ -59,9 +59,9 @@ def _fmt_cpu_load(load) -> str:
     """One line: what else used the CPU during the run (devices/hygiene.py), or why it is unknown."""
     if not load.available:
         return f"[dim]unknown: {escape(load.reason or '')}[/dim]"
-    busiest = ", ".join(f"{p.name} {p.cores:.2f}" for p in load.others[:3])
+    busiest = ", ".join(f"{p.name} {p.cores:.2f}" for p in load.others[:3] if p.cores >= 0.01)
     line = (f"other processes {load.others_cores:.2f} cores" + (f" ({busiest})" if busiest else "")
-            + f" · all CPUs {load.busy_cores:.2f} of {load.cores} busy"
+            + f" · all CPUs {load.busy_cores:.2f} of {load.cores} busy (the runner included)"
             + (f" · load avg {load.loadavg_1m_before:.2f} before" if load.loadavg_1m_before is not None else ""))
     busy = load.others_cores is not None and load.others_cores > BUSY_OTHERS_CORES
     return f"[yellow]{escape(line)}[/yellow]" if busy else escape(line)
