@@ -496,6 +496,15 @@ def test_push_to_dot_regression(tmp_path):
                 t.push(f, path)
         t.close()
         assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "work"]
+        s = _authed(srv, TOKEN)  # mid-upload: the old server had '.work.part-*' beside the work dir by now
+        data = b"x" * 1000
+        send_msg(s, {"op": "push", "path": ".", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()},
+                 data[:10])
+        time.sleep(0.3)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "work"]
+        s.sendall(data[10:])
+        assert "work dir" in _one_line_error(recv_msg(s))
+        s.close()
 
 
 def test_disk_quota_and_streamed_pull(tmp_path):
