@@ -3,8 +3,8 @@ regret (the chosen split's measured e2e p50 / the best measured over every candi
 and the median |prediction error| over the candidates (goal <= 10 %).
 
 Setup: two network namespaces joined by the userspace link emulator (tests/linkemu.py via
-tests/netns.py: this kernel has no sch_netem). `edgeprobe serve` (one thread) runs in one namespace,
-and this script re-runs itself in the other (``--worker``) as the device side: it measures each
+tests/netns.py: this kernel has no sch_netem). `edgeprobe serve` (on its own core: --cpus) runs in one namespace,
+and this script re-runs itself in the other (``--worker``) as the device side, on the other cores: it measures each
 model's per-operator device costs once (ETDump on `local`), then for every profile switches the
 link's shaping (rate both ways, RTT/2 delay each way) and runs ``plan_split(..., verify=True)``:
 every candidate cut lowered, its head run by the split client, its tail on the server, over the
@@ -43,7 +43,7 @@ def _worker(args: argparse.Namespace) -> int:
     from sweep import bn_calibrated
 
     from edgeprobe.models import load_model
-    from edgeprobe.split import plan_split
+    from edgeprobe.split import _pinned, plan_split
     from edgeprobe.split.costs import measure_device_costs
     from edgeprobe.split.graph import op_graph
 
@@ -58,8 +58,13 @@ def _worker(args: argparse.Namespace) -> int:
         og = op_graph(spec.module, spec.example_inputs)
         t0 = time.monotonic()
         say(f"{name}: per-operator device costs (ETDump, once for all profiles)")
-        dc = measure_device_costs(og.exported, device="local", iterations=args.iterations + 3, warmup=args.warmup,
-                                  node_names={n.name for n in og.nodes}, progress=say)
+        # where plan_split will put the device half: off the server's core (`serve --cpus`, below)
+        cores = sorted(os.sched_getaffinity(0))
+        pin = cores[:-1] if len(cores) > 1 else None
+        with _pinned(pin):
+            dc = measure_device_costs(og.exported, device="local", iterations=args.iterations + 3,
+                                      warmup=args.warmup, node_names={n.name for n in og.nodes},
+                                      threads=len(pin) if pin else 0, progress=say)
         for prof, rate, rtt in profiles:
             linkemu.set_shaping(args.control, rate, rtt / 2)
             say(f"{name} {prof}: {rate} Mbit/s, RTT {rtt} ms; planning and verifying every candidate")
@@ -124,8 +129,10 @@ def run_split_e2e_bench(models=("mobilenet_v2", "resnet18"), profiles=tuple(p[0]
     # them on its server ahead of time; the split client reaches the server over the emulated link.
     with emulated_link(prefix="epbs", side_channel=True) as link, \
             open(out_path.with_suffix(".serve.log"), "w") as log:
+        cores = sorted(os.sched_getaffinity(0))  # the server on its own core; the device half on the others
+        keep = ["--cpus", str(cores[-1])] if len(cores) > 1 else ["--threads", "1"]
         server = link.popen(link.ns_a, [sys.executable, "-m", "edgeprobe", "serve", "--host", "0.0.0.0", "--port",
-                                        "0", "--token", TOKEN, "--threads", "1"],
+                                        "0", "--token", TOKEN, *keep],
                             stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         port = json.loads(first_line(server, 120))["listening"].rsplit(":", 1)[1]
         say(f"server in {link.ns_a}: {link.addr_a}:{port} over the link, {link.side_a}:{port} unshaped; "
