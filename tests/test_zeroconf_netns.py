@@ -61,7 +61,8 @@ def test_runner_discovered_over_zeroconf_and_benched_from_another_namespace(tmp_
         # (EDGEPROBE_ZEROCONF_INTERFACES), then run over TCP with the token.
         out = tmp_path / "result.json"
         p = net.run(net.ns_b, [sys.executable, "-m", "edgeprobe", "bench", "tiny_cnn", "--device", name,
-                               "--token", TOKEN, "--iterations", "3", "--warmup", "1", "--json", out],
+                               "--token", TOKEN, "--iterations", "3", "--min-seconds", "0", "--warmup", "1",
+                               "--json", out],
                     capture_output=True, text=True, timeout=180,
                     env={**env, "EDGEPROBE_ZEROCONF_INTERFACES": net.addr_b})
         assert p.returncode == 0, p.stdout + p.stderr
