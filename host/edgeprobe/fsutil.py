@@ -122,7 +122,7 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def replace_dir(new: PathLike, final: PathLike, *, fault: str = "dir") -> None:
+def replace_dir(new: PathLike, final: PathLike, *, fault: str) -> None:
     """Put the complete directory ``new`` at ``final`` (beside it, same filesystem).
 
     Where ``final`` exists, the two are exchanged atomically and the old one is deleted after;
