@@ -93,6 +93,12 @@ def _fmt(v: Optional[float], spec: str = ".2f") -> str:
     return "inf" if math.isinf(v) else format(v, spec)
 
 
+def _probe_line(ml: dict[str, Any]) -> str:
+    mbit = lambda bps: None if bps is None else bps / 1e6  # noqa: E731
+    return (f"  link probe: RTT {_fmt(ml.get('rtt_ms'))} ms, up {_fmt(mbit(ml.get('uplink_bps')), '.3g')} Mbit/s, down "
+            f"{_fmt(mbit(ml.get('downlink_bps')), '.3g')} Mbit/s" + (f" ({ml['error']})" if ml.get("error") else ""))
+
+
 def _table(run: ProfileRun) -> str:
     plan = run.plan
     chosen, best = plan["chosen"]["device_node_names"], plan.get("best_measured")
@@ -102,6 +108,7 @@ def _table(run: ProfileRun) -> str:
         (f"  chosen (predicted): {plan['chosen']['label']}; best measured: {best}; regret "
          f"{_fmt(plan.get('regret'), '.3f')}; median |prediction error| {_fmt(None if med is None else 100 * med, '.1f')} %; "
          f"framing {plan['per_message_overhead_bytes']} B/message"),
+        _probe_line(plan.get("measured_link") or {}),
         (f"  {'':2}{'cut':<46}{'bytes up':>9}{'device':>8}{'uplink':>9}{'server':>8}{'down':>7}{'rtt':>6}"
          f"{'predicted':>10}{'meas p50':>10}{'meas p90':>10}{'error':>9}{'SQNR dB':>9}"),
     ]
