@@ -285,7 +285,7 @@ def test_native_codec_frames_match_python_codec(native_runner, tmp_path):
         # differs from eager torch's by an ulp or so)
         device_out = codec.decode(got["fp32"])
         torch.testing.assert_close(device_out[0], want[0], rtol=1e-5, atol=1e-5)
-        for mine, ref in zip(codec.decode(frame), codec.decode(codec.encode(device_out, enc))):
+        for mine, ref in zip(codec.decode(frame), codec.decode(codec.encode(device_out, enc)), strict=True):
             torch.testing.assert_close(mine, ref, rtol=0, atol=0)
         split_rec = json.loads(Path(str(out) + ".json").read_text())
         assert split_rec["iterations"][0]["server_ms"] == 0.1 and split_rec["head_outputs_count"] == 2
