@@ -467,6 +467,11 @@ def _colocation(device: str, info: Optional[dict[str, Any]], addr: Optional[tupl
         out["note"] = (f"the server runs on this host and the device half on {device}; edgeprobe does not place "
                        "that device's processes")
         return out
+    if not hasattr(os, "sched_getaffinity"):  # not Linux: no way to pin here
+        out["warning"] = ("WARNING: the device half (local) and edgeprobe serve share this host, and this OS gives "
+                          "edgeprobe no way to keep them on separate cores: their threads compete, so the end-to-end "
+                          "times are longer than the costs, which were measured one side at a time")
+        return out
     cpus = sorted(os.sched_getaffinity(0))
     srv = info.get("cpus")
     srv = sorted(int(c) for c in srv) if isinstance(srv, list) and srv else None
