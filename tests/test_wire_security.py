@@ -828,3 +828,28 @@ def test_fuzz_handshake(service):
     seeds = [encode_msg({"op": "hello", "nonce": "ab" * 32, "mac": "cd" * 32}),
              encode_msg({"op": "hello", "token": TOKEN}), encode_msg({"op": "info"})]
     _fuzz(serve, seeds, check)
+
+
+def test_native_split_token_file_is_pushed_0600_and_removed_after(tmp_path):
+    """The split server's token reaches a tcp: device's native runner as a file (never argv): 0600 in
+    the work dir during the run, gone from the device and from here after it, even when the run fails."""
+    from edgeprobe.devices import Device
+    from edgeprobe.devices.tcp import TcpTransport
+    from edgeprobe.split import _NativeSplit
+
+    with serving(_runner(tmp_path)) as srv:
+        ns = object.__new__(_NativeSplit)
+        ns.dev = Device(f"tcp:127.0.0.1:{srv.port}", TcpTransport("127.0.0.1", srv.port, TOKEN), "python")
+        local_dir = tmp_path / "host"
+        local_dir.mkdir()
+        with pytest.raises(RuntimeError, match="the run"):
+            with ns._token_file(STOKEN, "jobs/key", local_dir) as args:
+                assert args[0] == "--split-token-file" and STOKEN not in args[1]
+                on_device = srv.confined(args[1])
+                assert on_device.read_text().strip() == STOKEN and on_device.stat().st_mode & 0o777 == 0o600
+                assert [p.stat().st_mode & 0o777 for p in local_dir.iterdir()] == [0o600]
+                raise RuntimeError("the run failed")
+        assert not on_device.exists() and list(local_dir.iterdir()) == []
+        with ns._token_file(None, "jobs/key", local_dir) as args:  # device only: no token, no file
+            assert args == []
+        ns.close()
