@@ -853,3 +853,18 @@ def test_native_split_token_file_is_pushed_0600_and_removed_after(tmp_path):
         with ns._token_file(None, "jobs/key", local_dir) as args:  # device only: no token, no file
             assert args == []
         ns.close()
+
+
+def test_a_runner_flooding_its_output_gets_the_tail_back(tmp_path):
+    """stdout/stderr come back as their last 64 KiB: 4 MiB of control characters (6 bytes each once
+    JSON-escaped) from a runner still fit the client's 1 MiB reply header."""
+    from edgeprobe.devices.tcp import TcpTransport
+
+    noisy = [sys.executable, "-c", "import sys; sys.stdout.buffer.write(b'\\x01' * (4 << 20)); "
+                                   "sys.stderr.buffer.write(b'\\x02' * (4 << 20) + b'end')"]
+    with serving(_runner(tmp_path, python_runner=noisy)) as srv:
+        t = TcpTransport("127.0.0.1", srv.port, TOKEN)
+        r = t.run(["@python", "--model", "m"], timeout_s=30)
+        assert r.exit_code == 0 and r.stderr.endswith("end") and "bytes cut" in r.stdout
+        assert len(r.stdout) < (65 << 10) and len(r.stderr) < (65 << 10)
+        t.close()

@@ -56,7 +56,7 @@ DEFAULT_MAX_UPLOAD_BYTES = 2 << 30
 DEFAULT_MAX_INFLIGHT_BYTES = 4 << 30
 DEFAULT_MAX_DISK_BYTES = 8 << 30
 DRAIN_LIMIT_BYTES = 1 << 20  # a refused push up to this size is read and dropped: the connection stays usable
-OUTPUT_TAIL_BYTES = 256 << 10  # the most of a run's stdout / stderr sent back (its end)
+OUTPUT_TAIL_BYTES = 64 << 10  # the most of a run's stdout / stderr sent back (its end; JSON-escaped, both fit a 1 MiB header)
 RUNNERS = ("native", "python")
 SCRUBBED_ENV = ("EDGEPROBE_TOKEN", "EDGEPROBE_SERVE_TOKEN", "EDGEPROBE_SPLIT_TOKEN")
 
