@@ -868,3 +868,28 @@ def test_a_runner_flooding_its_output_gets_the_tail_back(tmp_path):
         assert r.exit_code == 0 and r.stderr.endswith("end") and "bytes cut" in r.stdout
         assert len(r.stdout) < (65 << 10) and len(r.stderr) < (65 << 10)
         t.close()
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_size_claims_commit_no_memory():
+    """Four connections each claiming a 256 MiB payload and sending 10 bytes: the split server holds
+    what arrived, not what was claimed (the old server allocated bytearray(size) first: +1 GiB here)."""
+    with serving(_tail(max_bytes=1 << 30, max_inflight_bytes=2 << 30)) as srv:
+        before = _rss_bytes()
+        held = []
+        for i in range(4):
+            s = _authed(srv, STOKEN)
+            send_msg(s, {"op": "load", "name": f"n{i}", "size": 256 << 20, "sha256": "0" * 64}, b"0123456789")
+            held.append(s)
+        time.sleep(0.5)
+        grown = _rss_bytes() - before
+        assert srv.payloads.used == 4 * (256 << 20)  # reserved against the budget, not allocated
+        assert grown < 32 << 20, grown
+        for s in held:
+            s.close()
