@@ -60,7 +60,7 @@ def _dtype_name(dtype: Union[torch.dtype, str]) -> str:
     name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
     name = name.removeprefix("torch.")
     if name not in _DTYPES:
-        raise CodecError(f"unsupported dtype {name!r} (supported: {', '.join(_DTYPES)})")
+        raise CodecError(f"unsupported dtype {_short(name)} (supported: {', '.join(_DTYPES)})")
     return name
 
 
@@ -202,8 +202,39 @@ def encode(tensors: Sequence[torch.Tensor], encoding: Encoding = "fp32") -> byte
     return b"".join([MAGIC, struct.pack("<I", len(header)), header, *payloads])
 
 
+MAX_RANK = 64  # a frame's tensors have at most this many dimensions
+_INT64_MAX = 2 ** 63 - 1
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _short(value: Any, width: int = 60) -> str:
+    """``repr(value)`` cut to ``width`` characters: an error message stays one short line."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_shape(shape: Any) -> tuple[int, ...]:
+    """A header's shape: a list of at most MAX_RANK int64 sizes >= 0 whose product (zeros left
+    out, as torch computes strides) fits in int64."""
+    if not isinstance(shape, list) or len(shape) > MAX_RANK or not all(_is_int(d) and d >= 0 for d in shape):
+        raise CodecError(f"bad shape {_short(shape)} (a list of at most {MAX_RANK} integers >= 0)")
+    n = 1
+    for d in shape:
+        n *= max(d, 1)
+        if n > _INT64_MAX:
+            raise CodecError(f"shape {_short(shape)} overflows int64")
+    return tuple(shape)
+
+
 def decode(data: Union[bytes, bytearray, memoryview]) -> list[torch.Tensor]:
-    """The tensors of one frame, in their own dtypes (lossy encodings decoded back)."""
+    """The tensors of one frame, in their own dtypes (lossy encodings decoded back).
+
+    Anything that is not a valid frame raises ``CodecError`` with a one-line message; no size the
+    header claims is allocated before the payload holding it is known to be there."""
     buf = memoryview(data)
     if len(buf) < 8 or bytes(buf[:4]) != MAGIC:
         raise CodecError("not an edgeprobe tensor frame (bad magic)")
@@ -212,29 +243,42 @@ def decode(data: Union[bytes, bytearray, memoryview]) -> list[torch.Tensor]:
         raise CodecError(f"frame truncated: header of {hlen} bytes, {len(buf) - 8} available")
     try:
         header = json.loads(bytes(buf[8:8 + hlen]).decode())
-        entries = header["tensors"]
-        assert isinstance(entries, list)
-    except Exception as exc:  # noqa: BLE001
-        raise CodecError(f"unreadable frame header: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit
+        raise CodecError(f"unreadable frame header: {_first_line(exc)}") from None
+    entries = header.get("tensors") if isinstance(header, dict) else None
+    if not isinstance(entries, list):
+        raise CodecError('frame header is not {"tensors": [...]}')
     out: list[torch.Tensor] = []
     pos = 8 + hlen
     for i, e in enumerate(entries):
         try:
-            name = _dtype_name(str(e["dtype"]))
-            shape = tuple(e["shape"])
+            if not isinstance(e, dict):
+                raise CodecError(f"header entry is {type(e).__name__}, not an object")
+            missing = [k for k in ("dtype", "shape", "encoding", "nbytes") if k not in e]
+            if missing:
+                raise CodecError(f"header entry lacks {', '.join(missing)}")
+            if not isinstance(e["dtype"], str):
+                raise CodecError(f"dtype {_short(e['dtype'])} is not a string")
+            name = _dtype_name(e["dtype"])
+            shape = _check_shape(e["shape"])
             eff = e["encoding"]
             nbytes = e["nbytes"]
-            if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-                raise CodecError(f"bad shape {list(shape)}")
-            if eff not in ("raw", "fp16", "int8") or (eff != "raw" and _effective(name, eff) != eff):
-                raise CodecError(f"encoding {eff!r} does not apply to {name}")
+            if not isinstance(eff, str) or eff not in ("raw", "fp16", "int8") \
+                    or (eff != "raw" and _effective(name, eff) != eff):
+                raise CodecError(f"encoding {_short(eff)} does not apply to {name}")
             item = {"fp16": 2, "int8": 1}.get(eff, _ITEM[name])
-            if not isinstance(nbytes, int) or nbytes != _numel(shape) * item:
-                raise CodecError(f"nbytes {nbytes!r} does not match {name}{list(shape)} as {eff}")
+            if not _is_int(nbytes) or nbytes != _numel(shape) * item:
+                raise CodecError(f"nbytes {_short(nbytes)} does not match {name}{_short(list(shape))} as {eff}")
+            scale = zp = None
+            if eff == "int8":
+                scale, zp = e.get("scale"), e.get("zero_point")
+                ok_scale = isinstance(scale, (int, float)) and not isinstance(scale, bool) \
+                    and 0 < scale <= _FLOAT32_MAX
+                if not ok_scale or not _is_int(zp) or not -128 <= zp <= 127:
+                    raise CodecError(f"bad int8 scale/zero_point {_short(scale)}/{_short(zp)} (scale a finite "
+                                     "float32 > 0, zero_point in -128..127)")
         except CodecError as exc:
             raise CodecError(f"tensor {i}: {exc}") from None
-        except (KeyError, TypeError) as exc:
-            raise CodecError(f"tensor {i}: malformed header entry ({exc})") from None
         if pos + nbytes > len(buf):
             raise CodecError(f"frame truncated in tensor {i}: needs {nbytes} bytes, {len(buf) - pos} left")
         chunk = buf[pos:pos + nbytes]
@@ -243,16 +287,17 @@ def decode(data: Union[bytes, bytearray, memoryview]) -> list[torch.Tensor]:
         if eff == "fp16":
             out.append(_from_le(chunk, torch.float16, shape).to(dtype))
         elif eff == "int8":
-            scale, zp = e.get("scale"), e.get("zero_point")
-            if not isinstance(scale, (int, float)) or not isinstance(zp, int) or not scale > 0 \
-                    or not -128 <= zp <= 127:
-                raise CodecError(f"tensor {i}: bad int8 scale/zero_point {scale!r}/{zp!r}")
             out.append(dequantize_int8(_from_le(chunk, torch.int8, shape), float(scale), zp, dtype))
         else:
             out.append(_from_le(chunk, dtype, shape))
     if pos != len(buf):
         raise CodecError(f"{len(buf) - pos} trailing bytes after the last tensor")
     return out
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 __all__ = ["encode", "decode", "encoded_bytes", "payload_bytes", "quantize_int8", "dequantize_int8",

@@ -34,11 +34,13 @@ class RawTensor:
     data: bytes
 
     def __post_init__(self) -> None:
-        n = 1
-        for d in self.shape:
-            n *= d
         if self.dtype not in DTYPE_CODES:
             raise VectorsFormatError(f"unsupported dtype {self.dtype!r}")
+        n = 1
+        for d in self.shape:
+            if not isinstance(d, int) or isinstance(d, bool) or not 0 <= d < 2 ** 63:
+                raise VectorsFormatError(f"bad tensor size {d!r} in shape {list(self.shape)} (sizes are int64 >= 0)")
+            n *= d
         if n * ITEM_BYTES[self.dtype] != len(self.data):
             raise VectorsFormatError(
                 f"tensor {self.dtype}{list(self.shape)} needs {n * ITEM_BYTES[self.dtype]} bytes, has {len(self.data)}"
@@ -72,6 +74,10 @@ def write(f: BinaryIO, testsets: Sequence[TestSet]) -> None:
             _write_tensor(f, t)
 
 
+_MIN_TENSOR_BYTES = 16  # u32 dtype, u32 ndim, u64 nbytes (a rank-0 tensor with no data)
+_MIN_TESTSET_BYTES = 8  # u32 num_inputs, u32 num_outputs
+
+
 class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data, self.pos = data, 0
@@ -93,22 +99,35 @@ class _Reader:
         if ndim > 16:
             raise VectorsFormatError(f"implausible rank {ndim}")
         shape = self.unpack(f"<{ndim}q") if ndim else ()
+        if any(d < 0 for d in shape):
+            raise VectorsFormatError(f"negative tensor size in shape {list(shape)} at offset {self.pos}")
         (nbytes,) = self.unpack("<Q")
         return RawTensor(CODE_DTYPES[code], tuple(shape), self.take(nbytes))
 
+    def count(self, what: str, min_bytes_each: int) -> int:
+        """A u32 count, refused when the bytes left cannot hold that many ``what`` (each at least
+        ``min_bytes_each`` bytes), so a count of 2^32 is an error at once, not a long loop."""
+        (n,) = self.unpack("<I")
+        left = len(self.data) - self.pos
+        if n * min_bytes_each > left:
+            raise VectorsFormatError(f"truncated: {n} {what} at offset {self.pos - 4} need at least "
+                                     f"{n * min_bytes_each} bytes, {left} left")
+        return n
+
 
 def read_bytes(data: bytes) -> list[TestSet]:
-    r = _Reader(data)
+    """The test sets of one .epv; anything else raises ``VectorsFormatError`` (one line), without
+    allocating more than the input's size for any count or size the file claims."""
+    r = _Reader(bytes(data))
     if r.take(len(MAGIC)) != MAGIC:
         raise VectorsFormatError("not an edgeprobe vectors file (bad magic)")
-    (count,) = r.unpack("<I")
     sets = []
-    for _ in range(count):
-        (n_in,) = r.unpack("<I")
-        inputs = tuple(r.tensor() for _ in range(n_in))
-        (n_out,) = r.unpack("<I")
-        expected = tuple(r.tensor() for _ in range(n_out))
+    for _ in range(r.count("test sets", _MIN_TESTSET_BYTES)):
+        inputs = tuple(r.tensor() for _ in range(r.count("inputs", _MIN_TENSOR_BYTES)))
+        expected = tuple(r.tensor() for _ in range(r.count("outputs", _MIN_TENSOR_BYTES)))
         sets.append(TestSet(inputs, expected))
+    if r.pos != len(data):
+        raise VectorsFormatError(f"{len(data) - r.pos} trailing bytes after the last test set (offset {r.pos})")
     return sets
 
 

@@ -56,8 +56,12 @@ _SECTIONS = (  # (start marker, end marker): the Pixel HAL's, AIDL first
     ("PowerStats HAL 1.0 rail energy data", "End of PowerStats HAL 1.0 rail energy data"),
 )
 _UNIT_J = {"": 1.0, "m": 1e-3, "u": 1e-6, "µ": 1e-6, "μ": 1e-6, "n": 1e-9}
-_LINE = re.compile(r"^\s*(?P<name>\S.*?)\s+(?P<value>[-+]?\d+(?:\.(?P<dec>\d*))?(?:[eE][-+]?\d+)?)\s*"
-                   r"(?P<prefix>[mµμun]?)(?P<kind>Ws|J)\b")
+# "<name> <value> <unit>": the value is the first number after whitespace that a unit follows, with a
+# non-empty name before it. Searched for (not matched with a lazy name and backtracking, which is
+# quadratic in a line's length: a 64 KiB line of spaces took half a minute), so linear in the text.
+_VALUE = re.compile(r"(?<!\S)(?P<value>[-+]?[0-9]+(?:\.(?P<dec>[0-9]*))?(?:[eE][-+]?[0-9]+)?)\s*"
+                    r"(?P<prefix>[mµμun]?)(?P<kind>Ws|J)\b")
+_FLOAT32_MAX = 3.4028234663852886e38  # the HAL prints float32 values: a larger one is not a reading
 _TOTAL_NAMES = {"total", "sum", "[total]", "all"}
 
 
@@ -83,13 +87,27 @@ def float32_ulp(x: float) -> float:
     return 2.0 ** (math.floor(math.log2(x)) - 23)
 
 
-def _reading(value: str, dec: Optional[str], prefix: str, kind: str) -> tuple[float, float]:
+def _reading(value: str, dec: Optional[str], prefix: str, kind: str) -> Optional[tuple[float, float]]:
+    """(energy J, 1 sigma J) of one printed value; None when it cannot be a HAL reading (beyond
+    float32's range in µWs, or not finite)."""
     scale = _UNIT_J[prefix]  # Ws == J
     v = float(value) * scale
+    if not abs(v) * 1e6 <= _FLOAT32_MAX:  # also inf and nan
+        return None
     q_print = (10.0 ** -len(dec) if dec else 1.0) * scale  # the last printed digit
     ulp = float32_ulp(v * 1e6) * 1e-6  # float32 of the µWs counter (PowerStatsAidl.cpp static_cast<float>)
     # rounding to nearest: uniform error of width q, variance q^2 / 12, for both roundings
-    return v, math.sqrt((q_print ** 2 + ulp ** 2) / 12.0)
+    return v, math.hypot(q_print, ulp) / math.sqrt(12.0)
+
+
+def _match_line(line: str) -> Optional[re.Match]:
+    """The value and unit of a ``name value unit`` line, or None (headers, blank lines)."""
+    pos = 0
+    while True:
+        m = _VALUE.search(line, pos)
+        if m is None or line[:m.start()].strip():
+            return m
+        pos = m.end()
 
 
 def parse(text: str) -> OdpmDump:
@@ -100,26 +118,31 @@ def parse(text: str) -> OdpmDump:
         if begin is None:
             continue
         rails: dict[str, RailReading] = {}
+        repeats: dict[str, int] = {}
         total, unit = None, None
         for line in lines[begin + 1:]:
             if end in line or line.lstrip().startswith("====="):
                 break
-            m = _LINE.match(line)
+            m = _match_line(line)
             if not m:
                 continue  # header ("Channel  Cumulative Energy"), "Elapsed time: N ms", blank
-            name = m["name"].strip()
+            name = line[:m.start()].strip()
             if start.startswith("PowerStats HAL 1.0"):  # "Subsys  Rail": the AIDL spelling
                 parts = name.split()
                 if len(parts) == 2:
                     name = f"[{parts[1]}]:{parts[0]}"
-            e, sigma = _reading(m["value"], m["dec"], m["prefix"], m["kind"])
+            reading = _reading(m["value"], m["dec"], m["prefix"], m["kind"])
+            if reading is None:
+                continue  # not a number the HAL can print: left out, so the rail is reported missing
+            e, sigma = reading
             unit = unit or f"{m['prefix']}{m['kind']}"
             if name.lower() in _TOTAL_NAMES:
                 total = RailReading(e, sigma)
                 continue
-            key, k = name, 2
+            key, k = name, repeats.get(name, 2)
             while key in rails:  # the HAL never repeats a channel; keep both if a fork does
                 key, k = f"{name}#{k}", k + 1
+            repeats[name] = k
             rails[key] = RailReading(e, sigma)
         return OdpmDump(start, rails, total, unit)
     return OdpmDump(None)
@@ -174,12 +197,17 @@ def _arith(ch: _Channel, t: tuple[float, ...], st: tuple[float, ...], half: tupl
     p_idle = (ch.e[1] - ch.e[0]) / Ti
     net = (p_run - p_idle) * T / n
     r = T / Ti
-    var_e = ch.sigma[2] ** 2 + ((1 + r) * ch.sigma[1]) ** 2 + (r * ch.sigma[0]) ** 2
-    var_t = (p_idle * st[2]) ** 2 + (p_idle * (1 + r) * st[1]) ** 2 + (p_idle * r * st[0]) ** 2
-    var_stale = ((p_run - p_idle) * ODPM_REFRESH_S) ** 2 / 12.0
+    # _sq, not ** 2: a record's times and counters can be any float, and ** raises OverflowError
+    var_e = _sq(ch.sigma[2]) + _sq((1 + r) * ch.sigma[1]) + _sq(r * ch.sigma[0])
+    var_t = _sq(p_idle * st[2]) + _sq(p_idle * (1 + r) * st[1]) + _sq(p_idle * r * st[0])
+    var_stale = _sq((p_run - p_idle) * ODPM_REFRESH_S) / 12.0
     g_run, g_idle = half[1] + half[2], half[0] + half[1]
-    var_o = (abs(p_run - p_idle) * abs(g_run - g_idle * r)) ** 2 / 3.0
+    var_o = _sq(abs(p_run - p_idle) * abs(g_run - g_idle * r)) / 3.0
     return p_idle, p_run, net, math.sqrt(var_e + var_t + var_stale + var_o) / n, gross
+
+
+def _sq(x: float) -> float:
+    return x * x  # inf on overflow, where x ** 2 raises
 
 
 def odpm_estimate(capture, iterations: int, *, charging: bool = False):
@@ -195,7 +223,12 @@ def odpm_estimate(capture, iterations: int, *, charging: bool = False):
         return fail(f"the run window was not captured ({capture.reason or 'snapshots missing'})")
     order = [w for w in ("idle_start", "run_start", "run_end") if w in snaps]
     with_idle = order[0] == "idle_start"
-    dumps = [parse(snaps[w].text) for w in order]
+    times = [x for w in order for x in (snaps[w].t_start_s, snaps[w].t_end_s)]
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in times):
+        return fail("a snapshot's time stamps are missing or not finite")
+    if iterations <= 0:
+        return fail(f"no iterations were timed ({iterations})")
+    dumps = [parse(snaps[w].text if isinstance(snaps[w].text, str) else "") for w in order]
     for w, d in zip(order, dumps):
         if not d.rails and d.total is None:
             cut = " (its output was cut to the last 64 KiB)" if snaps[w].truncated else ""
@@ -211,14 +244,14 @@ def odpm_estimate(capture, iterations: int, *, charging: bool = False):
         notes.append("total as printed by the HAL")
     elif names:
         total = _Channel(tuple(sum(d.rails[r].energy_j for r in names) for d in dumps),
-                         tuple(math.sqrt(sum(d.rails[r].sigma_j ** 2 for r in names)) for d in dumps))
+                         tuple(math.sqrt(sum(_sq(d.rails[r].sigma_j) for r in names)) for d in dumps))
         notes.append(f"total = sum of the {len(names)} metered rails, not the whole phone (unmetered rails, "
                      "regulator and charger losses and the battery are outside them)")
     else:
         return fail("no rail is present in every snapshot")
     t = tuple((snaps[w].t_start_s + snaps[w].t_end_s) / 2 for w in order)
     half = tuple((snaps[w].t_end_s - snaps[w].t_start_s) / 2 for w in order)
-    st = tuple(math.sqrt((2 * h) ** 2 + ODPM_REFRESH_S ** 2) / math.sqrt(12.0) for h in half)
+    st = tuple(math.hypot(2 * h, ODPM_REFRESH_S) / math.sqrt(12.0) for h in half)
     if any(b <= a for a, b in zip(t, t[1:])):
         return fail("snapshot times are not increasing")
     backwards = [r for r in names if any(b.rails[r].energy_j < a.rails[r].energy_j for a, b in zip(dumps, dumps[1:]))]

@@ -7,6 +7,7 @@ so a record can be re-analysed later without re-measuring.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import types
@@ -526,7 +527,7 @@ class BenchResult:
         version = data.get("schema_version") if isinstance(data, dict) else None
         if version != SCHEMA_VERSION:
             raise ResultError(
-                f"result has schema_version {version!r}; this edgeprobe reads version {SCHEMA_VERSION}"
+                f"result has schema_version {_short(version)}; this edgeprobe reads version {SCHEMA_VERSION}"
             )
         return from_dict(cls, data)
 
@@ -594,7 +595,10 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
 
 def _short(value: Any, width: int = 60) -> str:
     """``repr(value)`` cut to ``width`` characters, so an error message stays one short line."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond sys.get_int_max_str_digits()
+        text = f"<{type(value).__name__} too large to show>"
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
@@ -605,12 +609,19 @@ def _key(k: Any) -> str:
     return k if k.isprintable() and len(k) <= 60 else _short(k)
 
 
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints`` once per class: evaluating the string annotations on every record
+    was 80 % of reading one."""
+    return typing.get_type_hints(cls)
+
+
 def from_dict(cls: type, data: Any, where: str = "") -> Any:
     """Build a (nested) frozen dataclass from plain JSON data, checking types on the way."""
     where = where or cls.__name__
     if not isinstance(data, dict):
         raise ResultError(f"{where}: expected an object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in data:

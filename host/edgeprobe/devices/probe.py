@@ -78,19 +78,29 @@ def _sections(text: str) -> dict[str, list[str]]:
     return out
 
 
+_INT = re.compile(r"[-+]?[0-9]{1,18}")  # ASCII digits only, and within int64 (str.isdigit takes "²")
+_CPU = re.compile(r"cpu([0-9]{1,5})")  # Linux NR_CPUS is at most 8192
+MAX_CORE = 8191
+
+
 def _int(s: str) -> Optional[int]:
-    try:
-        return int(s)
-    except ValueError:
-        return None
+    """An integer as sysfs or dumpsys prints it; None for anything else (``-``, empty, garbage)."""
+    s = s.strip()
+    return int(s) if _INT.fullmatch(s) else None
+
+
+def _in(value: Optional[int], lo: int, hi: int) -> Optional[int]:
+    """``value`` when it is in lo..hi; None otherwise: an impossible reading is not a reading."""
+    return value if value is not None and lo <= value <= hi else None
 
 
 def parse_cpus(lines: list[str]) -> tuple[CpuCore, ...]:
     cores = []
     for line in lines:
         parts = line.split()
-        if len(parts) == 3 and parts[0].startswith("cpu") and parts[0][3:].isdigit():
-            cores.append(CpuCore(int(parts[0][3:]), _int(parts[1]), _int(parts[2])))
+        m = _CPU.fullmatch(parts[0]) if len(parts) == 3 else None
+        if m and int(m[1]) <= MAX_CORE:
+            cores.append(CpuCore(int(m[1]), _in(_int(parts[1]), 0, 2 ** 63 - 1), _in(_int(parts[2]), 0, 2 ** 63 - 1)))
     return tuple(sorted(cores, key=lambda c: c.index))
 
 
@@ -104,8 +114,8 @@ def parse_battery(lines: list[str]) -> Optional[BatteryState]:
             kv[key.strip().lower()] = value.strip()
     if not kv or not kv.get("level"):
         return None
-    level = _int(kv.get("level", ""))
-    temp = _int(kv.get("temperature", ""))
+    level = _in(_int(kv.get("level", "")), 0, 100)
+    temp = _in(_int(kv.get("temperature", "")), -1000, 2000)  # tenths of °C: -100..200 °C
     if "sysfs status" in kv:
         status = kv["sysfs status"].lower()
         charging = None if not status else status in ("charging", "full")
@@ -122,9 +132,9 @@ def parse_battery(lines: list[str]) -> Optional[BatteryState]:
 def parse_thermal(lines: list[str]) -> Optional[int]:
     """``dumpsys thermalservice`` prints ``Thermal Status: N``."""
     for line in lines:
-        m = re.match(r"\s*Thermal Status:\s*(\d+)", line)
+        m = re.match(r"\s*Thermal Status:\s*([0-9]+)", line)
         if m:
-            return int(m.group(1))
+            return int(m.group(1)) if len(m.group(1)) <= 9 else None
     return None
 
 
@@ -143,12 +153,20 @@ def thermal_name(status: Optional[int]) -> str:
 def parse_cores(spec: str) -> tuple[int, ...]:
     """``--affinity`` values: ``all``, ``big``, or a core list like ``4-7`` / ``0,2,4``."""
     out: set[int] = set()
+    shown = spec if len(spec) <= 40 else spec[:37] + "..."
     for part in spec.split(","):
         lo, sep, hi = part.strip().partition("-")
-        if not lo.isdigit() or (sep and not hi.isdigit()):
-            raise ValueError(f"bad core list {spec!r}; use all, big, or e.g. 4-7 or 0,2")
-        out.update(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+        if not _CORE.fullmatch(lo) or (sep and not _CORE.fullmatch(hi)):
+            raise ValueError(f"bad core list {shown!r}; use all, big, or e.g. 4-7 or 0,2")
+        if max(len(lo), len(hi)) > 5 or int(hi if sep else lo) > MAX_CORE:
+            raise ValueError(f"core list {shown!r} names a core beyond the largest possible one ({MAX_CORE})")
+        if sep and int(hi) < int(lo):
+            raise ValueError(f"core range {lo}-{hi} in {shown!r} runs backwards; write it low-high, e.g. {hi}-{lo}")
+        out.update(range(int(lo), int(hi if sep else lo) + 1))
     return tuple(sorted(out))
+
+
+_CORE = re.compile(r"[0-9]+")  # ASCII digits (str.isdigit also takes "²", which int() refuses)
 
 
 def cpu_mask(cores: tuple[int, ...]) -> str:
