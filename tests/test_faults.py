@@ -265,6 +265,14 @@ def test_killed_key_generation_is_recovered_on_the_next_run(tmp_path, monkeypatc
         t.close()
         assert len(d.authorized) == 1
     assert (key.stat().st_mode & 0o777) == 0o600
+    leftovers = list(key.parent.glob(".adbkey*.tmp-*"))  # a killed generation's temporaries (0600)
+    for p in leftovers:
+        os.utime(p, (0, 0))
+    key.unlink()
+    from edgeprobe.devices.adb import load_signer
+
+    load_signer()  # the next generation removes temporaries older than a minute
+    assert list(key.parent.glob(".adbkey*.tmp-*")) == []
 
 
 # ------------------------------------------------------------------------------------------ coverage

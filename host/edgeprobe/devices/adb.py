@@ -99,6 +99,10 @@ def _generate_pair(path: Path) -> None:
     from edgeprobe.fsutil import _fault_point, fsync_dir
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}*.tmp-*"):  # of a generation killed over a minute ago
+        with contextlib.suppress(OSError):
+            if time.time() - stale.stat().st_mtime > 60:
+                stale.unlink()
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
