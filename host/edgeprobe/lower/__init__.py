@@ -119,14 +119,32 @@ def cache_key(spec: ModelSpec, cap: capabilities.Capability, recipe: str) -> str
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def _check_file_name(mpath: Path, field: str, name: object) -> None:
+    """A manifest names files *inside* its own directory: a plain file name, never a path (a
+    ``../other/model.pte`` or an absolute path would make another directory's file the artifact
+    that is pushed to the device), never over NAME_MAX, never with control characters."""
+    ok = (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+          and not any(ord(c) < 32 or ord(c) == 127 for c in name) and len(os.fsencode(name)) <= 255)
+    if not ok:
+        shown = repr(name)[:80]
+        raise ArtifactError(f"{mpath}: {field} {shown} is not a file name inside the artifact directory; "
+                            "delete the directory and export again")
+
+
 def _read_manifest(directory: Path) -> Manifest:
     mpath = directory / MANIFEST
     if not mpath.is_file():
         raise ArtifactError(f"{directory} has no {MANIFEST}; re-export it with `edgeprobe export`")
     try:
-        return from_dict(Manifest, json.loads(mpath.read_text()))
+        manifest = from_dict(Manifest, json.loads(mpath.read_text()))
     except (json.JSONDecodeError, Exception) as exc:  # noqa: BLE001
-        raise ArtifactError(f"{mpath} is unreadable ({exc}); delete {directory} and export again") from None
+        why = " ".join(str(exc).split())[:300]
+        raise ArtifactError(f"{mpath} is unreadable ({why}); delete {directory} and export again") from None
+    _check_file_name(mpath, "artifact_file", manifest.artifact_file)
+    _check_file_name(mpath, "vectors_file", manifest.vectors_file)
+    if manifest.etrecord_file is not None:
+        _check_file_name(mpath, "etrecord_file", manifest.etrecord_file)
+    return manifest
 
 
 def load_artifact(directory: Path) -> Artifact:
