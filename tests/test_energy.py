@@ -123,3 +123,129 @@ def test_rapl_idle_baseline_is_subtracted():
                       method="powercap energy counter delta")
     est = e.estimate(100)
     assert est.idle_power_w == 2.0 and est.run_power_w == 3.0 and est.per_inference_j == pytest.approx(0.01)
+
+
+# ---------------------------------------------------------------- RAPL counters that cannot be read (issue 11, finding 12)
+
+import json
+import os
+import subprocess
+import threading as _threading
+
+from edgeprobe_runner import meters
+
+
+def _rapl_domain(root, energy="1000", max_range="262143328850"):
+    dom = root / "class/powercap/intel-rapl:0"
+    dom.mkdir(parents=True)
+    (dom / "name").write_text("package-0\n")
+    if max_range is not None:
+        (dom / "max_energy_range_uj").write_text(max_range + "\n")
+    if energy is not None:
+        (dom / "energy_uj").write_text(energy + "\n")
+    return dom
+
+
+class FifoCounter:
+    """energy_uj as a named pipe: each read by the runner gets the next value of ``values``; after the
+    last one the pipe is removed (the counter vanishes), so what every read returns is decided here."""
+
+    def __init__(self, dom, values):
+        self.path = dom / "energy_uj"
+        os.mkfifo(self.path)
+        self.values, self.served = list(values), 0
+        self._stop = _threading.Event()
+        self._thread = _threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        for v in self.values:
+            while not self._stop.is_set():
+                try:
+                    fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO until a reader opens it
+                    break
+                except OSError:
+                    time.sleep(0.001)
+            else:
+                return
+            os.write(fd, f"{v}\n".encode())
+            os.close(fd)
+            self.served += 1
+            time.sleep(0.3)  # the reader has read to EOF and closed before the next value is offered
+        # vanish: new opens fail at once; a reader already blocked in open() gets an empty read
+        gone = self.path.with_name(".gone")
+        self.path.rename(gone)
+        try:
+            os.close(os.open(gone, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        gone.unlink()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("values,word", [
+    (["1000", "2000"], "could not be read at run_end"),  # probe, run_start; then the counter vanishes
+    (["5000", "5000", "1000"], "max_energy_range_uj is unreadable"),  # went down, no range to undo the wrap
+    (["1000", "2000", "3x00"], "could not be read at run_end"),  # garbled (strtoll took the "3")
+])
+def test_native_rapl_unreadable_counter_is_unavailable(native_runner, tiny_pte, tmp_path, monkeypatch, values, word):
+    """Before: an unreadable energy_uj was read as 0, 0 - 2000 < 0 was taken for a wrap and
+    max_energy_range_uj added: ~262 kJ reported as an available measurement."""
+    root = tmp_path / "sys"
+    dom = _rapl_domain(root, energy=None, max_range=None if "range" in word else "262143328850")
+    fifo = FifoCounter(dom, values)
+    monkeypatch.setenv("EDGEPROBE_SYSFS_ROOT", str(root))
+    out = tmp_path / "r.json"
+    try:  # the runner alone: the host's device checks read sysfs too
+        p = subprocess.run([str(native_runner), "--model", str(tiny_pte.model_path), "--iterations", "2", "--warmup", "0",
+                            "--output", str(out)], capture_output=True, text=True, timeout=120)
+    finally:
+        fifo.close()
+    assert p.returncode == 0, p.stderr
+    e = json.loads(out.read_text())["energy"]
+    assert fifo.served == len(values)
+    assert e["available"] is False and "energy_j" not in e and word in e["reason"], e
+
+
+def test_python_rapl_counter_vanishes_between_reads(tmp_path, monkeypatch):
+    root = tmp_path / "sys"
+    dom = _rapl_domain(root)
+    monkeypatch.setenv("EDGEPROBE_SYSFS_ROOT", str(root))
+    m = meters.energy_meter()
+    m.begin()
+    (dom / "energy_uj").unlink()
+    e = m.end()
+    assert e["available"] is False and "could not be read at run_end" in e["reason"] and "energy_j" not in e
+
+
+def test_python_rapl_garbled_counter(tmp_path, monkeypatch):
+    root = tmp_path / "sys"
+    dom = _rapl_domain(root)
+    monkeypatch.setenv("EDGEPROBE_SYSFS_ROOT", str(root))
+    m = meters.energy_meter()
+    m.begin(idle_s=0.01)
+    (dom / "energy_uj").write_text("\n")  # empty: was read as 0 and then "unwrapped"
+    e = m.end()
+    assert e["available"] is False and "run_end" in e["reason"]
+
+
+def test_python_rapl_wrap_without_a_range(tmp_path, monkeypatch):
+    root = tmp_path / "sys"
+    dom = _rapl_domain(root, energy="5000", max_range=None)
+    monkeypatch.setenv("EDGEPROBE_SYSFS_ROOT", str(root))
+    m = meters.energy_meter()
+    m.begin()
+    (dom / "energy_uj").write_text("1000\n")
+    e = m.end()
+    assert e["available"] is False and "max_energy_range_uj is unreadable" in e["reason"]
+    # with the range the wrap is undone: (range - 5000 + 1000) µJ
+    (dom / "max_energy_range_uj").write_text("10000\n")
+    (dom / "energy_uj").write_text("5000\n")
+    m = meters.energy_meter()
+    m.begin()
+    (dom / "energy_uj").write_text("1000\n")
+    e = m.end()
+    assert e["available"] is True and e["energy_j"] == pytest.approx(6000 / 1e6)
