@@ -531,3 +531,47 @@ def test_split_against_the_real_edgeprobe_serve(native_runner, tiny_pte, tmp_pat
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# -- peak memory from high-water marks (finding 13)
+
+
+def test_native_peak_rss_from_high_water_marks(native_runner, tiny_pte):
+    r = edgeprobe.bench(tiny_pte, iterations=3, warmup=1)
+    assert r.ok, r.run.error
+    m = r.run.memory
+    assert m.hwm_reset is True and "clear_refs" in m.peak_rss_definition
+    # the mark was reset to VmRSS just before the baseline: HWM == RSS then (give or take a page)
+    assert 0 <= m.baseline_hwm_bytes - m.baseline_rss_bytes <= 64 << 10, m
+    assert m.peak_rss_delta_bytes == m.peak_rss_bytes - m.baseline_hwm_bytes > 0
+
+
+def test_python_runner_baseline_ignores_an_earlier_transient(tiny_pte, tmp_path):
+    """In one process: 256 MiB touched and freed before the runner reads its baseline. Before, the
+    delta was final VmHWM - baseline VmRSS, so that transient (not the model) was reported as the
+    model's peak memory."""
+    from edgeprobe.results import Memory
+    from edgeprobe_runner import runner
+
+    blob = bytearray(256 << 20)
+    for i in range(0, len(blob), 4096):
+        blob[i] = 1
+    del blob
+    args = runner.parse_args(["--model", str(tiny_pte.model_path), "--vectors", str(tiny_pte.vectors_path),
+                              "--iterations", "2", "--warmup", "0"])
+    rec = runner.measure(args)
+    assert rec["status"] == "ok", rec["error"]
+    m = Memory(**{k: rec["memory"][k] for k in ("baseline_rss_bytes", "baseline_hwm_bytes", "peak_rss_bytes",
+                                                   "swap_bytes", "source", "hwm_reset", "peak_rss_definition")})
+    assert m.hwm_reset is True
+    assert 0 <= m.peak_rss_delta_bytes < 128 << 20, m  # the old definition gave >= 256 MiB here
+
+
+def test_old_records_still_read():
+    from edgeprobe.results import Memory, from_dict
+
+    old = {"baseline_rss_bytes": 100, "baseline_hwm_bytes": 150, "peak_rss_bytes": 400, "swap_bytes": 0,
+           "source": "/proc/self/status VmHWM"}
+    m = from_dict(Memory, old)
+    assert m.hwm_reset is None and m.peak_rss_definition is None and m.peak_rss_delta_bytes == 250
+    assert from_dict(Memory, {**old, "baseline_hwm_bytes": None}).peak_rss_delta_bytes == 300
