@@ -17,7 +17,7 @@ from rich.console import Console
 import edgeprobe
 from edgeprobe import cli
 from edgeprobe.odpm import SERVICE
-from edgeprobe.results import BenchResult, EnergyReading, LatencyStats, OdpmCapture, OdpmSnapshot, Timing
+from edgeprobe.results import BenchResult, EnergyReading, LatencyStats, OdpmCapture, OdpmSnapshot
 
 from test_odpm import _capture
 

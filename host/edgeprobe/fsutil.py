@@ -14,6 +14,7 @@ No torch import here (``results.py`` uses it).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ctypes
 import errno
 import fcntl
@@ -28,6 +29,15 @@ from typing import IO, Iterator, Optional, Union
 FAULT_ENV = "EDGEPROBE_FAULT_POINT"
 
 PathLike = Union[str, Path]
+
+
+def sha256_file(path: PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _fault_point(name: str) -> None:

@@ -19,7 +19,6 @@ with no manifest beside it is the user's own build and is used as given.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import platform
@@ -32,7 +31,7 @@ from typing import Callable, Optional
 
 from edgeprobe.errors import RunnerError, RunnerNotBuiltError, UsageError
 from edgeprobe.fsutil import (_fault_point, atomic_write_text, fsync_tree, locked, make_temp_dir, remove_leftovers,
-                              replace_dir)
+                              replace_dir, sha256_file)
 
 BINARY = "edgeprobe_runner"
 BUILD_HINT = "build it with `edgeprobe runner build` (or `make install`)"
@@ -71,12 +70,6 @@ def _rebuild_hint(bundle: Path) -> str:
     return f"rebuild with `edgeprobe runner build{target}`"
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _bundle_files(bundle: Path) -> list[str]:
@@ -91,7 +84,7 @@ def _bundle_files(bundle: Path) -> list[str]:
 
 def write_bundle_manifest(bundle: Path, machine: str) -> Path:
     """``bundle.json``: the sha256 of every file in bin/ and lib/; written last, atomically."""
-    files = {rel: _sha256_file(bundle / rel) for rel in _bundle_files(bundle)}
+    files = {rel: sha256_file(bundle / rel) for rel in _bundle_files(bundle)}
     doc = {"schema_version": BUNDLE_SCHEMA_VERSION, "machine": machine, "binary": f"bin/{BINARY}", "files": files,
            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     return atomic_write_text(bundle / BUNDLE_MANIFEST, json.dumps(doc, indent=2) + "\n", fault="runner-manifest")
@@ -143,7 +136,7 @@ def verify_bundle(bundle: Path) -> dict[str, str]:
     if seen is not None and seen[0] == sig:
         return dict(seen[1])
     for rel in on_disk:
-        if _sha256_file(bundle / rel) != files[rel]:
+        if sha256_file(bundle / rel) != files[rel]:
             raise RunnerNotBuiltError(f"{bundle / rel} does not match the sha256 in {mpath} (half-written or "
                                       f"changed since the build); {hint}")
     if not os.access(bundle / "bin" / BINARY, os.X_OK):

@@ -12,7 +12,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import sys
 import tempfile
 import uuid

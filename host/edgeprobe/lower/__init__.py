@@ -25,7 +25,7 @@ import torch
 
 from edgeprobe import versions
 from edgeprobe.errors import ArtifactError, LoweringError, UsageError
-from edgeprobe.fsutil import _fault_point, fsync_tree, locked, make_temp_dir, remove_leftovers, replace_dir
+from edgeprobe.fsutil import _fault_point, fsync_tree, locked, make_temp_dir, remove_leftovers, replace_dir, sha256_file
 from edgeprobe.lower import capabilities
 from edgeprobe.models import ModelSpec
 from edgeprobe.results import Manifest, TensorSpec, from_dict, to_dict
@@ -83,12 +83,6 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("edgeprobe")) / "artifacts"
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
