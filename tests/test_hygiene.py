@@ -43,7 +43,7 @@ HAL Ready: true
 
 
 def fake_sysfs(root, capacities=(512, 1024), freqs=(1800000, 2850000)):
-    for i, (cap, freq) in enumerate(zip(capacities, freqs)):
+    for i, (cap, freq) in enumerate(zip(capacities, freqs, strict=True)):
         d = root / f"devices/system/cpu/cpu{i}"
         (d / "cpufreq").mkdir(parents=True)
         (d / "cpu_capacity").write_text(f"{cap}\n")

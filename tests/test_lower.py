@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -51,9 +50,7 @@ def test_damaged_cache_entry_is_rebuilt_not_served(isolated_cache):
         load_artifact(art.dir)
     again = export("tiny_cnn", input_shape=(1, 3, 24, 24))
     assert not again.cached and again.model_path.read_bytes() == data
-    # A temporary directory left by an interrupted export is never taken for an artifact.
-    leftovers = [p for p in os.listdir(isolated_cache) if ".tmp-" in p]
-    assert leftovers == []
+    # An export interrupted at each write point (kill -9) is tests/test_faults.py's job.
 
 
 def test_ptl_export_records_optimize_note():
