@@ -364,7 +364,11 @@ class TinySplitServer:
             conn.settimeout(30)
             sn = os.urandom(32).hex()
             _send(conn, {"op": "challenge", "auth": "hmac-sha256", "service": self.service, "nonce": sn})
-            hello = _recv(conn)
+            try:
+                hello = _recv(conn)
+            except (EOFError, OSError):  # the client left at the challenge (e.g. the wrong service)
+                self.events.append(("closed before hello", None))
+                return
             self.events.append(("hello", hello))
             cn = hello.get("nonce", "")
             if hello.get("op") != "hello" or hello.get("mac") != _mac(self.token, "client", sn, cn, self.service):
@@ -467,6 +471,8 @@ def test_split_handshake_failures(native_runner, tiny_pte, tmp_path, split_token
     assert word in _one_line_error(rec, code)
     # an impostor gets nothing after the hello: the runner checked its MAC first
     assert not [e for e in srv.events if e[0] == "run"]
+    if case == "runner service":  # the wrong service is refused at the challenge, before any MAC is sent
+        assert [e[0] for e in srv.events] == ["closed before hello"]
 
 
 def _reply_with(**fields):
