@@ -172,8 +172,9 @@ def measure(args: argparse.Namespace, record: dict[str, Any]) -> None:
             outputs = list(head.execute(inputs))
             t1 = time.monotonic_ns()
             if i >= args.warmup:
-                record["iterations"].append({"head_ms": _ms(t0, t1), "encode_ms": 0.0, "round_trip_ms": 0.0,
-                                             "server_ms": 0.0, "network_ms": 0.0, "decode_ms": 0.0,
+                # nothing was encoded, sent or served: null, as in the native runner (PROTOCOL.md)
+                record["iterations"].append({"head_ms": _ms(t0, t1), "encode_ms": None, "round_trip_ms": None,
+                                             "server_ms": None, "network_ms": None, "decode_ms": None,
                                              "e2e_ms": _ms(t0, t1), "bytes_up": 0, "bytes_down": 0})
         record["bytes_up"] = record["bytes_down"] = 0
         record["head_outputs_count"] = len(outputs)
@@ -207,7 +208,7 @@ def measure(args: argparse.Namespace, record: dict[str, Any]) -> None:
             outputs = list(codec.decode(data))
             t4 = time.monotonic_ns()
             server_parts = reply["server_ms"] + reply["decode_ms"] + reply["encode_ms"]
-            it = {"head_ms": _ms(t0, t1) if head is not None else 0.0, "encode_ms": _ms(t1, t2),
+            it = {"head_ms": _ms(t0, t1) if head is not None else None, "encode_ms": _ms(t1, t2),  # cloud only: no head
                   "round_trip_ms": _ms(t2, t3), "server_ms": reply["server_ms"],
                   "server_decode_ms": reply["decode_ms"], "server_encode_ms": reply["encode_ms"],
                   "network_ms": _ms(t2, t3) - server_parts, "decode_ms": _ms(t3, t4), "e2e_ms": _ms(t0, t4),
