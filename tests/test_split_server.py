@@ -120,6 +120,30 @@ def test_startup_line_and_info(server, client):
     assert client.server_info()["max_bytes"] == MAX_BYTES
 
 
+def test_a_reply_without_handle_ms_is_none_not_a_stand_in(loaded, client, monkeypatch):
+    """The server's handling time is what the link probe subtracts: one that a server does not
+    report is None (and the probe refuses), never its decode + run + encode stood in for it."""
+    from edgeprobe.errors import TransportError
+    from edgeprobe.split.link import probe_link
+
+    client.run("tail", [loaded["act"]])
+    assert client.last["handle_ms"] is not None and client.last["handle_ms"] > 0  # the real server reports it
+    once = client._once
+
+    def without_handle_ms(header, payload=b""):
+        reply, data, up, down = once(header, payload)
+        return {k: v for k, v in reply.items() if k != "handle_ms"}, data, up, down
+
+    monkeypatch.setattr(client, "_once", without_handle_ms)
+    client.run("tail", [loaded["act"]])
+    assert client.last["handle_ms"] is None
+    try:
+        with pytest.raises(TransportError, match="does not report handle_ms"):
+            probe_link(client, "edgeprobe-probe-test")
+    finally:
+        client.unload("edgeprobe-probe-test")  # the module's other tests list the loaded programs
+
+
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_tail_over_tcp_matches_local(loaded, client, codec_env, encoding):
     codec, _ = codec_env

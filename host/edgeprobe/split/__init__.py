@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from edgeprobe.errors import UsageError
+from edgeprobe.errors import TransportError, UsageError
 
 PLAN_SCHEMA_VERSION = 3  # 3: confirm_source, declared/measured link, network_source, colocation, split_runner;
 # per_message_overhead_bytes/request_overhead_ms null when not measured (no server). 2: measured_head_ms/
@@ -671,6 +671,9 @@ def _request_overhead_ms(client, prog: str, iterations: int, warmup: int) -> flo
         client.run(prog, [x])
         if i >= warmup:
             last = client.last
+            if last["handle_ms"] is None:
+                raise TransportError("the split server does not report handle_ms, so the software time per "
+                                     "request cannot be measured; update edgeprobe on the server")
             samples.append(last["handle_ms"] + last["client_encode_ms"] + last["client_decode_ms"])
     return statistics.median(samples)
 

@@ -26,6 +26,8 @@ import statistics
 import time
 from typing import Any, Optional
 
+from edgeprobe.errors import TransportError
+
 MSS_BYTES = 1448
 
 
@@ -56,6 +58,9 @@ def _times(client, name: str, x, runs: int, warmup: int) -> tuple[list[float], d
     out: list[float] = []
     for i in range(warmup + runs):
         client.run(name, [x])
+        if client.last["handle_ms"] is None:
+            raise TransportError("the split server does not report handle_ms, so the link cannot be told apart "
+                                 "from its handling time; update edgeprobe on the server")
         if i >= warmup:
             out.append(client.last["round_trip_ms"] - client.last["handle_ms"])
     return out, dict(client.last)

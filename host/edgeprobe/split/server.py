@@ -327,6 +327,10 @@ class TailServer(BoundedServer):
 # -- host-side client ---------------------------------------------------------------------------
 
 
+def _number_or_none(x: Any) -> Optional[float]:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
 class TailClient:
     """One connection to ``edgeprobe serve``.
 
@@ -427,7 +431,7 @@ class TailClient:
         server_parts = reply["server_ms"] + reply["decode_ms"] + reply["encode_ms"]
         self.last = {"bytes_up": up, "bytes_down": down, "payload_up": len(payload), "payload_down": len(data),
                      "round_trip_ms": rtt, "server_ms": reply["server_ms"], "decode_ms": reply["decode_ms"],
-                     "encode_ms": reply["encode_ms"], "handle_ms": reply.get("handle_ms", server_parts),
+                     "encode_ms": reply["encode_ms"], "handle_ms": _number_or_none(reply.get("handle_ms")),  # not reported: None, never a stand-in
                      "network_ms": rtt - server_parts, "client_encode_ms": (t0 - t_enc) / 1e6,
                      "client_decode_ms": (t2 - t1) / 1e6}
         return outputs, float(reply["server_ms"]), up + down
