@@ -722,6 +722,11 @@ def _replies(data: bytes) -> list[dict]:
 
 def _feed(serve, data: bytes) -> list[dict]:
     """``data`` from a client that then stops sending, to ``serve`` on a socketpair; the replies."""
+    return _replies(_exchange(serve, data))
+
+
+def _exchange(serve, data: bytes) -> bytes:
+    """``data`` from a client that then stops sending, to ``serve`` on a socketpair; all it sent back."""
     a, b = socket.socketpair()
     with a, b:
         a.sendall(data)
@@ -737,7 +742,7 @@ def _feed(serve, data: bytes) -> list[dict]:
         got = bytearray()
         while chunk := a.recv(1 << 16):
             got += chunk
-    return _replies(bytes(got))
+    return bytes(got)
 
 
 N_MUTANTS = 10_000
@@ -803,6 +808,13 @@ def test_fuzz_split_server_requests():
              encode_msg({"op": "profile", "name": "p", "runs": 1, "size": len(good)}) + good]
     try:
         _fuzz(srv.serve_connection, seeds)
+        # what the fuzz left behind: no more programs than the cap, and the real one still serves x * 2
+        assert len(srv.programs) <= srv.max_programs and "p" in srv.programs
+        got = _exchange(srv.serve_connection, seeds[2])
+        (n,) = struct.unpack(">I", got[:4])
+        reply = json.loads(got[4:4 + n])
+        assert reply["ok"], reply
+        torch.testing.assert_close(codec.decode(got[4 + n:4 + n + reply["size"]])[0], x * 2)
     finally:
         srv.server_close()
 

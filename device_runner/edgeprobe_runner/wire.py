@@ -330,11 +330,14 @@ class BoundedServer(socketserver.ThreadingTCPServer):
     def port(self) -> int:
         return self.server_address[1]
 
+    # The two hooks each server defines (RunnerServer, TailServer); this base holds only the limits.
     def info(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """What the handshake's reply carries as ``info``."""
+        raise NotImplementedError(f"{type(self).__name__} must define info()")
 
     def serve_connection(self, sock: socket.socket) -> None:
-        raise NotImplementedError
+        """Serve one authenticated connection's requests until it closes."""
+        raise NotImplementedError(f"{type(self).__name__} must define serve_connection()")
 
     def _admit(self, address: str) -> Optional[str]:
         with self._conn_lock:
