@@ -46,8 +46,8 @@ from typing import Any, Optional, Sequence
 
 from edgeprobe_runner import __version__
 from edgeprobe_runner.wire import (  # noqa: F401  (recv_exact, recv_msg, send_msg: re-exported for old callers)
-    DEFAULT_AUTH_DEADLINE_S, DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, BoundedServer, Budget, ProtocolError,
-    close_after_refusal, discard, read_token_file, recv_exact, recv_msg, recv_to_file, send_file, send_msg, serve_until_stopped)
+    DEFAULT_IDLE_TIMEOUT_S, BoundedServer, Budget, ProtocolError, add_server_args, close_after_refusal, discard,
+    recv_exact, recv_msg, recv_to_file, send_file, send_msg, serve_until_stopped, server_token)
 
 SERVICE = "runner"
 SERVICE_TYPE = "_edgeprobe._tcp.local."
@@ -441,21 +441,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 allow_abbrev=False)
     p.add_argument("--host", default="127.0.0.1", help="address to listen and advertise on")
     p.add_argument("--port", type=int, default=0)
-    p.add_argument("--token", default=None,
-                   help="clients must prove they hold it (default: --token-file, else $EDGEPROBE_TOKEN, else a "
-                        "random one, printed); on the command line it is visible to other users of this machine")
-    p.add_argument("--token-file", default=None, help="read the token from this file's first line")
+    add_server_args(p, "EDGEPROBE_TOKEN", DEFAULT_MAX_INFLIGHT_BYTES)
     p.add_argument("--name", default=f"edgeprobe-{socket.gethostname()}")
     p.add_argument("--workdir", default=None)
     p.add_argument("--native-runner", default=os.environ.get("EDGEPROBE_NATIVE_RUNNER"))
     p.add_argument("--max-upload-bytes", type=int, default=DEFAULT_MAX_UPLOAD_BYTES, help="largest single push")
-    p.add_argument("--max-inflight-bytes", type=int, default=DEFAULT_MAX_INFLIGHT_BYTES,
-                   help="upload bytes being received at once, over all connections")
     p.add_argument("--max-disk-bytes", type=int, default=DEFAULT_MAX_DISK_BYTES,
                    help="quota of the work dir: a push that would pass it is refused")
-    p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS)
-    p.add_argument("--auth-timeout-s", type=float, default=DEFAULT_AUTH_DEADLINE_S,
-                   help="a connection must authenticate within this many seconds")
     p.add_argument("--idle-timeout-s", type=float, default=DEFAULT_IDLE_TIMEOUT_S,
                    help="an authenticated connection idle this long between requests is closed")
     p.add_argument("--no-zeroconf", action="store_true")
@@ -463,11 +455,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if min(args.max_upload_bytes, args.max_inflight_bytes, args.max_disk_bytes) < 0 or args.max_connections < 1 \
             or args.auth_timeout_s <= 0 or args.idle_timeout_s <= 0:
         p.error("byte limits >= 0, --max-connections >= 1 and timeouts > 0 are required")
-    try:
-        token = args.token or (read_token_file(args.token_file) if args.token_file else None) \
-            or os.environ.get("EDGEPROBE_TOKEN") or secrets.token_urlsafe(16)
-    except (OSError, ValueError) as exc:
-        p.error(f"--token-file: {exc}")
+    token = server_token(p, args, "EDGEPROBE_TOKEN")
     workdir = Path(args.workdir) if args.workdir else Path.home() / ".cache" / "edgeprobe-runner"
     if args.native_runner:
         os.environ["EDGEPROBE_NATIVE_RUNNER"] = args.native_runner

@@ -17,6 +17,7 @@ authentication a header is at most 4096 bytes and the whole handshake has a dead
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import hmac
 import json
@@ -437,3 +438,26 @@ def read_token_file(path: Union[str, os.PathLike]) -> str:
     if not token:
         raise ValueError(f"the token file {path} is empty")
     return token
+
+
+def add_server_args(p: argparse.ArgumentParser, token_env: str, max_inflight_bytes: int) -> None:
+    """The command-line options both servers share: their token and the limits of BoundedServer."""
+    p.add_argument("--token", default=None,
+                   help=f"clients must prove they hold it (default: --token-file, else ${token_env}, else a "
+                        "random one, printed); on the command line it is visible to other users of this machine")
+    p.add_argument("--token-file", default=None, help="read the token from this file's first line")
+    p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS)
+    p.add_argument("--auth-timeout-s", type=float, default=DEFAULT_AUTH_DEADLINE_S,
+                   help="a connection must authenticate within this many seconds")
+    p.add_argument("--max-inflight-bytes", type=int, default=max_inflight_bytes,
+                   help="payload bytes being received at once, over all connections")
+
+
+def server_token(p: argparse.ArgumentParser, args: argparse.Namespace, token_env: str) -> str:
+    """--token, else --token-file, else ``$token_env``, else a random one (the caller prints it)."""
+    try:
+        return args.token or (read_token_file(args.token_file) if args.token_file else None) \
+            or os.environ.get(token_env) or secrets.token_urlsafe(16)
+    except (OSError, ValueError) as exc:
+        p.error(f"--token-file: {exc}")
+        raise  # p.error exits; for the type checker

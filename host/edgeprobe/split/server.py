@@ -61,7 +61,6 @@ import hashlib
 import io
 import json
 import os
-import secrets
 import socket
 import sys
 import threading
@@ -72,9 +71,8 @@ import torch
 
 from edgeprobe.errors import ConnectionLostError
 from edgeprobe_runner import codec
-from edgeprobe_runner.wire import (DEFAULT_AUTH_DEADLINE_S, DEFAULT_MAX_CONNECTIONS, BoundedServer, Budget,
-                                   ProtocolError, client_handshake, close_after_refusal, read_token_file,
-                                   recv_exact, recv_msg, recv_payload, send_msg, serve_until_stopped)
+from edgeprobe_runner.wire import (BoundedServer, Budget,
+                                   ProtocolError, add_server_args, client_handshake, close_after_refusal, recv_exact, recv_msg, recv_payload, send_msg, serve_until_stopped, server_token)
 
 SERVICE = "split"
 DEFAULT_MAX_BYTES = 1 << 30
@@ -486,20 +484,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 description="Serve tail programs of split models over TCP (the cloud side).")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=0, help="0: pick a free port (printed)")
-    p.add_argument("--token", default=None,
-                   help="clients must prove they hold it (default: --token-file, else $EDGEPROBE_SERVE_TOKEN, else a "
-                        "random one, printed); on the command line it is visible to other users of this machine")
-    p.add_argument("--token-file", default=None, help="read the token from this file's first line")
+    add_server_args(p, "EDGEPROBE_SERVE_TOKEN", DEFAULT_MAX_INFLIGHT_BYTES)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where tails run (auto: CUDA if available)")
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="largest load or run payload, bytes")
     p.add_argument("--max-programs", type=int, default=DEFAULT_MAX_PROGRAMS, help="most tail programs kept in memory")
     p.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S,
                    help="idle timeout of an authenticated connection, per read/write")
-    p.add_argument("--auth-timeout-s", type=float, default=DEFAULT_AUTH_DEADLINE_S,
-                   help="a connection must authenticate within this many seconds")
-    p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS)
-    p.add_argument("--max-inflight-bytes", type=int, default=DEFAULT_MAX_INFLIGHT_BYTES,
-                   help="payload bytes being received at once, over all connections")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads on CPU (0: torch's default)")
     p.add_argument("--cpus", metavar="LIST", help="run on these cores only, e.g. 1 or 2-3 (and as many torch threads, "
                                                   "unless --threads): keeps off the cores of a device half on this host")
@@ -523,11 +513,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         device = resolve_device(args.device)
     except ValueError as exc:
         p.error(str(exc))
-    try:
-        token = args.token or (read_token_file(args.token_file) if args.token_file else None) \
-            or os.environ.get("EDGEPROBE_SERVE_TOKEN") or secrets.token_urlsafe(16)
-    except (OSError, ValueError) as exc:
-        p.error(f"--token-file: {exc}")
+    token = server_token(p, args, "EDGEPROBE_SERVE_TOKEN")
     server = TailServer((args.host, args.port), token=token, device=device, max_bytes=args.max_bytes,
                         timeout_s=args.timeout_s, max_programs=args.max_programs,
                         max_inflight_bytes=args.max_inflight_bytes, max_connections=args.max_connections,
