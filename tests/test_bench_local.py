@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 import edgeprobe
-from edgeprobe.devices import Device, MeasureConfig, measure, open_device
+from edgeprobe.devices import Device, open_device
+from edgeprobe.session import MeasureConfig, measure
 from edgeprobe.devices.local import LocalTransport
 from edgeprobe.errors import RunnerNotBuiltError, UsageError
 from edgeprobe.lower import Artifact

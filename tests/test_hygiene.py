@@ -8,7 +8,7 @@ import os
 import pytest
 
 import edgeprobe
-from edgeprobe.devices import MeasureConfig
+from edgeprobe.session import MeasureConfig
 from edgeprobe.devices.hygiene import Session
 from edgeprobe.devices.local import LocalTransport
 from edgeprobe.devices.probe import parse_battery, parse_cores, parse_snapshot, parse_thermal
@@ -158,7 +158,7 @@ def test_hygiene_refusals_over_adb(tmp_path, adb_key, monkeypatch):
 
 def test_tcp_device_has_no_shell_for_affinity():
     class Tcpish:
-        kind, workdir = "tcp", "/tmp"
+        kind, workdir, capabilities = "tcp", "/tmp", frozenset()
 
     with pytest.raises(UsageError, match="cannot pin cores"):
         Session(Tcpish(), MeasureConfig(affinity="big")).__enter__()

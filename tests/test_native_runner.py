@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import edgeprobe
-from edgeprobe.devices import MeasureConfig, measure, open_device
+from edgeprobe.devices import open_device
+from edgeprobe.session import MeasureConfig, measure
 from edgeprobe.lower import Artifact
 
 

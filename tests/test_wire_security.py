@@ -160,7 +160,7 @@ class _Rogue:
 
 
 def test_a_server_that_cannot_prove_the_token_is_not_talked_to():
-    from edgeprobe.devices import _tcp_health
+    from edgeprobe.devices.discovery import _tcp_health
     from edgeprobe.devices.tcp import TcpTransport
     from edgeprobe.errors import TransportError
     from edgeprobe.split.server import TailClient

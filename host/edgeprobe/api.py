@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
-from edgeprobe.devices import MeasureConfig, check_device, default_runner, measure, open_device
-from edgeprobe.errors import ArtifactError, UsageError
+from edgeprobe.devices import check_device, default_runner
+from edgeprobe.errors import UsageError
 from edgeprobe.lower import Artifact, capabilities, load_artifact, lower
+from edgeprobe.profiling import OperatorRow, ProfileReport, operator_table, profile_on  # noqa: F401 - re-exported
 from edgeprobe.results import BenchResult
+from edgeprobe.session import MeasureConfig, open_session
 
 Progress = Callable[[str], None]
 
@@ -103,32 +103,11 @@ def bench(
     check_device(device, runner=runner, token=token, format=fmt)  # a bad id or a closed port: before lowering
     artifact = given or _artifact_for(model, format, backend, input_shape, example_inputs, weights, use_cache,
                                       progress)
-    with open_device(device, runner=runner, token=token) as dev:
+    with open_session(device, runner=runner, token=token, log=progress) as session:
         if progress:
-            progress(f"measuring on {dev.id} ({runner} runner): {warmup} warm-up + {iterations} iterations"
+            progress(f"measuring on {session.id} ({runner} runner): {warmup} warm-up + {iterations} iterations"
                      + (f", at least {min_seconds:g} s" if min_seconds else ""))
-        return measure(dev, artifact, config, log=progress)
-
-
-@dataclass(frozen=True)
-class OperatorRow:
-    name: str
-    delegated: bool
-    backend: Optional[str]
-    count: int
-    mean_ms: float
-    total_ms: float
-
-
-@dataclass(frozen=True)
-class ProfileReport:
-    result: BenchResult
-    operators: tuple[OperatorRow, ...]
-    etdump_path: Optional[Path]
-
-    @property
-    def total_ms(self) -> float:
-        return sum(r.total_ms for r in self.operators)
+        return session.measure(artifact, config)
 
 
 def profile(
@@ -153,32 +132,5 @@ def profile(
     config = MeasureConfig(warmup=warmup, iterations=iterations, threads=threads, timeout_s=timeout_s)
     check_device(device, runner="native", token=token)  # before lowering
     artifact = _artifact_for(model, "pte", backend, input_shape, None, weights, True, progress)
-    with open_device(device, runner="native", token=token) as dev:
-        if artifact.etrecord_path is None or not artifact.etrecord_path.is_file():
-            raise ArtifactError(f"{artifact.dir} has no ETRecord; export it again to profile it")
-        keep = Path(etdump_path) if etdump_path else Path(tempfile.mkdtemp(prefix="edgeprobe-profile-")) / "run.etdump"
-        if progress:
-            progress(f"profiling on {dev.id}: {iterations} iterations with ETDump")
-        result = measure(dev, artifact, config, etdump_local=keep)
-    if not result.ok:
-        return ProfileReport(result, (), None)
-    return ProfileReport(result, operator_table(keep, artifact.etrecord_path), keep)
-
-
-def operator_table(etdump: Path, etrecord: Path) -> tuple[OperatorRow, ...]:
-    """Per-operator rows (slowest first) from an ETDump + ETRecord, via executorch's Inspector."""
-    from executorch.devtools import Inspector
-
-    inspector = Inspector(etdump_path=str(etdump), etrecord=str(etrecord))
-    rows: dict[tuple[str, bool, Optional[str]], list[float]] = {}
-    for block in inspector.event_blocks:
-        if block.name != "Execute":
-            continue
-        for event in block.events:
-            if event.perf_data is None or not event.name or event.name in ("Method::execute", "Program::load_method"):
-                continue
-            key = (event.name, bool(event.is_delegated_op), event.delegate_backend_name)
-            rows.setdefault(key, []).extend(event.perf_data.raw)
-    out = [OperatorRow(name, delegated, backend_name, len(raw), sum(raw) / len(raw), sum(raw))
-           for (name, delegated, backend_name), raw in rows.items() if raw]
-    return tuple(sorted(out, key=lambda r: r.total_ms, reverse=True))
+    with open_session(device, runner="native", token=token, log=progress) as session:
+        return profile_on(session, artifact, config, etdump_path=etdump_path)

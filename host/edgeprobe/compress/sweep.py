@@ -213,20 +213,29 @@ def sweep(
     ``eval_data`` fidelity is scored on random inputs (no accuracy). The device is opened (and its
     runner checked) before any model is trained, compressed or lowered.
     """
-    from edgeprobe import api
+    say = progress or (lambda _m: None)
+    names = split_recipes(recipes) if isinstance(recipes, str) else list(recipes)
+    for name in names:
+        compress.parse(name)  # bad recipe strings fail before any work, with the valid list
+    from edgeprobe.session import MeasureConfig, open_session
+
+    config = MeasureConfig(warmup=warmup, iterations=iterations, min_seconds=min_seconds, threads=threads,
+                           timeout_s=timeout_s)
+    # the device is opened (a bad id or an unreachable device fail here, before any work) and held
+    # for the whole sweep: its runner is deployed once, not once per recipe
+    with open_session(device, runner="native", token=token, log=say) as session:
+        session.check("pte")
+        return _sweep(session, config, names, model, input_shape, weights, dataset, calibration, train, eval_data,
+                      train_epochs, train_fn, student, eval_samples, say)
+
+
+def _sweep(session, config, names, model, input_shape, weights, dataset, calibration, train, eval_data, train_epochs,
+           train_fn, student, eval_samples, say) -> SweepResult:
     from edgeprobe.compress import data as D
     from edgeprobe.compress.fidelity import evaluate
     from edgeprobe.lower import lower
     from edgeprobe.models import ModelSpec, load_model
 
-    say = progress or (lambda _m: None)
-    names = split_recipes(recipes) if isinstance(recipes, str) else list(recipes)
-    for name in names:
-        compress.parse(name)  # bad recipe strings fail before any work, with the valid list
-    from edgeprobe.devices import MeasureConfig, check_device
-
-    MeasureConfig(warmup=warmup, iterations=iterations, min_seconds=min_seconds, threads=threads, timeout_s=timeout_s)
-    check_device(device, runner="native", token=token)  # a bad id or an unreachable device: before any work
     spec = load_model(model, input_shape=input_shape, weights=weights)
     if spec.module is None:
         raise UsageError("sweep needs an eager nn.Module (or a model name); an ExportedProgram cannot be pruned")
@@ -258,8 +267,8 @@ def sweep(
         say(f"[{i}/{len(names)}] {name}")
         t0 = time.monotonic()
         try:
-            rows.append(_row(name, module, spec, ctx, eval_ds, eval_samples, device, iterations, warmup, min_seconds,
-                             threads, token, timeout_s, say, lower, api, evaluate, ModelSpec))
+            rows.append(_row(name, module, spec, ctx, eval_ds, eval_samples, session, config, say, lower, evaluate,
+                             ModelSpec))
         except Exception as exc:  # noqa: BLE001 - a failing recipe is a row with its error, never a crash
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             say(f"{name}: failed: {type(exc).__name__}: {msg}")
@@ -269,19 +278,18 @@ def sweep(
     front = pareto_front(rows, quality)
     rows = [dataclasses.replace(r, pareto=i in front) for i, r in enumerate(rows)]
     ref_acc = D.accuracy(module, eval_ds) if eval_ds.y is not None else None
-    return SweepResult(ref, device, dataset, min(len(eval_ds), eval_samples), ref_acc, tuple(rows),
+    return SweepResult(ref, session.id, dataset, min(len(eval_ds), eval_samples), ref_acc, tuple(rows),
                        _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), quality)
 
 
-def _row(name, module, spec, ctx, eval_ds, eval_samples, device, iterations, warmup, min_seconds, threads, token,
-         timeout_s, say, lower, api, evaluate, ModelSpec) -> SweepRow:
+def _row(name, module, spec, ctx, eval_ds, eval_samples, session, config, say, lower, evaluate, ModelSpec) -> SweepRow:
     comp = compress.apply(module, name, ctx)
     cspec = ModelSpec(ref=spec.ref, example_inputs=spec.example_inputs, module=comp.module, exported=comp.exported)
     steps = tuple(_jsonable(dataclasses.asdict(s)) for s in comp.steps)
     art = lower(cspec, recipe=comp.recipe, compression=steps, quantized=comp.quantized, progress=say)
     fid = evaluate(art.model_path, module, eval_ds, spec.example_inputs, max_samples=eval_samples)
-    res = api.bench(art, device=device, iterations=iterations, warmup=warmup, min_seconds=min_seconds,
-                    threads=threads, token=token, timeout_s=timeout_s, progress=say)
+    say(f"measuring on {session.id}: {config.warmup} warm-up + {config.iterations} iterations")
+    res = session.measure(art, config)
     notes = tuple(n for s in comp.steps for n in s.notes)
     packed = [s.summary["storage_bytes_if_packed"] for s in comp.steps if "storage_bytes_if_packed" in s.summary]
     common = dict(params=comp.params, nonzero_params=comp.nonzero_params, artifact_size_bytes=art.manifest.artifact_size_bytes,

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from edgeprobe.devices.base import RunResult
+from edgeprobe.devices.base import RECONNECT, SHA256, SHELL, RunResult, TransportBase
 from edgeprobe.errors import TransportError
 
 WORKDIR = "/data/local/tmp/edgeprobe"
@@ -284,8 +284,9 @@ def _push_tcp(dev: Any, conn: socket.socket, local: Path, device_path: str, targ
     dev._clse(adb_info)
 
 
-class AdbTransport:
+class AdbTransport(TransportBase):
     kind = "adb"
+    capabilities = frozenset({SHELL, SHA256, RECONNECT})
     workdir = WORKDIR
 
     def __init__(self, address: str, *, key: Optional[Path] = None, auth_timeout_s: float = AUTH_TIMEOUT_S,

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from edgeprobe.devices.base import SHELL
 from edgeprobe.devices.probe import SNAPSHOT_SH, Snapshot, cpu_mask, parse_cores, parse_snapshot, thermal_name
 from edgeprobe.errors import DeviceNotReadyError, UsageError
 from edgeprobe.results import CpuLoad, DeviceState, ProcessCpu
@@ -108,10 +109,9 @@ def cpu_sample(transport) -> Optional[CpuSample]:
 
 
 def snapshot(transport) -> Optional[Snapshot]:
-    shell = getattr(transport, "shell", None)
-    if shell is None:
+    if SHELL not in transport.capabilities:
         return None
-    return parse_snapshot(shell(SNAPSHOT_SH))
+    return parse_snapshot(transport.shell(SNAPSHOT_SH))
 
 
 def _state(snap: Optional[Snapshot], source: str) -> DeviceState:
@@ -135,16 +135,19 @@ class Session:
     the argv prefix for the runner (core pinning); ``s.finish()`` gives the final DeviceState."""
 
     def __init__(self, transport, config, *, sleep: Callable[[float], None] = time.sleep,
-                 log: Optional[Callable[[str], None]] = None) -> None:
+                 log: Optional[Callable[[str], None]] = None, performance: Optional["PerformanceMode"] = None) -> None:
         self.t, self.c, self.sleep, self.log = transport, config, sleep, log or (lambda _m: None)
         self.prefix: list[str] = []
         self.state = DeviceState(source="none")
-        self._perf_on = False
+        # a measurement session passes its own PerformanceMode (on once, off when the session closes);
+        # alone, this run switches it on and off again
+        self._own_perf = performance is None
+        self._perf = performance or PerformanceMode(transport)
         self._cpu_before: Optional[CpuSample] = None
 
     def __enter__(self) -> "Session":
         c = self.c
-        has_shell = getattr(self.t, "shell", None) is not None
+        has_shell = SHELL in self.t.capabilities
         source = {"adb": "getprop/dumpsys/sysfs over adb", "local": "sysfs (sh)"}.get(self.t.kind, self.t.kind)
         if not has_shell:
             if c.affinity != "all" or c.fixed_performance:
@@ -197,21 +200,14 @@ class Session:
             self.prefix = ["taskset", cpu_mask(cores)]
             state = dataclasses.replace(state, affinity_cores=cores)
         if c.fixed_performance:
-            out = self.t.shell("cmd power set-fixed-performance-mode-enabled true 2>&1; echo rc=$?")
-            if out.strip().endswith("rc=0") and "rror" not in out and "nknown" not in out:
-                self._perf_on = True
-                state = dataclasses.replace(state, fixed_performance="on")
-            else:
-                reason = out.strip().rsplit("rc=", 1)[0].strip().splitlines()
-                state = dataclasses.replace(state, fixed_performance="unavailable: " + (reason[-1] if reason else
-                                                                                        "cmd power failed"))
+            state = dataclasses.replace(state, fixed_performance=self._perf.ensure_on())
         self.state = dataclasses.replace(state, cooldown_waited_s=waited, notes=tuple(notes))
         self._cpu_before = cpu_sample(self.t)  # last, right before the run
         return self
 
     def finish(self) -> DeviceState:
         """The final DeviceState: thermal status after the run, and what else used the CPU during it."""
-        if self.state.source.startswith("unavailable") or getattr(self.t, "shell", None) is None:
+        if self.state.source.startswith("unavailable") or SHELL not in self.t.capabilities:
             return dataclasses.replace(self.state, cpu_load=CpuLoad(
                 False, f"the {self.t.kind} transport offers no shell to read /proc/stat"))
         load = cpu_load(self._cpu_before, cpu_sample(self.t), own_pid=os.getpid() if self.t.kind == "local" else None)
@@ -223,8 +219,32 @@ class Session:
         return dataclasses.replace(state, thermal_status_after=after.thermal_status if after else None)
 
     def __exit__(self, *exc: object) -> None:
-        if self._perf_on:
+        if self._own_perf:
+            self._perf.off()
+
+
+class PerformanceMode:
+    """Android's fixed-performance mode (``cmd power set-fixed-performance-mode-enabled``): switched
+    on at most once and off again by ``off()``; ``ensure_on()`` says "on" or why it is unavailable."""
+
+    def __init__(self, transport) -> None:
+        self.t = transport
+        self.state: Optional[str] = None  # None: not asked for yet
+
+    def ensure_on(self) -> str:
+        if self.state is None:
+            out = self.t.shell("cmd power set-fixed-performance-mode-enabled true 2>&1; echo rc=$?")
+            if out.strip().endswith("rc=0") and "rror" not in out and "nknown" not in out:
+                self.state = "on"
+            else:
+                reason = out.strip().rsplit("rc=", 1)[0].strip().splitlines()
+                self.state = "unavailable: " + (reason[-1] if reason else "cmd power failed")
+        return self.state
+
+    def off(self) -> None:
+        if self.state == "on":
             try:
                 self.t.shell("cmd power set-fixed-performance-mode-enabled false")
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - best effort on the way out
                 pass
+        self.state = None

@@ -12,12 +12,15 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from edgeprobe.devices.base import RunResult
+from edgeprobe.devices.base import SHELL, RunResult, TransportBase
 from edgeprobe.errors import TransportError
 
 
-class LocalTransport:
+class LocalTransport(TransportBase):
     kind = "local"
+    # no sha256: a local artifact is copied as it is, so that the runner itself meets (and reports)
+    # a damaged file, as it would on a device
+    capabilities = frozenset({SHELL})
 
     def __init__(self, workdir: Optional[str] = None) -> None:
         self._owned = workdir is None

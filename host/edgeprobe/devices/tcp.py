@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from edgeprobe.devices.base import RunResult
+from edgeprobe.devices.base import RECONNECT, REMOVE, RunResult, TransportBase
 from edgeprobe.errors import TransportError
 from edgeprobe_runner.server import SERVICE, SERVICE_TYPE, request_from_argv
 from edgeprobe_runner.wire import (ProtocolError, client_handshake, recv_msg, recv_to_file, send_file, send_msg,
@@ -22,11 +22,12 @@ from edgeprobe_runner.wire import (ProtocolError, client_handshake, recv_msg, re
 CONNECT_TIMEOUT_S = 10.0
 
 
-class TcpTransport:
+class TcpTransport(TransportBase):
     """One authenticated connection to a runner server. The token stays here: the handshake proves
     it both ways (edgeprobe_runner.wire), so a server that does not hold it is never talked to."""
 
     kind = "tcp"
+    capabilities = frozenset({RECONNECT, REMOVE})
     workdir = "jobs"  # relative: the server confines every path to its own work dir
 
     def __init__(self, host: str, port: int, token: Optional[str], *, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
