@@ -1,4 +1,6 @@
-"""The Python API; the CLI is a thin layer over these functions, with the same words."""
+"""The Python API, one request each: bench, export, profile, sweep, split (and rerun). The CLI is a
+thin layer over these functions, with the same words; every record they return carries the request
+that produced it (``edgeprobe.request``)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from edgeprobe.errors import UsageError
 from edgeprobe.lower import Artifact, capabilities, load_artifact, lower
 from edgeprobe.profiling import OperatorRow, ProfileReport, operator_table, profile_on  # noqa: F401 - re-exported
 from edgeprobe.results import BenchResult
+from edgeprobe.request import Request, records_request, rerun_arguments
 from edgeprobe.session import MeasureConfig, open_session
 
 Progress = Callable[[str], None]
@@ -57,6 +60,7 @@ def _artifact_for(model, format: str, backend: Optional[str], input_shape, examp
         weights=weights, use_cache=use_cache, progress=progress)
 
 
+@records_request("bench")
 def bench(
     model,
     *,
@@ -110,6 +114,7 @@ def bench(
         return session.measure(artifact, config)
 
 
+@records_request("profile")
 def profile(
     model,
     *,
@@ -134,3 +139,37 @@ def profile(
     artifact = _artifact_for(model, "pte", backend, input_shape, None, weights, True, progress)
     with open_session(device, runner="native", token=token, log=progress) as session:
         return profile_on(session, artifact, config, etdump_path=etdump_path)
+
+
+def _sweep_fn():
+    from edgeprobe.compress.sweep import sweep as fn
+
+    return fn
+
+
+def _split_fn():
+    from edgeprobe.split import plan_split as fn
+
+    return fn
+
+
+@records_request("sweep", _sweep_fn)
+def sweep(model, recipes, **kwargs):
+    """Compress ``model`` with each recipe, lower, measure and score it (``edgeprobe.compress.sweep``)."""
+    return _sweep_fn()(model, recipes, **kwargs)
+
+
+@records_request("split", _split_fn)
+def split(model, **kwargs):
+    """Plan (and optionally confirm and verify) an edge/cloud split (``edgeprobe.split.plan_split``)."""
+    return _split_fn()(model, **kwargs)
+
+
+def rerun(request: Request, *, token: Optional[str] = None, progress: Optional[Progress] = None):
+    """Run a stored request again, exactly (a record's ``.request``); the token comes from the
+    caller or the environment, never from the record."""
+    fn = {"bench": bench, "profile": profile, "sweep": sweep, "split": split}.get(request.command)
+    if fn is None:
+        raise UsageError(f"cannot re-run a {request.command!r} request")
+    args = rerun_arguments(request, token=token)
+    return fn(**args, progress=progress)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from edgeprobe.errors import ResultError
+from edgeprobe.request import Request
 
 SCHEMA_VERSION = 1
 
@@ -506,6 +507,7 @@ class BenchResult:
     host_versions: dict[str, str]
     created_utc: str
     device_state: Optional[DeviceState] = None
+    request: Optional[Request] = None  # the command and every argument that produced this record
     schema_version: int = SCHEMA_VERSION
 
     @property

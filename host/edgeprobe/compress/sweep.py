@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
+from edgeprobe.request import Request
 
 import torch
 
@@ -88,6 +89,7 @@ class SweepResult:
     rows: tuple[SweepRow, ...]
     created_utc: str
     quality: str  # accuracy | sqnr_db: the Pareto front's quality axis
+    request: Optional[Request] = None  # the command and every argument that produced this table
     schema_version: int = SWEEP_SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
