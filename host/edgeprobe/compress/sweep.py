@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
-from edgeprobe.request import Request
 
 import torch
 
 from edgeprobe import compress
 from edgeprobe.compress import Context, Dataset
 from edgeprobe.errors import UsageError
+from edgeprobe.request import Request
 
 SWEEP_SCHEMA_VERSION = 1
 Progress = Callable[[str], None]
