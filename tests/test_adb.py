@@ -155,3 +155,26 @@ def test_devices_lists_adb_addresses_with_their_health(tmp_path, adb_key):
         import usb1  # noqa: F401
     except ImportError:
         assert "USB scan skipped" in p.stderr
+
+
+@pytest.mark.real_peer("adb")
+def test_a_session_deploys_and_describes_the_device_once_for_many_measurements(tmp_path, adb_key, native_runner,
+                                                                               tiny_pte):
+    """Three measurements through one session: the runner bundle is checked file by file (sha256 on
+    the device) once, not once per measurement; each measurement still verifies its artifact."""
+    if os.environ.get("EDGEPROBE_NATIVE_RUNNER"):
+        pytest.skip("runner given as a single file (EDGEPROBE_NATIVE_RUNNER); deployment needs the installed bundle")
+    from edgeprobe.native import install_dir, verify_bundle
+    from edgeprobe.session import MeasureConfig, open_session
+
+    n_files = len(verify_bundle(install_dir(os.uname().machine)))
+    with TestAdbd(tmp_path / "dev") as d:
+        with open_session(f"adb:127.0.0.1:{d.port}") as s:
+            results = [s.measure(tiny_pte, MeasureConfig(iterations=2, warmup=0)) for _ in range(3)]
+            assert s.stats.deploys == 1 and s.stats.measurements == 3
+        assert all(r.ok for r in results), [r.run.error for r in results]
+        bundle_hashes = [c for c in d.shell_log if c.startswith("sha256sum") and "/runner/" in c]
+        model_hashes = [c for c in d.shell_log if c.startswith("sha256sum") and "model.pte" in c]
+        assert len(bundle_hashes) == n_files, bundle_hashes
+        assert len(model_hashes) >= 3  # pushed once, verified before each of the three runs
+        assert sum("--iterations" in c for c in d.shell_log) == 3
