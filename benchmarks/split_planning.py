@@ -116,10 +116,11 @@ def main(argv: list[str] | None = None) -> float:
 
 
 def _network_size(graph: CostGraph, net: Network) -> str:
-    from edgeprobe.split import planner
+    from edgeprobe.split.maxflow import flow_network
+    from edgeprobe.split.model import Costs, Index
 
-    ix = planner._Index(graph)
-    nv, _, _, caps, _ = planner._flow_network(ix, planner._Costs(ix, net, "latency"))
+    ix = Index(graph)
+    nv, _, _, caps, _ = flow_network(ix, Costs(ix, net, "latency"))
     return f"{nv} vertices ({nv - 2 - ix.n} auxiliary), {len(caps)} arcs"
 
 

@@ -46,7 +46,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import torch
 from torch import fx, nn
 
-from edgeprobe.split.planner import CostGraph, NodeCost, TensorEdge
+from edgeprobe.split.model import CostGraph, NodeCost, TensorEdge
 
 __all__ = [
     "TensorInfo", "OpNode", "GraphInput", "OpGraph", "SplitModel",
