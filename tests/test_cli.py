@@ -89,7 +89,7 @@ def test_a_render_failure_after_bench_keeps_the_json(tiny_pte, native_runner, tm
     def broken(_r):
         raise AttributeError("'RailEstimate' object has no attribute 'manifest'")
 
-    monkeypatch.setattr(cli, "render_result", broken)
+    monkeypatch.setattr(cli.render, "render_result", broken)  # main.py renders through cli.render
     out = tmp_path / "r.json"
     rc = cli.main(["bench", str(tiny_pte.dir), "--iterations", "3", "--min-seconds", "0", "--json", str(out)])
     err = capsys.readouterr().err

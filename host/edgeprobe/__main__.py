@@ -1,5 +1,5 @@
 import sys
 
-from edgeprobe.cli import main
+from edgeprobe.cli.main import main
 
 sys.exit(main())
