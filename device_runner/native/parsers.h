@@ -8,6 +8,8 @@
 
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -160,235 +162,131 @@ inline std::vector<TestSet> parse_vectors(const uint8_t* p, size_t n) {
 
 // ------------------------------------------------------------------ JSON (the server's replies, codec headers)
 
-struct JVal {
-  enum Kind { Null, Bool, Num, Str, Arr, Obj } kind = Null;
-  bool b = false;
-  double num = 0;
-  std::string str;
-  std::vector<JVal> arr;
-  std::vector<std::pair<std::string, JVal>> obj;  // in order; a repeated key: the last one wins in get()
-  const JVal* get(const std::string& k) const {
-    const JVal* found = nullptr;
-    for (auto& kv : obj)
-      if (kv.first == k) found = &kv.second;
-    return found;
-  }
-};
+// A JSON value from outside, parsed by nlohmann/json. Objects are maps: a repeated key, the last one wins.
+using JVal = nlohmann::json;
 
-class JsonParser {  // RFC 8259, with a depth limit; errors are Failure{code, "<what>: ..."}
+// nlohmann's DOM builder with a nesting limit, keeping what a message needs to say where parsing
+// stopped: the byte, nlohmann's reason, and the object key last read.
+class JsonSax {
  public:
-  JsonParser(const std::string& s, std::string code, std::string what) : s_(s), code_(std::move(code)), what_(std::move(what)) {}
-  JVal parse() {
-    ws();
-    JVal v = value(0);
-    ws();
-    if (i_ != s_.size()) fail("trailing characters after the JSON value");
-    return v;
+  static constexpr int kMaxDepth = 32;
+  explicit JsonSax(JVal& root) : dom_(root, false) {}
+  bool null() { return dom_.null(); }
+  bool boolean(bool v) { return dom_.boolean(v); }
+  bool number_integer(JVal::number_integer_t v) { return dom_.number_integer(v); }
+  bool number_unsigned(JVal::number_unsigned_t v) { return dom_.number_unsigned(v); }
+  bool number_float(JVal::number_float_t v, const std::string& s) { return dom_.number_float(v, s); }
+  bool string(std::string& v) { return dom_.string(v); }
+  bool binary(JVal::binary_t& v) { return dom_.binary(v); }
+  bool start_object(std::size_t n) { return deeper() && dom_.start_object(n); }
+  bool key(std::string& k) {
+    key_ = k;
+    return dom_.key(k);
+  }
+  bool end_object() {
+    --depth_;
+    return dom_.end_object();
+  }
+  bool start_array(std::size_t n) { return deeper() && dom_.start_array(n); }
+  bool end_array() {
+    --depth_;
+    return dom_.end_array();
+  }
+  bool parse_error(std::size_t pos, const std::string& /*token*/, const nlohmann::detail::exception& ex) {
+    pos_ = pos;
+    std::string w = ex.what();  // "[json.exception.parse_error.101] parse error at line 1, column 5: syntax error ..."
+    size_t colon = w.find(": ");
+    reason_ = colon == std::string::npos ? w : w.substr(colon + 2);
+    if (reason_.empty()) reason_ = w;
+    return dom_.parse_error(pos, "", ex);
+  }
+  // Why the parse failed, for "bad JSON in <what>...": " at byte N, after key 'k': reason".
+  std::string why() const {
+    std::string at = too_deep_ ? "" : " at byte " + std::to_string(pos_);
+    if (!key_.empty()) at += ", after key '" + shown(key_) + "'";
+    return at + ": " + (too_deep_ ? "nested deeper than " + std::to_string(kMaxDepth) : shown(reason_, 300));
   }
 
  private:
-  static constexpr int kMaxDepth = 32;
-  [[noreturn]] void fail(const std::string& why) const {
-    throw Failure{code_, "bad JSON in " + what_ + " at byte " + std::to_string(i_) + ": " + why};
+  bool deeper() {
+    if (++depth_ <= kMaxDepth) return true;
+    too_deep_ = true;
+    return false;
   }
-  char peek() const { return i_ < s_.size() ? s_[i_] : '\0'; }
-  bool at_end() const { return i_ >= s_.size(); }
-  void ws() {
-    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\n' || s_[i_] == '\r')) ++i_;
-  }
-  void expect(char c) {
-    if (at_end() || s_[i_] != c) fail(std::string("expected '") + c + "'");
-    ++i_;
-  }
-  unsigned hex4() {
-    unsigned v = 0;
-    for (int k = 0; k < 4; ++k) {
-      char h = peek();
-      int d = (h >= '0' && h <= '9') ? h - '0' : (h >= 'a' && h <= 'f') ? h - 'a' + 10 : (h >= 'A' && h <= 'F') ? h - 'A' + 10 : -1;
-      if (at_end() || d < 0) fail("bad \\u escape");
-      v = v * 16 + static_cast<unsigned>(d);
-      ++i_;
-    }
-    return v;
-  }
-  static void utf8(std::string& o, uint32_t cp) {
-    if (cp < 0x80) {
-      o += static_cast<char>(cp);
-    } else if (cp < 0x800) {
-      o += static_cast<char>(0xC0 | (cp >> 6));
-      o += static_cast<char>(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-      o += static_cast<char>(0xE0 | (cp >> 12));
-      o += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      o += static_cast<char>(0x80 | (cp & 0x3F));
-    } else {
-      o += static_cast<char>(0xF0 | (cp >> 18));
-      o += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-      o += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      o += static_cast<char>(0x80 | (cp & 0x3F));
-    }
-  }
-  std::string string() {
-    expect('"');
-    std::string o;
-    while (true) {
-      if (at_end()) fail("unterminated string");
-      unsigned char c = static_cast<unsigned char>(s_[i_++]);
-      if (c == '"') return o;
-      if (c < 0x20) fail("control character in a string");
-      if (c != '\\') {
-        o += static_cast<char>(c);
-        continue;
-      }
-      if (at_end()) fail("unterminated escape");
-      char e = s_[i_++];
-      switch (e) {
-        case '"': o += '"'; break;
-        case '\\': o += '\\'; break;
-        case '/': o += '/'; break;
-        case 'b': o += '\b'; break;
-        case 'f': o += '\f'; break;
-        case 'n': o += '\n'; break;
-        case 'r': o += '\r'; break;
-        case 't': o += '\t'; break;
-        case 'u': {
-          uint32_t cp = hex4();
-          if (cp >= 0xD800 && cp < 0xDC00) {  // a high surrogate: its low half must follow
-            if (s_.compare(i_, 2, "\\u") != 0) fail("lone high surrogate");
-            i_ += 2;
-            uint32_t lo = hex4();
-            if (lo < 0xDC00 || lo >= 0xE000) fail("bad low surrogate");
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-          } else if (cp >= 0xDC00 && cp < 0xE000) {
-            fail("lone low surrogate");
-          }
-          utf8(o, cp);
-          break;
-        }
-        default: fail("bad escape '\\" + shown(std::string(1, e)) + "'");
-      }
-    }
-  }
-  double number() {  // the JSON grammar, checked before strtod (which would take "inf", "0x1p3", ...)
-    size_t start = i_;
-    if (peek() == '-') ++i_;
-    if (peek() == '0') {
-      ++i_;
-    } else if (peek() >= '1' && peek() <= '9') {
-      while (peek() >= '0' && peek() <= '9') ++i_;
-    } else {
-      fail("bad value");
-    }
-    if (peek() == '.') {
-      ++i_;
-      if (!(peek() >= '0' && peek() <= '9')) fail("bad number");
-      while (peek() >= '0' && peek() <= '9') ++i_;
-    }
-    if (peek() == 'e' || peek() == 'E') {
-      ++i_;
-      if (peek() == '+' || peek() == '-') ++i_;
-      if (!(peek() >= '0' && peek() <= '9')) fail("bad number");
-      while (peek() >= '0' && peek() <= '9') ++i_;
-    }
-    std::string text = s_.substr(start, i_ - start);
-    return std::strtod(text.c_str(), nullptr);  // out of range: +-inf, which callers reject
-  }
-  JVal value(int depth) {
-    if (depth > kMaxDepth) fail("nested deeper than " + std::to_string(kMaxDepth));
-    JVal v;
-    char c = peek();
-    if (at_end()) fail("unexpected end");
-    if (c == '"') {
-      v.kind = JVal::Str;
-      v.str = string();
-    } else if (c == '{') {
-      ++i_;
-      v.kind = JVal::Obj;
-      ws();
-      if (peek() == '}') return ++i_, v;
-      while (true) {
-        ws();
-        std::string k = string();
-        ws();
-        expect(':');
-        ws();
-        JVal item = value(depth + 1);
-        v.obj.emplace_back(std::move(k), std::move(item));
-        ws();
-        if (peek() == ',') { ++i_; continue; }
-        expect('}');
-        break;
-      }
-    } else if (c == '[') {
-      ++i_;
-      v.kind = JVal::Arr;
-      ws();
-      if (peek() == ']') return ++i_, v;
-      while (true) {
-        ws();
-        v.arr.push_back(value(depth + 1));
-        ws();
-        if (peek() == ',') { ++i_; continue; }
-        expect(']');
-        break;
-      }
-    } else if (s_.compare(i_, 4, "true") == 0) {
-      i_ += 4;
-      v.kind = JVal::Bool;
-      v.b = true;
-    } else if (s_.compare(i_, 5, "false") == 0) {
-      i_ += 5;
-      v.kind = JVal::Bool;
-    } else if (s_.compare(i_, 4, "null") == 0) {
-      i_ += 4;
-    } else {
-      v.kind = JVal::Num;
-      v.num = number();
-    }
-    return v;
-  }
-  const std::string& s_;
-  std::string code_, what_;
-  size_t i_ = 0;
+  nlohmann::detail::json_sax_dom_parser<JVal> dom_;
+  int depth_ = 0;
+  bool too_deep_ = false;
+  std::size_t pos_ = 0;
+  std::string key_, reason_ = "rejected by the parser";
 };
 
+// RFC 8259 JSON (nlohmann/json, strict: one value, nothing after it, UTF-8), nested at most
+// JsonSax::kMaxDepth deep; anything else is Failure{code, "bad JSON in <what> at byte N...: why"}.
+// Never throws anything but Failure: nlohmann runs without exceptions here.
 inline JVal parse_json(const std::string& s, const std::string& code, const std::string& what) {
-  return JsonParser(s, code, what).parse();
+  JVal root;
+  JsonSax sax(root);
+  bool ok = JVal::sax_parse(s, &sax, JVal::input_format_t::json, true, false);
+  if (!ok || root.is_discarded()) throw Failure{code, "bad JSON in " + what + sax.why()};
+  return root;
+}
+
+inline const JVal* jfind(const JVal& o, const char* k) {  // o[k] when o is an object that has k
+  if (!o.is_object()) return nullptr;
+  auto it = o.find(k);
+  return it == o.end() ? nullptr : &*it;
+}
+
+// A number as a double: nullopt when it is not a finite number.
+inline std::optional<double> jnumber(const JVal& v) {
+  if (!v.is_number()) return std::nullopt;
+  double d = v.get<double>();
+  if (!std::isfinite(d)) return std::nullopt;
+  return d;
 }
 
 // A number field: nullopt when absent, null or not a finite number (the caller says what that means;
 // never read as 0).
 inline std::optional<double> jget_num(const JVal& o, const char* k) {
-  const JVal* v = o.get(k);
-  if (v == nullptr || v->kind != JVal::Num || !std::isfinite(v->num)) return std::nullopt;
-  return v->num;
+  const JVal* v = jfind(o, k);
+  return v == nullptr ? std::nullopt : jnumber(*v);
 }
 
 inline bool jget_true(const JVal& o, const char* k) {
-  const JVal* v = o.get(k);
-  return v != nullptr && v->kind == JVal::Bool && v->b;
+  const JVal* v = jfind(o, k);
+  return v != nullptr && v->is_boolean() && v->get<bool>();
 }
 
 inline std::string jget_str(const JVal& o, const char* k, const std::string& fallback = "") {
-  const JVal* v = o.get(k);
-  return v != nullptr && v->kind == JVal::Str ? v->str : fallback;
+  const JVal* v = jfind(o, k);
+  return v != nullptr && v->is_string() ? v->get<std::string>() : fallback;
 }
 
-// A byte count or dimension: a JSON integer in [0, max]; anything else (1e18 over max, -1, 2.5, a
-// string, NaN written as a huge exponent) is an error, never a wrapped size_t.
-inline uint64_t jget_count(const JVal& o, const char* k, uint64_t max, const std::string& code, const std::string& what) {
-  const JVal* v = o.get(k);
-  if (v == nullptr) throw Failure{code, what + " has no '" + k + "'"};
-  if (v->kind != JVal::Num || !std::isfinite(v->num) || v->num < 0 || v->num != std::floor(v->num) ||
-      v->num > static_cast<double>(max))
-    throw Failure{code, what + ": '" + k + "' must be an integer in [0, " + std::to_string(max) + "]"};
-  return static_cast<uint64_t>(v->num);
-}
-
+// A byte count or dimension: a JSON integer in [0, max] (2.0 counts as 2); anything else (1e18 over
+// max, -1, 2.5, a string) is an error, never a wrapped size_t.
 inline uint64_t jcount_value(const JVal& v, uint64_t max, const std::string& code, const std::string& what) {
-  if (v.kind != JVal::Num || !std::isfinite(v.num) || v.num < 0 || v.num != std::floor(v.num) || v.num > static_cast<double>(max))
-    throw Failure{code, what + " must be an integer in [0, " + std::to_string(max) + "]"};
-  return static_cast<uint64_t>(v.num);
+  bool ok = false;
+  uint64_t n = 0;
+  if (v.is_number_unsigned()) {
+    n = v.get<uint64_t>();
+    ok = n <= max;
+  } else if (v.is_number_integer()) {  // signed: a negative one (or -0)
+    int64_t i = v.get<int64_t>();
+    ok = i >= 0 && static_cast<uint64_t>(i) <= max;
+    n = ok ? static_cast<uint64_t>(i) : 0;
+  } else if (v.is_number_float()) {
+    double d = v.get<double>();
+    ok = std::isfinite(d) && d >= 0 && d == std::floor(d) && d <= static_cast<double>(max);
+    if (ok) n = static_cast<uint64_t>(d);
+  }  // not a number: not a count
+  if (!ok) throw Failure{code, what + " must be an integer in [0, " + std::to_string(max) + "]"};
+  return n;
+}
+
+inline uint64_t jget_count(const JVal& o, const char* k, uint64_t max, const std::string& code, const std::string& what) {
+  const JVal* v = jfind(o, k);
+  if (v == nullptr) throw Failure{code, what + " has no '" + k + "'"};
+  return jcount_value(*v, max, code, what + ": '" + k + "'");
 }
 
 // ------------------------------------------------------------------ split server messages (PROTOCOL.md, "Split mode")
@@ -406,8 +304,8 @@ struct Reply {
 inline Reply parse_reply(const std::string& text) {
   Reply r;
   r.header = parse_json(text, "split_protocol", "the server's reply");
-  if (r.header.kind != JVal::Obj) throw Failure{"split_protocol", "the server's reply is not a JSON object"};
-  if (jget_true(r.header, "ok") && r.header.get("size") != nullptr)
+  if (!r.header.is_object()) throw Failure{"split_protocol", "the server's reply is not a JSON object"};
+  if (jget_true(r.header, "ok") && jfind(r.header, "size") != nullptr)
     r.payload_size = jget_count(r.header, "size", kMaxReplyPayload, "split_protocol", "the server's reply");
   return r;
 }
@@ -421,9 +319,9 @@ inline bool is_hex64(const std::string& s) {
 
 // The server's first message (/tmp auth protocol v2): returns its nonce SN.
 inline std::string parse_challenge(const JVal& m, const std::string& service, const std::string& server) {
-  if (m.kind != JVal::Obj) throw Failure{"split_protocol", server + " sent no challenge object"};
-  const JVal* ok = m.get("op") == nullptr ? m.get("ok") : nullptr;
-  if (ok != nullptr && ok->kind == JVal::Bool && !ok->b)  // refused before the handshake (e.g. too many connections)
+  if (!m.is_object()) throw Failure{"split_protocol", server + " sent no challenge object"};
+  const JVal* ok = jfind(m, "op") == nullptr ? jfind(m, "ok") : nullptr;
+  if (ok != nullptr && ok->is_boolean() && !ok->get<bool>())  // refused before the handshake (e.g. too many connections)
     throw Failure{"refused", server + " refused the connection: " + shown(jget_str(m, "error", "no reason given"), 300)};
   if (jget_str(m, "op") != "challenge")
     throw Failure{"split_protocol", server + " did not open with a challenge (an edgeprobe server older than auth v2?)"};
@@ -466,24 +364,24 @@ inline std::vector<RawTensor> decode_frame(const uint8_t* p, size_t n) {
   if (hlen > n - 8)
     throw Failure{code, "reply frame truncated: header of " + std::to_string(hlen) + " bytes, " + std::to_string(n - 8) + " available"};
   JVal h = parse_json(std::string(reinterpret_cast<const char*>(p + 8), hlen), code, "the reply frame's header");
-  const JVal* entries = h.kind == JVal::Obj ? h.get("tensors") : nullptr;
-  if (entries == nullptr || entries->kind != JVal::Arr) throw Failure{code, "the reply frame's header has no 'tensors' list"};
-  if (entries->arr.size() > kMaxTensorsPerSet) throw Failure{code, "the reply frame holds over " + std::to_string(kMaxTensorsPerSet) + " tensors"};
+  const JVal* entries = jfind(h, "tensors");
+  if (entries == nullptr || !entries->is_array()) throw Failure{code, "the reply frame's header has no 'tensors' list"};
+  if (entries->size() > kMaxTensorsPerSet) throw Failure{code, "the reply frame holds over " + std::to_string(kMaxTensorsPerSet) + " tensors"};
   std::vector<RawTensor> out;
   uint64_t pos = 8 + static_cast<uint64_t>(hlen);
-  for (size_t i = 0; i < entries->arr.size(); ++i) {
-    const JVal& e = entries->arr[i];
+  for (size_t i = 0; i < entries->size(); ++i) {
+    const JVal& e = (*entries)[i];
     std::string where = "reply frame tensor " + std::to_string(i);
-    if (e.kind != JVal::Obj) throw Failure{code, where + " is not an object"};
+    if (!e.is_object()) throw Failure{code, where + " is not an object"};
     auto dt = codec_dtype_code(jget_str(e, "dtype"));
     if (!dt) throw Failure{code, where + ": unsupported dtype '" + shown(jget_str(e, "dtype", "?")) + "'"};
-    const JVal* shape = e.get("shape");
-    if (shape == nullptr || shape->kind != JVal::Arr) throw Failure{code, where + " has no shape list"};
-    if (shape->arr.size() > kMaxRank) throw Failure{code, where + ": rank over " + std::to_string(kMaxRank)};
+    const JVal* shape = jfind(e, "shape");
+    if (shape == nullptr || !shape->is_array()) throw Failure{code, where + " has no shape list"};
+    if (shape->size() > kMaxRank) throw Failure{code, where + ": rank over " + std::to_string(kMaxRank)};
     RawTensor t;
     t.dtype = *dt;
     uint64_t numel = 1;
-    for (auto& d : shape->arr) {
+    for (auto& d : *shape) {
       t.sizes.push_back(static_cast<int64_t>(jcount_value(d, static_cast<uint64_t>(kMaxDim), code, where + ": a dimension")));
       numel = checked_mul(numel, static_cast<uint64_t>(t.sizes.back()), code.c_str(), where + ": element count");
     }
@@ -513,12 +411,12 @@ inline std::vector<RawTensor> decode_frame(const uint8_t* p, size_t n) {
       }
     } else {  // int8: x = (q - zero_point) * scale, float32 arithmetic as codec.dequantize_int8
       auto scale = jget_num(e, "scale");
-      const JVal* zpv = e.get("zero_point");
-      if (!scale || !(*scale > 0) || zpv == nullptr || zpv->kind != JVal::Num || zpv->num != std::floor(zpv->num) ||
-          zpv->num < -128 || zpv->num > 127)
+      const JVal* zpv = jfind(e, "zero_point");
+      auto zpn = zpv == nullptr ? std::nullopt : jnumber(*zpv);
+      if (!scale || !(*scale > 0) || !zpn || *zpn != std::floor(*zpn) || *zpn < -128 || *zpn > 127)
         throw Failure{code, where + ": bad int8 scale/zero_point"};
       if (*dt != 6 && *dt != 7) throw Failure{code, where + ": int8 decoding to this dtype is not built in the native runner"};
-      float s = static_cast<float>(*scale), zp = static_cast<float>(zpv->num);
+      float s = static_cast<float>(*scale), zp = static_cast<float>(*zpn);
       t.data.resize(out_bytes);
       for (uint64_t k = 0; k < numel; ++k) {
         float x = (static_cast<float>(static_cast<int8_t>(src[k])) - zp) * s;
