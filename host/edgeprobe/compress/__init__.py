@@ -7,7 +7,8 @@ copy of the fp32 model; a quantization step (at most one) must come last: it tur
 PT2E-quantized graph that is lowered like any other. Every step returns a :class:`Step` that records
 what it did; the steps go into the artifact's manifest (``compression``).
 
-Each recipe module registers its recipes in :data:`RECIPES` through :func:`recipe`.
+Each recipe module registers its recipes in :data:`RECIPES` through :func:`recipe`; :data:`CATALOG`
+describes the same recipes without importing them (or torch), for ``edgeprobe recipes``.
 """
 
 from __future__ import annotations
@@ -15,14 +16,25 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 from edgeprobe.errors import UsageError
 
-Inputs = tuple[torch.Tensor, ...]
+if TYPE_CHECKING:  # torch is imported where a recipe runs, not to list or parse recipes
+    import torch
+    from torch import nn
+
+    Inputs = tuple[torch.Tensor, ...]
+
+
+def __getattr__(name: str) -> Any:
+    """``Inputs`` (and the ``torch``/``nn`` this module once imported at the top) on first use."""
+    if name in ("torch", "nn", "Inputs"):
+        import torch
+        from torch import nn
+
+        return {"torch": torch, "nn": nn, "Inputs": tuple[torch.Tensor, ...]}[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,8 @@ class Dataset:
         return int(self.x.shape[0])
 
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0):
+        import torch
+
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)) if shuffle \
             else torch.arange(len(self))
         for i in range(0, len(self), batch_size):
@@ -120,9 +134,46 @@ def _load_all() -> None:
     from edgeprobe.compress import distill, factorize, prune, quantize  # noqa: F401 - registration
 
 
+def _no_fn(*_a: Any, **_k: Any) -> Any:
+    raise AssertionError("a CATALOG entry is a description; the recipe runs from RECIPES (_load_all)")
+
+
+_FINETUNE = Param("finetune", 0, "epochs of fine-tuning after pruning (needs labelled data)", int)
+# What `edgeprobe recipes` lists without importing the recipe modules (and torch): the same name, kind,
+# parameters and help as each module's @recipe, in _load_all's order (tests/test_import_cost.py checks it).
+CATALOG: dict[str, RecipeDef] = {r.name: r for r in (
+    RecipeDef("distill", "module", "knowledge distillation into a smaller student (given, or a width-scaled copy "
+              "of the teacher)", (Param("T", 4.0, ""), Param("alpha", 0.7, ""), Param("width", 0.5, ""),
+                                  Param("epochs", 15, "", int), Param("lr", 1e-2, "")), _no_fn),
+    RecipeDef("lowrank", "module", "SVD factorization of Linear/Conv2d weights (rank < 1: fraction of each layer's "
+              "full rank; >= 1: absolute rank); a layer is replaced only when that saves parameters",
+              (Param("rank", 0.5, ""), Param("min_saving", 0.0, "")), _no_fn, "rank"),
+    RecipeDef("cluster", "module", "k-means weight sharing: each Conv/Linear weight snapped to k shared values per "
+              "layer (the .pte stays fp32; storage_bytes_if_packed is computed)", (Param("k", 16, "", int),), _no_fn, "k"),
+    RecipeDef("magnitude", "module", "unstructured global magnitude pruning of Conv/Linear weights (target sparsity "
+              "or |w| threshold)", (Param("sparsity", 0.5, ""), Param("threshold", 0.0, ""), _FINETUNE), _no_fn,
+              "sparsity"),
+    RecipeDef("taylor", "module", "unstructured global pruning by Taylor importance |w * dL/dw| over a few labelled "
+              "batches", (Param("sparsity", 0.5, ""), Param("batches", 8, "", int), _FINETUNE), _no_fn,
+              "sparsity"),
+    RecipeDef("channel", "module", "structured channel pruning (torch-pruning, L2 magnitude): the dense model "
+              "really shrinks", (Param("ratio", 0.3, ""), _FINETUNE), _no_fn, "ratio"),
+    RecipeDef("int8", "quant", "static int8 (per-channel weights, calibrated activations), XNNPACK",
+              (Param("samples", 256, "", int), Param("per_channel", True, "", bool)), _no_fn),
+    RecipeDef("int8-dynamic", "quant", "dynamic int8 activations, per-channel int8 weights, XNNPACK", (), _no_fn),
+    RecipeDef("int8w", "quant", "weight-only int8 for Linear layers (activations fp32)", (), _no_fn),
+    RecipeDef("int4w", "quant", "weight-only int4 (range -8..7, stored in int8) for Linear layers", (), _no_fn),
+    RecipeDef("qat", "quant", "PT2E quantization-aware training (int8), with Context.train_fn or labelled data",
+              (Param("epochs", 3, "", int), Param("lr", 1e-3, "")), _no_fn),
+    RecipeDef("pow2", "quant", "static int8 with power-of-two scales (Q(x) = round(x/2^k)*2^k), symmetric",
+              (Param("samples", 256, "", int),), _no_fn),
+)}
+
+
 def valid_recipes() -> str:
-    _load_all()
-    return "\n".join(["  fp32  the uncompressed model"] + [f"  {r.usage()}" for r in RECIPES.values()])
+    """One line per recipe: the registered ones where their modules are loaded, else CATALOG's (no torch)."""
+    listed = {**CATALOG, **RECIPES} if RECIPES else CATALOG
+    return "\n".join(["  fp32  the uncompressed model"] + [f"  {r.usage()}" for r in listed.values()])
 
 
 def _convert(p: Param, text: str, step: str) -> Any:
@@ -184,6 +235,8 @@ class Compressed:
     nonzero_params: int = 0
 
     def forward(self, *inputs: torch.Tensor) -> Any:
+        import torch
+
         with torch.no_grad():
             if self.exported is not None:
                 return self.exported.module()(*inputs)
@@ -193,6 +246,9 @@ class Compressed:
 
 def apply(model: nn.Module, text: str, ctx: Context) -> Compressed:
     """Apply recipe ``text`` to a copy of ``model`` (never modified)."""
+    import torch
+    from torch import nn
+
     steps = parse(text)
     current: Any = copy.deepcopy(model).eval()
     done: list[Step] = []
@@ -223,6 +279,8 @@ def nonzero_params(module: nn.Module) -> int:
 def as_dataset(data: Union[None, Dataset, torch.Tensor, Sequence[torch.Tensor], str, Callable[[], Any]]) -> Optional[Dataset]:
     """Calibration/training data from the user: a Dataset, a tensor (N, ...), a list of tensors,
     an ``.npz`` path (arrays ``x`` [and ``y``], or the first array), or a callable returning any of these."""
+    import torch
+
     if data is None or isinstance(data, Dataset):
         return data
     if callable(data) and not isinstance(data, (torch.Tensor, str)):
