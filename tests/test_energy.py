@@ -12,6 +12,7 @@ import time
 import pytest
 
 import edgeprobe
+from edgeprobe import energy, results
 from edgeprobe.results import EnergyReading
 
 
@@ -123,6 +124,27 @@ def test_rapl_idle_baseline_is_subtracted():
                       method="powercap energy counter delta")
     est = e.estimate(100)
     assert est.idle_power_w == 2.0 and est.run_power_w == 3.0 and est.per_inference_j == pytest.approx(0.01)
+
+
+def test_energy_module_is_what_the_record_delegates_to():
+    # energy.py does the arithmetic; EnergyReading.estimate/estimates/energy_per_inference_j keep
+    # working for callers (cli, tests), and results re-exports the estimate records
+    assert results.EnergyEstimate is energy.EnergyEstimate and results.RailEstimate is energy.RailEstimate
+    rapl = EnergyReading(True, meter="rapl", energy_j=3.0, duration_s=1.0, idle_energy_j=1.0, idle_duration_s=0.5,
+                         method="powercap energy counter delta")
+    assert energy.estimate(rapl, 100) == rapl.estimate(100) == energy.counter_estimate(rapl, 100)
+    assert energy.estimates(rapl, 100) == rapl.estimates(100) == {"rapl": rapl.estimate(100)}
+    assert rapl.energy_per_inference_j(100) == pytest.approx(0.01)
+    idle = [(0.01 * k, -100_000, 4_000_000) for k in range(50)]  # µA, negative while discharging; µV
+    run = [(0.5 + 0.01 * k, -300_000, 4_000_000) for k in range(50)]
+    bat = EnergyReading(True, meter="battery", duration_s=0.5, raw_samples=tuple(idle + run),
+                        window={"idle_start_s": 0.0, "run_start_s": 0.5, "run_end_s": 1.0}, supply_status="Full")
+    est = energy.battery_estimate(bat, 10)
+    assert est == bat.estimate(10) == energy.sysfs_estimate(bat, 10)
+    assert "µA" in est.calibration and "µV" in est.calibration and "negative" in est.calibration
+    assert est.per_inference_j == pytest.approx(0.04) and energy.charging(bat) and "charger" in est.reason
+    assert energy.sysfs_estimate(EnergyReading(False, reason="no meter"), 10) is None
+    assert energy.sysfs_estimate(bat, 0) is None and energy.estimates(bat, 0) == {}
 
 
 # ---------------------------------------------------------------- RAPL counters that cannot be read (issue 11, finding 12)

@@ -15,6 +15,7 @@ import time
 import pytest
 
 import edgeprobe
+from edgeprobe import energy
 from edgeprobe.odpm import SERVICE, float32_ulp, parse
 from edgeprobe.results import BenchResult, EnergyReading, OdpmCapture, OdpmSnapshot
 from adbd import TestAdbd
@@ -154,6 +155,17 @@ def test_odpm_arithmetic_and_uncertainty():
     bad = EnergyReading(False, odpm=OdpmCapture(True, None, SERVICE, empty)).estimate(100)
     assert bad.per_inference_j is None and "no energy meter section" in bad.reason
     assert EnergyReading(False, odpm=OdpmCapture(False, "no dumpsys binary on PATH")).estimate(100) is None
+
+
+def test_odpm_arithmetic_lives_in_energy_and_the_record_delegates():
+    powers = {"[S2M_VDD_CPUCL2]:CPU(BIG)": {"idle": 0.1, "run": 2.1}}
+    cap = _capture(powers, 1.0, 1.0)
+    direct = energy.odpm_estimate(cap, 100)
+    assert direct == EnergyReading(False, odpm=cap).estimate(100) and direct.method == energy.ODPM_METHOD
+    assert direct.per_inference_j == pytest.approx(0.020, abs=1e-6) and not direct.notes[:-1]
+    charged = energy.odpm_estimate(cap, 100, charging=True)
+    assert charged.notes[0] == energy.ODPM_CHARGING_NOTE and charged.per_inference_j == direct.per_inference_j
+    assert EnergyReading(False, charger_online=True, odpm=cap).estimate(100) == charged
 
 
 def test_odpm_is_preferred_over_battery_and_both_are_kept():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -13,9 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeprobe.errors import ResultError
+from edgeprobe.request import REQUEST_SCHEMA_VERSION, Request
 from edgeprobe.results import (
-    BenchResult, DeviceInfo, EnergyReading, ErrorInfo, LatencyStats, Manifest, Memory, RunRecord, TensorSpec,
-    Timing, stability_score,
+    SCHEMA_VERSION, BenchResult, DeviceInfo, EnergyReading, ErrorInfo, LatencyStats, Manifest, Memory, RunRecord,
+    TensorSpec, Timing, from_dict, stability_score, to_dict,
 )
 
 
@@ -98,6 +100,72 @@ def test_schema_version_and_types_are_checked():
         BenchResult.from_dict(bad)
     with pytest.raises(ResultError, match="not valid JSON"):
         BenchResult.from_json("{")
+
+
+def _versioned() -> dict:
+    run = RunRecord("ok", None, None, None, None, Timing(1.0, 1.0, (5,)), None, None, None, None)
+    r = dataclasses.replace(_result(run), request=Request("bench", {"model": "m", "iterations": 4}))
+    return json.loads(r.to_json())
+
+
+@pytest.mark.parametrize("part, known", [("manifest", SCHEMA_VERSION), ("run", SCHEMA_VERSION),
+                                         ("request", REQUEST_SCHEMA_VERSION)])
+def test_nested_schema_versions_newer_than_this_reader_are_refused(part, known):
+    good = _versioned()
+    assert good[part]["schema_version"] == known
+    loaded = BenchResult.from_dict(good)  # the current versions load
+    assert getattr(loaded, part).schema_version == known and loaded.request.args["iterations"] == 4
+    newer = json.loads(json.dumps(good))
+    newer[part]["schema_version"] = known + 1
+    newer[part]["some_field_of_the_future"] = {"x": 1}  # the version is the reason, not this
+    msg = (rf"^BenchResult\.{part} has schema_version {known + 1}; this edgeprobe reads up to {known}: "
+           r"upgrade edgeprobe$")
+    with pytest.raises(ResultError, match=msg):
+        BenchResult.from_dict(newer)
+    with pytest.raises(ResultError, match=msg):
+        BenchResult.from_json(json.dumps(newer))
+    # a newer version whose fields changed type is still refused for its version
+    newer[part]["schema_version"] = 10 ** 30
+    first = next(k for k in newer[part] if k != "schema_version")
+    newer[part][first] = ["changed"]
+    with pytest.raises(ResultError, match=f"BenchResult.{part} has schema_version 1000000000000000000000000000000; "
+                                          f"this edgeprobe reads up to {known}: upgrade edgeprobe"):
+        BenchResult.from_dict(newer)
+    older = json.loads(json.dumps(good))
+    older[part]["schema_version"] = 0  # older parts load (readers keep reading what they wrote)
+    assert getattr(BenchResult.from_dict(older), part).schema_version == 0
+
+
+def test_top_level_schema_version_newer_says_upgrade():
+    with pytest.raises(ResultError, match="result has schema_version 2; this edgeprobe reads up to 1: upgrade"):
+        BenchResult.from_dict({**_versioned(), "schema_version": SCHEMA_VERSION + 1})
+    with pytest.raises(ResultError, match="result has schema_version 0; this edgeprobe reads version 1$"):
+        BenchResult.from_dict({**_versioned(), "schema_version": 0})
+
+
+def test_manifest_and_runner_record_versions_checked_on_their_own_paths(tmp_path):
+    # the artifact loader reads manifest.json with from_dict(Manifest, ...); the session reads the
+    # runner's record with RunRecord.from_runner_json: both refuse a newer version
+    m = json.loads(json.dumps(to_dict(_manifest())))
+    assert from_dict(Manifest, m) == _manifest()
+    with pytest.raises(ResultError, match=f"^Manifest has schema_version {SCHEMA_VERSION + 1}; this edgeprobe reads "
+                                          f"up to {SCHEMA_VERSION}: upgrade edgeprobe$"):
+        from_dict(Manifest, {**m, "schema_version": SCHEMA_VERSION + 1})
+    rec = {**_versioned()["run"], "artifact": {"size_bytes": 10}}
+    del rec["artifact_size_bytes"]
+    assert RunRecord.from_runner_json(rec).artifact_size_bytes == 10
+    with pytest.raises(ResultError, match="^RunRecord has schema_version 7; this edgeprobe reads up to 1: upgrade"):
+        RunRecord.from_runner_json({**rec, "schema_version": 7})
+    with pytest.raises(ResultError, match="^request has schema_version 3; this edgeprobe reads up to 1: upgrade"):
+        from_dict(Request, {"command": "bench", "args": {}, "schema_version": 3}, "request")
+
+
+def test_a_class_check_version_is_called_on_load(monkeypatch):
+    # Request.check_version (request.py) is the request's own rule: from_dict applies it
+    calls = []
+    monkeypatch.setattr(Request, "check_version", lambda self: calls.append(self.schema_version))
+    BenchResult.from_dict(_versioned())
+    assert calls == [REQUEST_SCHEMA_VERSION]
 
 
 def test_energy_unavailable_has_no_number():

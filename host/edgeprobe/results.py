@@ -1,7 +1,8 @@
 """Result records: frozen dataclasses, JSON with ``schema_version``; importing this needs no torch.
 
-The runner reports raw samples (``iteration_ns``); every statistic is derived here, on the host,
-so a record can be re-analysed later without re-measuring.
+The runner reports raw samples (``iteration_ns``); every statistic is derived on the host, so a
+record can be re-analysed later without re-measuring: latency statistics here, energy per
+inference in ``energy.py`` (``EnergyReading.estimate`` delegates to it).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from edgeprobe import energy
+from edgeprobe.energy import EnergyEstimate, RailEstimate  # noqa: F401 - re-exported: estimates of a reading
 from edgeprobe.errors import ResultError
 from edgeprobe.request import Request
 
@@ -224,43 +227,6 @@ class Memory:
 
 
 @dataclass(frozen=True)
-class RailEstimate:
-    """One ODPM rail's share of an EnergyEstimate (same arithmetic as the total)."""
-
-    idle_power_w: Optional[float]
-    run_power_w: float
-    per_inference_j: Optional[float]
-    uncertainty_j: Optional[float]
-
-
-@dataclass(frozen=True)
-class EnergyEstimate:
-    """Energy per inference derived on the host from an EnergyReading (see ``EnergyReading.estimate``)."""
-
-    per_inference_j: Optional[float]  # (run power - idle power) x run time / iterations; None without a baseline
-    uncertainty_j: Optional[float]  # 1 sigma of per_inference_j (sample spread, or counter resolution + timing for ODPM)
-    gross_per_inference_j: Optional[float]  # run energy / iterations, idle not subtracted
-    idle_power_w: Optional[float]
-    run_power_w: Optional[float]
-    method: str
-    calibration: str
-    reliable: bool
-    reason: Optional[str] = None  # why it is unreliable
-    meter: Optional[str] = None  # odpm | battery | rapl
-    rails: dict[str, RailEstimate] = field(default_factory=dict)  # odpm: per rail ("[S2M_VDD_CPUCL2]:CPU(BIG)")
-    notes: tuple[str, ...] = ()  # caveats that do not make the number unreliable
-
-
-BATTERY_MA_BELOW = 10_000  # |idle current_now| below this is in mA, not µA (no phone idles under 10 mA)
-BATTERY_MV_BELOW = 100_000  # voltage_now below this is in mV, not µV
-
-
-def _mean_var(xs: typing.Sequence[float]) -> tuple[float, float]:
-    m = sum(xs) / len(xs)
-    return m, (sum((x - m) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else 0.0)
-
-
-@dataclass(frozen=True)
 class OdpmSnapshot:
     """Raw ``dumpsys android.hardware.power.stats.IPowerStats/default`` text taken at a window edge."""
 
@@ -307,88 +273,13 @@ class EnergyReading:
         return est.per_inference_j if est else None
 
     def estimate(self, iterations: int) -> Optional[EnergyEstimate]:
-        """Energy per inference = (run power - idle power) x run time / iterations, with the method,
-        the calibration applied and a 1-sigma uncertainty; None when no meter was available.
-
-        ODPM is preferred when its rails parse (it meters the rails directly, with counters, and a
-        charger does not enter them), unless it is unreliable and the sysfs meter (RAPL or
-        battery) is not. Both stay in the record: ``estimates`` gives every meter's estimate."""
-        found = self.estimates(iterations)
-        odpm = found.get("odpm")
-        odpm = odpm if odpm is not None and odpm.run_power_w is not None else None
-        sysfs = found.get(self.meter or "")
-        if odpm is not None and (odpm.reliable or sysfs is None or not sysfs.reliable):
-            return odpm
-        return sysfs or found.get("odpm")
+        """Energy per inference with its method, calibration and 1-sigma uncertainty; None when
+        no meter was available (``energy.estimate``: ODPM preferred unless only it is unreliable)."""
+        return energy.estimate(self, iterations)
 
     def estimates(self, iterations: int) -> dict[str, EnergyEstimate]:
-        """Every meter's estimate, keyed by meter: ``odpm`` and/or ``battery`` | ``rapl``."""
-        out: dict[str, EnergyEstimate] = {}
-        if self.odpm is not None and self.odpm.snapshots and iterations > 0:
-            out["odpm"] = self._odpm_estimate(iterations)
-        sysfs = self._sysfs_estimate(iterations)
-        if sysfs is not None:
-            out[sysfs.meter or "sysfs"] = sysfs
-        return out
-
-    def _sysfs_estimate(self, iterations: int) -> Optional[EnergyEstimate]:
-        if not self.available or iterations <= 0 or not self.duration_s:
-            return None
-        if self.meter == "battery":
-            return self._battery_estimate(iterations)
-        gross = self.energy_j / iterations if self.energy_j is not None else None
-        run_w = self.energy_j / self.duration_s if self.energy_j is not None else None
-        if self.idle_energy_j is None or not self.idle_duration_s or run_w is None:
-            return EnergyEstimate(None, None, gross, None, run_w, f"{self.method}; no idle baseline", "none", False,
-                                  "no idle baseline was measured (--idle-s 0)", meter=self.meter)
-        idle_w = self.idle_energy_j / self.idle_duration_s
-        net = (run_w - idle_w) * self.duration_s / iterations
-        return EnergyEstimate(net, None, gross, idle_w, run_w, f"{self.method}; idle window subtracted", "none "
-                              "(counters in µJ)", True, None, meter=self.meter)
-
-    def _charging(self) -> bool:
-        return bool(self.charger_online) or (self.supply_status or "").lower() in ("charging", "full")
-
-    def _odpm_estimate(self, iterations: int) -> EnergyEstimate:
-        from edgeprobe.odpm import odpm_estimate
-
-        return odpm_estimate(self.odpm, iterations, charging=self._charging())
-
-    def _battery_estimate(self, iterations: int) -> EnergyEstimate:
-        w = self.window
-        # idle_end_s (newer runners): an ODPM snapshot between the windows belongs to neither
-        idle = [s for s in self.raw_samples if w and w["idle_start_s"] <= s[0] < w.get("idle_end_s", w["run_start_s"])]
-        run = [s for s in self.raw_samples if w and w["run_start_s"] <= s[0] <= w["run_end_s"]]
-        method = "battery current_now x voltage_now, 10 ms samples; (run - idle) power x run time / iterations"
-        if not run:
-            return EnergyEstimate(None, None, None, None, None, method, "none", False,
-                                  "no battery samples fell in the run window (the run was shorter than 10 ms?)",
-                                  meter="battery")
-        ref = idle or run
-        med_i = sorted(s[1] for s in ref)[len(ref) // 2]
-        med_v = sorted(s[2] for s in ref)[len(ref) // 2]
-        i_scale, i_unit = (1e-3, "mA") if abs(med_i) < BATTERY_MA_BELOW else (1e-6, "µA")
-        v_scale, v_unit = (1e-3, "mV") if med_v < BATTERY_MV_BELOW else (1e-6, "µV")
-        sign = -1.0 if med_i < 0 else 1.0  # discharge current counted positive
-        calibration = (f"current in {i_unit}, voltage in {v_unit} (by magnitude); discharge sign "
-                       f"{'negative' if sign < 0 else 'positive'} (from the {'idle' if idle else 'run'} median)")
-        power = lambda xs: [sign * s[1] * i_scale * s[2] * v_scale for s in xs]  # noqa: E731
-        run_w, run_var = _mean_var(power(run))
-        gross = run_w * self.duration_s / iterations
-        problems = []
-        if self._charging():
-            problems.append("a charger is connected (USB?): the battery current includes the charger's")
-        if med_i == 0:
-            problems.append("the battery current reads 0: no calibration possible")
-        if not idle:
-            problems.append("no idle baseline was measured (--idle-s 0)")
-            return EnergyEstimate(None, None, gross, None, run_w, method, calibration, False, "; ".join(problems),
-                                  meter="battery")
-        idle_w, idle_var = _mean_var(power(idle))
-        net = (run_w - idle_w) * self.duration_s / iterations
-        sigma = (run_var / len(run) + idle_var / len(idle)) ** 0.5 * self.duration_s / iterations
-        return EnergyEstimate(net, sigma, gross, idle_w, run_w, method, calibration, not problems,
-                              "; ".join(problems) or None, meter="battery")
+        """Every meter's estimate, keyed by meter: ``odpm`` and/or ``battery`` | ``rapl`` (``energy.estimates``)."""
+        return energy.estimates(self, iterations)
 
 
 @dataclass(frozen=True)
@@ -526,7 +417,12 @@ class BenchResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BenchResult":
+        """Check the record's own ``schema_version`` (exactly this reader's), then every nested one on
+        the way (manifest, runner record, request: refused when newer than this reader knows)."""
         version = data.get("schema_version") if isinstance(data, dict) else None
+        if type(version) is int and version > SCHEMA_VERSION:
+            raise ResultError(f"result has schema_version {_short(version)}; this edgeprobe reads up to "
+                              f"{SCHEMA_VERSION}: upgrade edgeprobe")
         if version != SCHEMA_VERSION:
             raise ResultError(
                 f"result has schema_version {_short(version)}; this edgeprobe reads version {SCHEMA_VERSION}"
@@ -618,11 +514,31 @@ def _type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+@functools.lru_cache(maxsize=None)
+def _known_version(cls: type) -> Optional[int]:
+    """The newest ``schema_version`` this reader knows for ``cls``: the default of its
+    ``schema_version`` field (Manifest, RunRecord, BenchResult, Request); None without one."""
+    f = next((f for f in dataclasses.fields(cls) if f.name == "schema_version"), None)
+    return f.default if f is not None and type(f.default) is int else None
+
+
+def _check_version(cls: type, data: dict[str, Any], where: str) -> None:
+    """Refuse a record (or a nested part) written by a newer edgeprobe, before reading its fields:
+    a newer version may have changed them, and the reason should be the version, not a field."""
+    known, version = _known_version(cls), data.get("schema_version")
+    if known is not None and type(version) is int and version > known:
+        raise ResultError(f"{where} has schema_version {_short(version)}; this edgeprobe reads up to {known}: "
+                          "upgrade edgeprobe")
+
+
 def from_dict(cls: type, data: Any, where: str = "") -> Any:
-    """Build a (nested) frozen dataclass from plain JSON data, checking types on the way."""
+    """Build a (nested) frozen dataclass from plain JSON data, checking types on the way, and the
+    ``schema_version`` of every part that has one (``_check_version``; a class's own
+    ``check_version()``, as Request has, is called on the result)."""
     where = where or cls.__name__
     if not isinstance(data, dict):
         raise ResultError(f"{where}: expected an object, got {type(data).__name__}")
+    _check_version(cls, data, where)
     hints = _type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -630,4 +546,8 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
             kwargs[f.name] = _convert(hints[f.name], data[f.name], f"{where}.{f.name}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ResultError(f"{where}: missing field {f.name!r}")
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    check = getattr(obj, "check_version", None)
+    if callable(check):
+        check()
+    return obj
