@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import re
 import socket
 import time
@@ -225,3 +226,38 @@ def test_sweep_table_fits_80_columns():
     assert "not a stable figure: int8: CV 10.9 % > 5 %" in " ".join(text.split())
     wide = _text(cli.render_sweep(r, wide=True), width=250)
     _cells_unbroken(wide, ["11,689,512", "0.99912", "53.0123", "57.2 MiB", "5.7 MiB if packed"])
+
+
+def test_rerun_a_bench_record(tiny_pte, native_runner, tmp_path, capsys):
+    """`edgeprobe rerun RECORD`: the stored request run again, rendered as bench renders it, the new
+    record saved with --save and carrying the same request."""
+    first, again = tmp_path / "first.json", tmp_path / "again.json"
+    assert cli.main(["bench", str(tiny_pte.dir), "--iterations", "3", "--warmup", "1", "--min-seconds", "0",
+                     "--json", str(first)]) == 0
+    old = BenchResult.load(first)
+    assert old.request is not None and old.request.command == "bench" and old.request.args["iterations"] == 3
+    capsys.readouterr()
+    assert cli.main(["rerun", str(first), "--save", str(again)]) == 0
+    out = capsys.readouterr().out
+    assert "latency" in out and "p50" in out
+    new = BenchResult.load(again)
+    assert new.ok and new.request == old.request and len(new.run.timing.iteration_ns) == 3
+    # a record that is not a bench record (sweep.json, a split plan) is read for its request alone
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"model_ref": "m", "request": dataclasses.asdict(old.request)}))
+    assert cli.main(["rerun", str(plain), "--save", str(again)]) == 0
+    assert BenchResult.load(again).request == old.request
+
+
+def test_rerun_refuses_a_record_without_a_request(record, tmp_path, capsys):
+    """A record written before records carried their request, or a file with none: one line, exit 2."""
+    bench_record = tmp_path / "old.json"
+    dataclasses.replace(record, request=None).save(bench_record)
+    other = tmp_path / "sweep.json"
+    other.write_text('{"model_ref": "m", "rows": []}\n')
+    for path in (bench_record, other, tmp_path / "missing.json"):
+        assert cli.main(["rerun", str(path)]) == cli.EXIT_USAGE, path
+        err = capsys.readouterr().err
+        assert "error:" in err and "Traceback" not in err, err
+        if path != tmp_path / "missing.json":
+            assert "carries no request" in err
