@@ -19,9 +19,12 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
+
+if TYPE_CHECKING:
+    from edgeprobe.session import MeasureSession
 
 
 @dataclass(frozen=True)
@@ -94,18 +97,43 @@ def etdump_node_ms(etdump: Path, etrecord: Path, node_names: Optional[set[str]] 
 
 def measure_device_costs(model: Any, *, device: str = "local", iterations: int = 10, warmup: int = 2,
                          threads: int = 0, token: Optional[str] = None, node_names: Optional[set[str]] = None,
-                         progress: Optional[Callable[[str], None]] = None) -> DeviceCosts:
-    from edgeprobe import api
+                         progress: Optional[Callable[[str], None]] = None,
+                         session: Optional["MeasureSession"] = None) -> DeviceCosts:
+    """Per-node device costs of ``model`` (an ``ExportedProgram``, module or model name) on ``device``:
+    a portable .pte profiled with ETDump and the XNNPACK .pte's whole-model p50, both measured through
+    ``session`` (an open session on ``device``: the plan's) or, when None, one opened here (the native
+    runner, ``token``) before anything is lowered and closed at the end."""
+    from edgeprobe.session import open_session
 
-    rep = api.profile(model, device=device, backend="portable", iterations=iterations, warmup=warmup,
-                      threads=threads, progress=progress, token=token)
+    if session is not None:
+        return _measure_device_costs(session, model, device, iterations, warmup, threads, node_names, progress)
+    with open_session(device, runner="native", token=token, log=progress) as own:
+        own.check("pte")  # the runner can run a .pte: before the lowering, which can take minutes
+        return _measure_device_costs(own, model, device, iterations, warmup, threads, node_names, progress)
+
+
+def _measure_device_costs(session: "MeasureSession", model: Any, device: str, iterations: int, warmup: int,
+                          threads: int, node_names: Optional[set[str]],
+                          progress: Optional[Callable[[str], None]]) -> DeviceCosts:
+    from edgeprobe.lower import capabilities, lower
+    from edgeprobe.models import load_model
+    from edgeprobe.profiling import profile_on
+    from edgeprobe.session import MeasureConfig
+
+    capabilities.resolve("pte", "portable")
+    spec = load_model(model)
+    portable_art = lower(spec, backend="portable", progress=progress)
+    rep = profile_on(session, portable_art, MeasureConfig(warmup=warmup, iterations=iterations, threads=threads))
     if not rep.result.ok or rep.etdump_path is None:
         err = rep.result.run.error
         raise RuntimeError(f"profiling on {device} failed: {err.message if err else 'no ETDump'}")
-    portable_art = api.export(model, backend="portable")
     per_node, unmapped = etdump_node_ms(rep.etdump_path, portable_art.etrecord_path, node_names)
-    xnn = api.bench(model, device=device, iterations=max(iterations, 10), warmup=warmup, threads=threads,
-                    token=token, progress=progress)
+    xnn_iterations = max(iterations, 10)
+    xnn_art = lower(spec, progress=progress)
+    if progress:
+        progress(f"measuring on {session.id} ({session.runner} runner): {warmup} warm-up + {xnn_iterations} "
+                 "iterations")
+    xnn = session.measure(xnn_art, MeasureConfig(warmup=warmup, iterations=xnn_iterations, threads=threads))
     if not xnn.ok or xnn.stats is None:
         raise RuntimeError(f"measuring the XNNPACK model on {device} failed: {xnn.run.error}")
     total = sum(per_node.values()) + unmapped

@@ -1,4 +1,4 @@
-"""The real link to the server, probed before a plan trusts the declared one.
+"""The link to the server: the declared one's units, and the real one probed before a plan trusts it.
 
 A plan's network costs come from ``--uplink``/``--downlink``/``--rtt``: what the user says the device's
 link is. A plan verified over another link (a server on loopback with a declared 3G link, say) would
@@ -22,13 +22,35 @@ measures, as it is part of every real request.
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from edgeprobe.errors import TransportError
+from edgeprobe.errors import TransportError, UsageError
 
 MSS_BYTES = 1448
+
+_RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmg]?)(bit|bps|b)?(?:/s)?\s*$", re.I)
+_TIME = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(us|ms|s)?\s*$", re.I)
+
+
+def parse_rate_bps(text: str) -> float:
+    """``5.85mbit`` / ``20Mbps`` / ``800kbit`` / ``1e6`` -> bits per second (tc's units: k = 1000)."""
+    m = _RATE.match(str(text))
+    if not m:
+        raise UsageError(f"bandwidth {text!r}: use e.g. 5.85mbit, 800kbit or 1gbit")
+    value = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
+    if value <= 0:
+        raise UsageError(f"bandwidth {text!r} must be positive")
+    return value
+
+
+def parse_time_ms(text: str) -> float:
+    m = _TIME.match(str(text))
+    if not m:
+        raise UsageError(f"time {text!r}: use e.g. 40ms, 0.04s or 500us")
+    return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3, None: 1.0}[(m.group(2) or "ms").lower()]
 
 
 def _programs():
@@ -140,3 +162,51 @@ def compare(declared: dict[str, float], measured: dict[str, Any], *, rate_factor
     if m is not None and abs(m - d) > rtt_slack_ms and (m > rtt_factor * d or m < d / rtt_factor):
         out.append(f"RTT declared {d:g} ms, measured {m:.3g} ms")
     return out
+
+
+def measure_link(client, addr, dev_addr, token: str, prog: str, packet_overhead_bytes: int, device: str,
+                 say: Callable[[str], None]) -> dict[str, Any]:
+    """The link probe over the device's way to the server (``dev_addr``): the plan's own connection
+    when that is the same address, else a second one. From this host: for a device on another
+    machine it is this host's path, which the record says."""
+    from edgeprobe.split.server import TailClient
+
+    say(f"probing the link to {dev_addr[0]}:{dev_addr[1]} (RTT, throughput both ways)")
+    other = None
+    try:
+        c = client
+        if tuple(dev_addr) != tuple(addr):
+            other = c = TailClient(dev_addr[0], dev_addr[1], token)
+        out = probe_link(c, prog, packet_overhead_bytes=packet_overhead_bytes)
+    except Exception as exc:  # noqa: BLE001 - the plan goes on with the declared link, and says why
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return {"path": f"{dev_addr[0]}:{dev_addr[1]}", "error": f"{type(exc).__name__}: {msg}"}
+    finally:
+        if other is not None:
+            other.close()
+    out["from"] = "this host" + ("" if device == "local" else f" (not {device}: its own path may differ)")
+    return out
+
+
+def request_overhead_ms(client, prog: str, iterations: int, warmup: int) -> float:
+    """The software time of one request/reply, whatever the network: a 1-element echo program run
+    through the server; per run, the server's handling (``handle_ms``) plus this client's encode and
+    decode; the median. The socket time (the network's part) is left out on purpose."""
+    import torch
+
+    class _Echo(torch.nn.Module):
+        def forward(self, x):
+            return x + 0
+
+    x = torch.zeros(1)
+    client.load(prog, torch.export.export(_Echo(), (x,)))
+    samples = []
+    for i in range(warmup + max(iterations, 10)):
+        client.run(prog, [x])
+        if i >= warmup:
+            last = client.last
+            if last["handle_ms"] is None:
+                raise TransportError("the split server does not report handle_ms, so the software time per "
+                                     "request cannot be measured; update edgeprobe on the server")
+            samples.append(last["handle_ms"] + last["client_encode_ms"] + last["client_decode_ms"])
+    return statistics.median(samples)
