@@ -43,7 +43,8 @@ def _worker(args: argparse.Namespace) -> int:
     from sweep import bn_calibrated
 
     from edgeprobe.models import load_model
-    from edgeprobe.split import _pinned, plan_split
+    from edgeprobe.split import plan_split
+    from edgeprobe.split.colocation import pinned as _pinned
     from edgeprobe.split.costs import measure_device_costs
     from edgeprobe.split.graph import op_graph
 

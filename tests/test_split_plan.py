@@ -367,3 +367,29 @@ def test_colocation_pins_off_a_pinned_server_and_warns_about_a_shared_one():
         assert "warning" not in off
         over = _colocation("local", {"host_id": me, "cpus": CORES[-1:], "threads": 4}, addr)
         assert over["pinned"] and "oversubscribe" in over["warning"]
+
+
+def test_a_plan_opens_the_device_once_and_measures_everything_through_it(native_runner, monkeypatch):
+    """The device costs (profile + bench) and every confirmed head go through one session: the device
+    opened and the runner resolved once, closed at the end; the progress messages of the old
+    api.profile/api.bench path are still said."""
+    from edgeprobe.split import device as device_module
+
+    opened = []
+    real = device_module.open_session
+
+    def counting(*args, **kwargs):
+        opened.append(real(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(device_module, "open_session", counting)
+    said: list[str] = []
+    plan = plan_split("tiny_cnn", iterations=2, warmup=1, confirm=2, progress=said.append)
+    assert len(opened) == 1, opened
+    session = opened[0]
+    heads = [r for r in plan.candidates if r.measured_head_ms is not None or r.confirm_error is not None]
+    assert heads and all(r.confirm_error is None for r in heads), [r.confirm_error for r in heads]
+    assert session.stats.measurements == 2 + len(heads)  # portable profile, XNNPACK bench, the heads
+    assert session.stats.deploys == 1 and session._closed
+    assert any(m.startswith("profiling on local: 2 iterations with ETDump") for m in said), said
+    assert any(m.startswith("measuring on local (native runner): 1 warm-up + 10 iterations") for m in said), said
