@@ -134,6 +134,9 @@ def test_nested_schema_versions_newer_than_this_reader_are_refused(part, known):
     older = json.loads(json.dumps(good))
     older[part]["schema_version"] = 0  # older parts load (readers keep reading what they wrote)
     assert getattr(BenchResult.from_dict(older), part).schema_version == 0
+    for bad in (None, "1", True, 1.0):  # null was taken for any field; a version must be an int
+        with pytest.raises(ResultError, match=rf"^BenchResult\.{part}\.schema_version: expected int, got "):
+            BenchResult.from_dict({**good, part: {**good[part], "schema_version": bad}})
 
 
 def test_top_level_schema_version_newer_says_upgrade():

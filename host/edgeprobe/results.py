@@ -526,6 +526,8 @@ def _check_version(cls: type, data: dict[str, Any], where: str) -> None:
     """Refuse a record (or a nested part) written by a newer edgeprobe, before reading its fields:
     a newer version may have changed them, and the reason should be the version, not a field."""
     known, version = _known_version(cls), data.get("schema_version")
+    if known is not None and "schema_version" in data and type(version) is not int:  # null too: never a version
+        raise ResultError(f"{where}.schema_version: expected int, got {_short(version)}")
     if known is not None and type(version) is int and version > known:
         raise ResultError(f"{where} has schema_version {_short(version)}; this edgeprobe reads up to {known}: "
                           "upgrade edgeprobe")
