@@ -231,28 +231,28 @@ int measure(const Args& args) {
       energy = {{"available", false},
                 {"reason", "split mode: iteration_ns are end-to-end split times (head, network, tail); no energy window"}};
     } else {
-    // 5. warm-up, then the timed loop with meters running
-    for (long i = 0; i < args.warmup; ++i) run_once(inputs);
-    auto meter = energy_meter();
-    Odpm odpm;
-    Mark mark;  // ODPM snapshots at the window edges, when dumpsys is there
-    if (odpm.active()) mark = [&odpm](const char* window) { odpm.snapshot(window); };
-    std::vector<long long> samples;
-    samples.reserve(static_cast<size_t>(args.iterations));
-    long long timed_ns = 0;
-    meter->begin(args.idle_s, mark);
-    while (static_cast<long>(samples.size()) < args.iterations || timed_ns < args.min_seconds * 1e9) {
-      auto s0 = Clock::now();
-      auto res = module.execute(args.method, inputs);
-      auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - s0).count();
-      if (!res.ok()) throw Failure{"execute_failed", "execute failed in the timed loop: " + error_name(res.error())};
-      samples.push_back(ns);
-      if (fault("timed_loop")) throw std::runtime_error("injected fault (EDGEPROBE_RUNNER_FAULT=timed_loop)");
-      timed_ns += ns;
-    }
-    energy = meter->end(mark);
-    energy["odpm"] = odpm.block();
-    timing = {{"load_ms", load_ms}, {"first_inference_ms", first_ms}, {"iteration_ns", samples}};
+      // 5. warm-up, then the timed loop with meters running
+      for (long i = 0; i < args.warmup; ++i) run_once(inputs);
+      auto meter = energy_meter();
+      Odpm odpm;
+      Mark mark;  // ODPM snapshots at the window edges, when dumpsys is there
+      if (odpm.active()) mark = [&odpm](const char* window) { odpm.snapshot(window); };
+      std::vector<long long> samples;
+      samples.reserve(static_cast<size_t>(args.iterations));
+      long long timed_ns = 0;
+      meter->begin(args.idle_s, mark);
+      while (static_cast<long>(samples.size()) < args.iterations || timed_ns < args.min_seconds * 1e9) {
+        auto s0 = Clock::now();
+        auto res = module.execute(args.method, inputs);
+        auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - s0).count();
+        if (!res.ok()) throw Failure{"execute_failed", "execute failed in the timed loop: " + error_name(res.error())};
+        samples.push_back(ns);
+        if (fault("timed_loop")) throw std::runtime_error("injected fault (EDGEPROBE_RUNNER_FAULT=timed_loop)");
+        timed_ns += ns;
+      }
+      energy = meter->end(mark);
+      energy["odpm"] = odpm.block();
+      timing = {{"load_ms", load_ms}, {"first_inference_ms", first_ms}, {"iteration_ns", samples}};
     }
 
     // 6. ETDump

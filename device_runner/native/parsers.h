@@ -1,6 +1,7 @@
 // The native runner's parsers of bytes that come from outside: test vectors (.epv), the split
 // server's JSON replies and challenge, and codec frames (edgeprobe_runner/codec.py). Header-only and
-// free of ExecuTorch so that the fuzz targets (fuzz/) compile exactly this code with libFuzzer.
+// free of ExecuTorch so that the fuzz targets (fuzz/) compile exactly this code with libFuzzer; JSON is
+// parsed by nlohmann/json (header-only too), without exceptions, through a SAX wrapper (JsonSax).
 //
 // Every bad input ends in a `Failure` with a one-line message; nothing here allocates more than the
 // input can justify (counts are checked against the bytes left before anything is reserved), and all
@@ -194,10 +195,11 @@ class JsonSax {
   }
   bool parse_error(std::size_t pos, const std::string& /*token*/, const nlohmann::detail::exception& ex) {
     pos_ = pos;
-    std::string w = ex.what();  // "[json.exception.parse_error.101] parse error at line 1, column 5: syntax error ..."
-    size_t colon = w.find(": ");
-    reason_ = colon == std::string::npos ? w : w.substr(colon + 2);
-    if (reason_.empty()) reason_ = w;
+    // "[json.exception.parse_error.101] parse error at line 1, column 5: syntax error ...": the reason alone
+    std::string w = ex.what();
+    if (w.rfind("[json.exception.", 0) == 0 && w.find("] ") != std::string::npos) w.erase(0, w.find("] ") + 2);
+    if (w.rfind("parse error", 0) == 0 && w.find(": ") != std::string::npos) w.erase(0, w.find(": ") + 2);
+    if (!w.empty()) reason_ = w;
     return dom_.parse_error(pos, "", ex);
   }
   // Why the parse failed, for "bad JSON in <what>...": " at byte N, after key 'k': reason".

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Builds the libFuzzer targets of the native runner's parsers (parsers.h; no ExecuTorch needed):
-#   device_runner/native/fuzz/build.sh OUTDIR        (CXX defaults to clang++; Debian: clang libclang-rt-14-dev)
+#   device_runner/native/fuzz/build.sh OUTDIR        (CXX defaults to clang++; Debian: clang libclang-rt-14-dev
+#                                                     nlohmann-json3-dev)
 # then e.g. OUTDIR/fuzz_epv -runs=20000 -max_total_time=60 CORPUS_COPY device_runner/native/fuzz/corpus/epv
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
