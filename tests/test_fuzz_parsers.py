@@ -41,7 +41,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeprobe import odpm
+from edgeprobe import energy, odpm
 from edgeprobe.devices import probe
 from edgeprobe.errors import ArtifactError, ResultError
 from edgeprobe.lower import MANIFEST, load_artifact, sha256_file
@@ -510,7 +510,7 @@ def gen(tp: Any, rng: random.Random) -> Any:
         return None if rng.random() < 0.25 else gen(args[0], rng)
     if dataclasses.is_dataclass(tp):
         hints = _hints(tp)
-        return tp(**{f.name: gen(hints[f.name], rng) for f in dataclasses.fields(tp)})
+        return tp(**{f.name: gen(hints[f.name], rng) for f in dataclasses.fields(tp) if f.name != "schema_version"})
     if origin is tuple:
         return tuple(gen(typing.get_args(tp)[0], rng) for _ in range(rng.randint(0, 3)))
     if origin is dict:
@@ -761,7 +761,7 @@ def _strategy(tp: Any) -> st.SearchStrategy:
         return st.none() | _strategy(args[0])
     if dataclasses.is_dataclass(tp):
         hints = _hints(tp)
-        return st.builds(tp, **{f.name: _strategy(hints[f.name]) for f in dataclasses.fields(tp)})
+        return st.builds(tp, **{f.name: _strategy(hints[f.name]) for f in dataclasses.fields(tp) if f.name != "schema_version"})
     if origin is tuple:
         return st.lists(_strategy(typing.get_args(tp)[0]), max_size=3).map(tuple)
     if origin is dict:
@@ -880,7 +880,7 @@ def _capture(rng: random.Random, corpus: list[tuple[str, str, str]]) -> tuple[Od
 
 def _check_odpm_estimate(case) -> Optional[str]:
     capture, iterations = case
-    est = odpm.odpm_estimate(capture, iterations, charging=False)
+    est = energy.odpm_estimate(capture, iterations, charging=False)
     assert isinstance(est, EnergyEstimate) and est.meter == "odpm"
     for text in [est.reason or "", *est.notes]:
         assert "\n" not in text, text
@@ -944,7 +944,7 @@ def test_odpm_estimate_regressions(times):
     texts = [_hal2(vals), _hal2([v + 1 for v in vals]), _hal2([v + 1e30 for v in vals])]
     snaps = tuple(OdpmSnapshot(w, times[2 * i], times[2 * i + 1], texts[i])
                   for i, w in enumerate(["idle_start", "run_start", "run_end"]))
-    est = odpm.odpm_estimate(OdpmCapture(True, snapshots=snaps), 10)
+    est = energy.odpm_estimate(OdpmCapture(True, snapshots=snaps), 10)
     assert isinstance(est, EnergyEstimate)
     if any(t is None or not math.isfinite(t) for t in times):
         assert est.per_inference_j is None and "time stamps" in est.reason

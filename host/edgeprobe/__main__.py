@@ -1,3 +1,5 @@
+"""``python -m edgeprobe``: the same command as ``edgeprobe``."""
+
 import sys
 
 from edgeprobe.cli.main import main
