@@ -27,9 +27,18 @@ class RunError(Exception):
         self.code = code
 
 
+class UsageError(Exception):
+    """Bad arguments (PROTOCOL.md, "Exit code" 2): the usage on stderr and, with --output, a usage record."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # noqa: D102 - raise instead of exiting, so main can write the record
+        raise UsageError(message)
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="edgeprobe_runner", description="Measure one model file (PROTOCOL.md).",
-                                allow_abbrev=False)
+    """The arguments; bad ones raise ``UsageError`` (``main`` turns it into exit 2 and a usage record)."""
+    p = _Parser(prog="edgeprobe_runner", description="Measure one model file (PROTOCOL.md).", allow_abbrev=False)
     p.add_argument("--model", required=True)
     p.add_argument("--vectors")
     p.add_argument("--warmup", type=int, default=3)
@@ -44,8 +53,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--save-outputs")
     p.add_argument("--output")
     args = p.parse_args(argv)
-    if args.warmup < 0 or args.iterations < 1 or args.min_seconds < 0 or args.threads < 0 or args.idle_s < 0:
-        p.error("--warmup >= 0, --iterations >= 1, --min-seconds >= 0 and --threads >= 0 are required")
+    for flag, value, low in (("--warmup", args.warmup, 0), ("--iterations", args.iterations, 1),
+                             ("--min-seconds", args.min_seconds, 0), ("--idle-s", args.idle_s, 0),
+                             ("--threads", args.threads, 0), ("--rtol", args.rtol, 0), ("--atol", args.atol, 0)):
+        if not (math.isfinite(value) and value >= low):
+            p.error(f"bad value for {flag}: {value!r} (want a finite number >= {low})")
     return args
 
 
@@ -73,31 +85,36 @@ def _to_raw(t) -> epv.RawTensor:
 
 
 def _compare(actual: Sequence[Any], expected: Sequence[epv.RawTensor], rtol: float, atol: float) -> tuple[Optional[str], float]:
-    """None if every output is within |a-e| <= atol + rtol*|e|, else a message; and max |a-e|."""
+    """None if every output is within |a-e| <= atol + rtol*|e| (PROTOCOL.md: every dtype, integers too;
+    NaN only where NaN is expected), else a message; and the largest |a-e| seen over the elements compared
+    (0 when none were: a count, dtype or shape mismatch compares nothing), as the native runner reports it."""
     import torch
 
     if len(actual) != len(expected):
-        return f"runtime returned {len(actual)} outputs, vectors expect {len(expected)}", math.inf
+        return f"runtime returned {len(actual)} outputs, vectors expect {len(expected)}", 0.0
     worst = 0.0
     for i, (a, e_raw) in enumerate(zip(actual, expected)):
         e = _to_tensor(e_raw)
+        if a.dtype != e.dtype:
+            return (f"output {i} has dtype {str(a.dtype).removeprefix('torch.')}, expected "
+                    f"{str(e.dtype).removeprefix('torch.')}"), worst
         if tuple(a.shape) != tuple(e.shape):
-            return f"output {i} has shape {tuple(a.shape)}, expected {tuple(e.shape)}", math.inf
-        if e.is_floating_point():
-            a64, e64 = a.to(torch.float64), e.to(torch.float64)
-            diff = (a64 - e64).abs()
-            nan_mismatch = torch.isnan(a64) != torch.isnan(e64)
-            diff = torch.where(torch.isnan(e64) & torch.isnan(a64), torch.zeros_like(diff), diff)
-            err = float(diff.max()) if diff.numel() else 0.0
-            worst = max(worst, err)
-            bad = bool(nan_mismatch.any()) or bool((diff > atol + rtol * e64.abs()).any())
-        else:
-            bad = not torch.equal(a.to(e.dtype), e)
-            err = 0.0 if not bad else math.inf
-            worst = max(worst, err)
+            return f"output {i} has shape {tuple(a.shape)}, expected {tuple(e.shape)}", worst
+        a64, e64 = a.detach().to(torch.float64).reshape(-1), e.to(torch.float64).reshape(-1)
+        nan_a, nan_e = torch.isnan(a64), torch.isnan(e64)
+        both = ~nan_a & ~nan_e
+        diff = (a64[both] - e64[both]).abs()
+        if diff.numel():
+            worst = max(worst, float(diff.max()))
+        bad = bool((nan_a != nan_e).any()) or bool((diff > atol + rtol * e64[both].abs()).any())
         if bad:
-            return f"output {i} differs from the expected output (max |a-e| = {err:.3g}, atol={atol:.3g}, rtol={rtol:.3g})", worst
+            return f"output {i} differs from the expected output (max |a-e| = {worst:.3g}, atol={atol:.3g}, rtol={rtol:.3g})", worst
     return None, worst
+
+
+def _finite(x: float) -> Optional[float]:
+    """A number for the record: JSON has no inf or NaN (the native runner writes null for them)."""
+    return x if math.isfinite(x) else None
 
 
 class _Program:
@@ -106,6 +123,10 @@ class _Program:
     def __init__(self, run: Callable[[list], list], input_specs: list[tuple[str, tuple[int, ...]]]) -> None:
         self.run = run
         self.input_specs = input_specs
+
+
+# Set by main(): this process is the runner itself (``python -m edgeprobe_runner``), not a library caller.
+_OWN_PROCESS = False
 
 
 def _import_runtime(path: str) -> tuple[str, str]:
@@ -117,9 +138,31 @@ def _import_runtime(path: str) -> tuple[str, str]:
         import torch.jit.mobile  # noqa: F401
 
         return "torchscript_lite", metadata.version("torch")
+    if _OWN_PROCESS:
+        # the runtime bindings without the EXIR compiler (about 3.5 s of a 4.5 s start-up on 2 cores);
+        # only in the runner's own process, which never imports exir afterwards (split_client._portable_lib)
+        from edgeprobe_runner.split_client import _portable_lib
+
+        _portable_lib()
     import executorch.runtime  # noqa: F401
 
-    return "executorch", metadata.version("executorch")
+    return "executorch", _executorch_version()
+
+
+def _executorch_version() -> Optional[str]:
+    """The wheel's own version string (``executorch.version``, with its local tag such as ``+cpu``): the
+    one the native runner is built with (EDGEPROBE_EXECUTORCH_VERSION), so both flavors name a runtime alike."""
+    from importlib import metadata
+
+    try:
+        from executorch.version import __version__ as version
+
+        return str(version)
+    except ImportError:
+        try:
+            return metadata.version("executorch")
+        except metadata.PackageNotFoundError:
+            return None
 
 
 def _load(path: str, method: str, threads: int) -> tuple[_Program, int]:
@@ -158,7 +201,7 @@ def _load(path: str, method: str, threads: int) -> tuple[_Program, int]:
     specs = []
     for i in range(meta.num_inputs()):
         tm = meta.input_tensor_meta(i)
-        specs.append((str(tm.dtype()).removeprefix("ScalarType."), tuple(tm.sizes())))
+        specs.append((_et_dtype(tm.dtype()), tuple(tm.sizes())))
 
     def run_pte(inputs: list) -> list:
         return list(loaded.execute(inputs))
@@ -178,14 +221,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "energy": {"available": False, "reason": "run ended before the timed loop"},
         "thermal": None, "environment": meters.environment(),
     }
+    thermal_before: dict[str, float] = {}
     try:
-        if not os.path.isfile(args.model):
-            raise RunError("load_failed", f"model file {args.model} does not exist")
-        if args.etdump:
-            raise RunError("unsupported", "ETDump is written by the native runner only; drop --etdump or use it")
         runtime, version = _import_runtime(args.model)
         record["runner"].update(runtime=runtime, runtime_version=version)
         import torch
+
+        if runtime == "executorch":  # the runtime's default pool, as the native runner reports it before a load
+            from executorch.extension.pybindings import portable_lib
+
+            record["config"]["threads_used"] = int(portable_lib._threadpool_get_thread_count())
 
         # the high-water mark reset to the current RSS first: the baseline HWM is this runner's own
         # (interpreter + runtime), not a transient of the imports above
@@ -196,6 +241,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                             "peak_rss_bytes": None, "swap_bytes": None, "source": "/proc/self/status VmHWM",
                             "hwm_reset": reset_failed is None,
                             "peak_rss_definition": meters.peak_rss_definition(reset_failed)}
+        # checked after the baseline (step 1 comes first, PROTOCOL.md "Order of work"), as the native runner does
+        if not os.path.isfile(args.model) or not os.access(args.model, os.R_OK):
+            raise RunError("load_failed", f"model file {args.model} does not exist or is unreadable")
+        if args.etdump:
+            raise RunError("unsupported", "ETDump is written by the native runner only; drop --etdump or use it")
 
         try:
             testsets = epv.read(args.vectors) if args.vectors else []
@@ -210,7 +260,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         if testsets:
             inputs = [_to_tensor(t) for t in testsets[0].inputs]
         elif prog.input_specs:
-            inputs = [torch.ones(shape, dtype=getattr(torch, _et_dtype(dt))) for dt, shape in prog.input_specs]
+            inputs = [torch.ones(shape, dtype=getattr(torch, dt)) for dt, shape in prog.input_specs]
         else:
             raise RunError("bad_vectors", "a .ptl has no input metadata: pass --vectors")
 
@@ -223,8 +273,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             first_ms = (time.monotonic_ns() - t0) / 1e6
             record["timing"] = {"load_ms": load_ms, "first_inference_ms": first_ms, "iteration_ns": []}
             if args.save_outputs:
-                with open(args.save_outputs, "wb") as f:
-                    epv.write(f, [epv.TestSet(tuple(_to_raw(t) for t in inputs), tuple(_to_raw(t) for t in outputs))])
+                try:
+                    with open(args.save_outputs, "wb") as f:
+                        epv.write(f, [epv.TestSet(tuple(_to_raw(t) for t in inputs), tuple(_to_raw(t) for t in outputs))])
+                except OSError as exc:
+                    raise RunError("io_failed", f"cannot write {args.save_outputs}: {exc.strerror or exc}")
 
             if testsets:
                 worst_all = 0.0
@@ -234,12 +287,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     worst_all = max(worst_all, worst)
                     if problem:
                         record["verification"] = {"checked": True, "passed": False, "testsets": len(testsets),
-                                                  "rtol": args.rtol, "atol": args.atol, "max_abs_error": worst_all,
+                                                  "rtol": args.rtol, "atol": args.atol, "max_abs_error": _finite(worst_all),
                                                   "reason": f"testset {idx}: {problem}"}
                         record["timing"] = None
                         raise RunError("output_mismatch", f"testset {idx}: {problem}")
                 record["verification"] = {"checked": True, "passed": True, "testsets": len(testsets),
-                                          "rtol": args.rtol, "atol": args.atol, "max_abs_error": worst_all, "reason": None}
+                                          "rtol": args.rtol, "atol": args.atol, "max_abs_error": _finite(worst_all), "reason": None}
             else:
                 record["verification"] = {"checked": False, "passed": None, "testsets": 0, "rtol": None, "atol": None,
                                           "max_abs_error": None, "reason": "no test vectors given; inputs are ones"}
@@ -260,33 +313,124 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             record["energy"] = meter.end(mark)
             record["energy"]["odpm"] = odpm.block()
             record["timing"]["iteration_ns"] = samples
-
+    except RunError as exc:
+        record["status"] = "error"
+        record["error"] = {"code": exc.code, "message": _one_line(str(exc))}
+        if exc.code != "output_mismatch" and record.get("timing") and not record["timing"].get("iteration_ns"):
+            record["timing"] = None
+    if record["memory"] is not None:  # step 6, after a failed run too (the baseline was taken), as in the native runner
         status = meters.proc_status()
         record["memory"].update(peak_rss_bytes=status.get("VmHWM"), swap_bytes=status.get("VmSwap"))
         record["thermal"] = meters.thermal_block(thermal_before, meters.thermal_zones())
-    except RunError as exc:
-        record["status"] = "error"
-        record["error"] = {"code": exc.code, "message": str(exc)}
-        if exc.code != "output_mismatch" and record.get("timing") and not record["timing"].get("iteration_ns"):
-            record["timing"] = None
     return record
 
 
-def _et_dtype(name: str) -> str:
-    """ExecuTorch ScalarType names (Float, Long, ...) -> torch dtype names."""
+def _one_line(message: str) -> str:
+    """Every error message in a record is one line (PROTOCOL.md)."""
+    return " ".join(message.split()) or "(no message)"
+
+
+def _et_dtype(dtype: Any) -> str:
+    """An ExecuTorch ScalarType (its code, as the bindings give it, or its name: Float, Long, ...) -> the
+    torch dtype name."""
+    code = dtype if isinstance(dtype, int) else getattr(dtype, "value", None)
+    if isinstance(code, int):
+        if code not in epv.CODE_DTYPES:
+            raise RunError("unsupported", f"input dtype code {code} is not one the runner can make inputs of ones for")
+        return epv.CODE_DTYPES[code]
+    name = str(dtype).removeprefix("ScalarType.")
+    if name.isdigit():
+        return _et_dtype(int(name))
     return {"Float": "float32", "Double": "float64", "Half": "float16", "BFloat16": "bfloat16", "Long": "int64",
             "Int": "int32", "Short": "int16", "Char": "int8", "Byte": "uint8", "Bool": "bool"}.get(name, name.lower())
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    record = measure(args)
-    text = json.dumps(record)
-    if args.output:
-        tmp = args.output + ".tmp"
+def _usage_record(argv: Sequence[str], message: str) -> dict[str, Any]:
+    """The record of a run refused for its arguments (code ``usage``): nothing was measured."""
+    model = _flag_value(argv, "--model")
+    runtime = "torchscript_lite" if model and model.endswith(".ptl") else "executorch"
+    try:
+        from importlib import metadata
+
+        version = metadata.version("torch") if runtime == "torchscript_lite" else _executorch_version()
+    except Exception:  # noqa: BLE001  (not installed: the record says so with a null)
+        version = None
+    return {"schema_version": SCHEMA_VERSION, "status": "error", "error": {"code": "usage", "message": _one_line(message)},
+            "runner": {"flavor": "python", "version": __version__, "runtime": runtime, "runtime_version": version},
+            "artifact": {"path": None, "size_bytes": None}, "config": None, "verification": None, "timing": None,
+            "memory": None, "energy": None, "thermal": None, "environment": None}
+
+
+def _flag_value(argv: Sequence[str], flag: str) -> Optional[str]:
+    """The value of ``flag`` (``--flag V`` or ``--flag=V``, the last one wins) in an argv argparse refused."""
+    value = None
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith(flag + "="):
+            value = a[len(flag) + 1:]
+    return value
+
+
+def _json_safe(v: Any) -> Any:
+    """inf and NaN (not JSON) as null, as the native runner's JSON writer has them."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+def _write(path: Optional[str], record: dict[str, Any]) -> bool:
+    """The record to ``path`` (atomically) or stdout; False (and why on stderr) when it cannot be written."""
+    text = json.dumps(_json_safe(record), allow_nan=False) + "\n"  # strict JSON: no Infinity/NaN tokens
+    if not path:
+        sys.stdout.write(text)
+        return True
+    tmp = path + ".tmp"
+    try:
         with open(tmp, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, args.output)
-    else:
-        sys.stdout.write(text + "\n")
-    return 0
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        print(f"edgeprobe_runner: cannot write {tmp}: {exc.strerror or exc}", file=sys.stderr)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        return False
+    return True
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Exit codes as in PROTOCOL.md: 0 a record was written (also an error record of a failed
+    measurement), 1 an internal error (its record still written), 2 bad arguments (a usage record when
+    --output was given), 3 the record could not be written."""
+    global _OWN_PROCESS
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _OWN_PROCESS = True
+    try:
+        args = parse_args(argv)
+    except UsageError as exc:
+        message = _one_line(str(exc))
+        print(f"usage: edgeprobe_runner --model PATH [options] (see --help and PROTOCOL.md)\n"
+              f"edgeprobe_runner: {message}", file=sys.stderr)
+        output = _flag_value(argv, "--output")
+        if output:
+            _write(output, _usage_record(argv, message))
+        return 2
+    code = 0
+    try:
+        record = measure(args)
+    except Exception as exc:  # noqa: BLE001  (an unexpected exception still ends in a record: internal_error)
+        message = _one_line(f"{type(exc).__name__}: {exc}")
+        print(f"edgeprobe_runner: internal error: {message}", file=sys.stderr)
+        record = _usage_record(argv, message)
+        record["error"]["code"] = "internal_error"
+        record["artifact"] = {"path": args.model, "size_bytes": None}
+        code = 1
+    if not _write(args.output, record):
+        return 3
+    return code
