@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     import torch
     import torchvision
 
-    from edgeprobe.split.graph import export_tail, op_graph, split
+    from edgeprobe.split.graph import op_graph
+    from edgeprobe.split.partition import export_tail, split
     from edgeprobe.split.server import TailClient
 
     servers = {d: _serve(d, args.threads if d == "cpu" else 0) for d in args.devices}

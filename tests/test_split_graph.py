@@ -26,8 +26,8 @@ from torch import nn
 
 from edgeprobe.models.zoo import TinyCNN
 from edgeprobe.split import planner
-from edgeprobe.split.graph import (OpGraph, export_head, op_graph, split, tail_example_inputs,
-                                   to_cost_graph)
+from edgeprobe.split.graph import OpGraph, op_graph, to_cost_graph
+from edgeprobe.split.partition import export_head, split, tail_example_inputs
 from edgeprobe_runner import codec
 
 ENCODINGS = ("fp32", "fp16", "int8")

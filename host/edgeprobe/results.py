@@ -1,18 +1,13 @@
 """Result records: frozen dataclasses, JSON with ``schema_version``; importing this needs no torch.
 
 The runner reports raw samples (``iteration_ns``); every statistic is derived on the host, so a
-record can be re-analysed later without re-measuring: latency statistics here, energy per
-inference in ``energy.py`` (``EnergyReading.estimate`` delegates to it).
+record can be re-analysed later without re-measuring: latency statistics in ``latency.py``, energy
+per inference in ``energy.py`` (``EnergyReading.estimate`` delegates to it).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
-import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -20,98 +15,12 @@ from typing import Any, Optional, Union
 from edgeprobe import energy
 from edgeprobe.energy import EnergyEstimate, RailEstimate  # noqa: F401 - re-exported: estimates of a reading
 from edgeprobe.errors import ResultError
+from edgeprobe.latency import (  # noqa: F401 - re-exported: derived from a record's samples
+    STABLE_MAX_CV_PERCENT, STABLE_MIN_SCORE, LatencyStats, percentile, stability_score, trimmed_mean)
 from edgeprobe.request import Request
+from edgeprobe.serde import _short, from_dict, to_dict  # noqa: F401 - from_dict/to_dict re-exported
 
 SCHEMA_VERSION = 1
-
-
-# ---------------------------------------------------------------- statistics
-
-
-def percentile(sorted_values: typing.Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default method) of already sorted values."""
-    if not sorted_values:
-        raise ValueError("percentile of no samples")
-    pos = (len(sorted_values) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = math.ceil(pos)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
-def trimmed_mean(sorted_values: typing.Sequence[float], proportion: float = 0.1) -> float:
-    """Mean after cutting ``proportion`` of the samples from each end (scipy.stats.trim_mean)."""
-    cut = int(proportion * len(sorted_values))
-    kept = sorted_values[cut : len(sorted_values) - cut] or sorted_values
-    return sum(kept) / len(kept)
-
-
-def stability_score(cv_percent: float, max_min_ratio: float, p99_p50_ratio: float) -> float:
-    """ExecuTorch's benchmark stability score, 0..100 (.ci/scripts/benchmark_tooling).
-
-    0.5 * CV score (CV of 10 % or more scores 0) + 0.25 * max/min score (ratio 3 scores 0)
-    + 0.25 * p99/p50 score (ratio 2 scores 0).
-    """
-    cv_score = max(0.0, 100.0 - cv_percent * 10.0)
-    max_min_score = 0.0 if math.isinf(max_min_ratio) else max(0.0, 100.0 - (max_min_ratio - 1) * 50.0)
-    p99_p50_score = max(0.0, 100.0 - (p99_p50_ratio - 1) * 100.0)
-    return 0.5 * cv_score + 0.25 * max_min_score + 0.25 * p99_p50_score
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    """Statistics derived from raw per-iteration samples (never stored, always recomputed)."""
-
-    n: int
-    mean_ms: float
-    std_ms: float
-    min_ms: float
-    max_ms: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    trimmed_mean_ms: float
-    cv_percent: float
-    stability_score: float
-
-    @classmethod
-    def from_ns(cls, samples_ns: typing.Sequence[int]) -> "LatencyStats":
-        if not samples_ns:
-            raise ValueError("no latency samples")
-        ms = sorted(s / 1e6 for s in samples_ns)
-        n = len(ms)
-        mean = sum(ms) / n
-        std = math.sqrt(sum((x - mean) ** 2 for x in ms) / (n - 1)) if n > 1 else 0.0
-        cv = std / mean * 100.0 if mean > 0 else 0.0
-        p50, p99 = percentile(ms, 50), percentile(ms, 99)
-        max_min = ms[-1] / ms[0] if ms[0] > 0 else math.inf
-        return cls(
-            n=n,
-            mean_ms=mean,
-            std_ms=std,
-            min_ms=ms[0],
-            max_ms=ms[-1],
-            p50_ms=p50,
-            p90_ms=percentile(ms, 90),
-            p99_ms=p99,
-            trimmed_mean_ms=trimmed_mean(ms, 0.1),
-            cv_percent=cv,
-            stability_score=stability_score(cv, max_min, p99 / p50 if p50 > 0 else math.inf),
-        )
-
-    @property
-    def unstable_reason(self) -> Optional[str]:
-        """Why these samples do not make a stable figure (None when they do): a CV above
-        STABLE_MAX_CV_PERCENT or a stability score below STABLE_MIN_SCORE."""
-        why = []
-        if self.cv_percent > STABLE_MAX_CV_PERCENT:
-            why.append(f"CV {self.cv_percent:.1f} % > {STABLE_MAX_CV_PERCENT:g} %")
-        if self.stability_score < STABLE_MIN_SCORE:
-            why.append(f"stability {self.stability_score:.0f}/100 < {STABLE_MIN_SCORE:g}")
-        return "; ".join(why) or None
-
-
-STABLE_MAX_CV_PERCENT = 5.0  # above this, a latency figure is flagged as not stable
-STABLE_MIN_SCORE = 60.0  # ... and below this stability score
 
 
 # ---------------------------------------------------------------- record parts
@@ -453,103 +362,3 @@ class BenchResult:
         except (OSError, UnicodeDecodeError) as exc:
             raise ResultError(f"cannot read the result file {path}: {str(exc)[:200]}") from None
         return cls.from_json(text)
-
-
-# ---------------------------------------------------------------- (de)serialisation
-
-
-def to_dict(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)
-
-
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    if value is None:
-        return None
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _convert(args[0], value, where) if len(args) == 1 else value
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ResultError(f"{where}: expected a list, got {type(value).__name__}")
-        return tuple(_convert(args[0], v, f"{where}[]") for v in value)
-    if origin is dict:
-        _, vt = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ResultError(f"{where}: expected an object, got {type(value).__name__}")
-        return {str(k): _convert(vt, v, f"{where}.{_key(k)}") for k, v in value.items()}
-    if tp in (int, float) and isinstance(value, int) and not isinstance(value, bool) \
-            and not -2 ** 63 <= value < 2 ** 64:  # beyond what a runner writes (and float() would raise)
-        raise ResultError(f"{where}: {tp.__name__} out of range, got {_short(value)}")
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is not bool and isinstance(value, bool))):
-        raise ResultError(f"{where}: expected {tp.__name__}, got {_short(value)}")
-    return value
-
-
-def _short(value: Any, width: int = 60) -> str:
-    """``repr(value)`` cut to ``width`` characters, so an error message stays one short line."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int beyond sys.get_int_max_str_digits()
-        text = f"<{type(value).__name__} too large to show>"
-    return text if len(text) <= width else text[:width - 3] + "..."
-
-
-def _key(k: Any) -> str:
-    """An object key as it appears in an error's path: as is when plain, else its short repr
-    (a key can hold a newline)."""
-    k = str(k)
-    return k if k.isprintable() and len(k) <= 60 else _short(k)
-
-
-@functools.lru_cache(maxsize=None)
-def _type_hints(cls: type) -> dict[str, Any]:
-    """``typing.get_type_hints`` once per class: evaluating the string annotations on every record
-    was 80 % of reading one."""
-    return typing.get_type_hints(cls)
-
-
-@functools.lru_cache(maxsize=None)
-def _known_version(cls: type) -> Optional[int]:
-    """The newest ``schema_version`` this reader knows for ``cls``: the default of its
-    ``schema_version`` field (Manifest, RunRecord, BenchResult, Request); None without one."""
-    f = next((f for f in dataclasses.fields(cls) if f.name == "schema_version"), None)
-    return f.default if f is not None and type(f.default) is int else None
-
-
-def _check_version(cls: type, data: dict[str, Any], where: str) -> None:
-    """Refuse a record (or a nested part) written by a newer edgeprobe, before reading its fields:
-    a newer version may have changed them, and the reason should be the version, not a field."""
-    known, version = _known_version(cls), data.get("schema_version")
-    if known is not None and "schema_version" in data and type(version) is not int:  # null too: never a version
-        raise ResultError(f"{where}.schema_version: expected int, got {_short(version)}")
-    if known is not None and type(version) is int and version > known:
-        raise ResultError(f"{where} has schema_version {_short(version)}; this edgeprobe reads up to {known}: "
-                          "upgrade edgeprobe")
-
-
-def from_dict(cls: type, data: Any, where: str = "") -> Any:
-    """Build a (nested) frozen dataclass from plain JSON data, checking types on the way, and the
-    ``schema_version`` of every part that has one (``_check_version``; a class's own
-    ``check_version()``, as Request has, is called on the result)."""
-    where = where or cls.__name__
-    if not isinstance(data, dict):
-        raise ResultError(f"{where}: expected an object, got {type(data).__name__}")
-    _check_version(cls, data, where)
-    hints = _type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in data:
-            kwargs[f.name] = _convert(hints[f.name], data[f.name], f"{where}.{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ResultError(f"{where}: missing field {f.name!r}")
-    obj = cls(**kwargs)
-    check = getattr(obj, "check_version", None)
-    if callable(check):
-        check()
-    return obj

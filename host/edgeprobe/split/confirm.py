@@ -53,7 +53,7 @@ def _confirm_row(og, spec, r: CandidateRow, picked: bool, device_only_ms: float,
     """One row, confirmed when ``picked`` (its head lowered and timed), else as it was (cloud-only: no head)."""
     from edgeprobe.lower import lower
     from edgeprobe.models import ModelSpec
-    from edgeprobe.split.graph import export_head, split
+    from edgeprobe.split.partition import export_head, split
 
     measured: Optional[float] = None
     if r.kind == "cloud-only":

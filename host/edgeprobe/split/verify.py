@@ -174,7 +174,7 @@ def verify_end_to_end(og, spec, rows: list[CandidateRow], client, addr, token: s
 
     from edgeprobe.lower import lower
     from edgeprobe.models import ModelSpec, flatten_outputs
-    from edgeprobe.split.graph import export_head, export_tail, split
+    from edgeprobe.split.partition import export_head, export_tail, split
     from edgeprobe_runner import codec
 
     with torch.no_grad():
@@ -251,7 +251,7 @@ def _native_candidate(native: _NativeSplit, s, spec, client, addr, token: str, e
     inputs are sent without running it), the tail loaded on the server."""
     from edgeprobe.lower import lower
     from edgeprobe.models import ModelSpec
-    from edgeprobe.split.graph import export_head, export_tail
+    from edgeprobe.split.partition import export_head, export_tail
 
     extra = ["--split-encoding", encoding, "--split-send", str(len(s.crossing))]
     if s.cloud_only:
