@@ -10,6 +10,11 @@
 5. Split planning time on a synthetic 1000-node DAG (benchmarks/split_planning.py), ``--only split``.
 6. Split end to end under 3G/4G/Wi-Fi, MobileNetV2 and ResNet18 (benchmarks/split_e2e.py),
    ``--only split-e2e``; the CUDA tails (benchmarks/split_gpu_tails.py) run on a GPU machine.
+7. Command start-up: `edgeprobe --help`, `devices`, `show`, `recipes` (benchmarks/startup.py),
+   ``--only startup``.
+8. The shared measurement session: a sweep of 3 recipes and a `split --confirm 3` over the test
+   adbd, one session per command vs a session per measurement, interleaved
+   (benchmarks/session.py), ``--only session``.
 
 Prints a Markdown report (paste into docs/benchmarks.md with the command line).
 """
@@ -77,7 +82,7 @@ def main() -> int:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--only", choices=["overhead", "push", "sweep", "split", "split-e2e"],
+    ap.add_argument("--only", choices=["overhead", "push", "sweep", "split", "split-e2e", "startup", "session"],
                     help="run one section only (overhead: sections 1 and 2)")
     ap.add_argument("--push-size-mb", type=float, default=50)
     ap.add_argument("--push-repeats", type=int, default=3)
@@ -86,7 +91,8 @@ def main() -> int:
         print(f"# edgeprobe benchmarks\n\nmachine: {platform.machine()}, {os.cpu_count()} cores, "
               f"{platform.platform()}\n")
         return {"push": push_section, "sweep": sweep_section, "split": split_section,
-                "split-e2e": split_e2e_section}[args.only](args)
+                "split-e2e": split_e2e_section, "startup": startup_section,
+                "session": session_section}[args.only](args)
     threads_list = [int(t) for t in args.threads.split(",")]
     models = args.models.split(",")
     say = lambda m: print(f"  .. {m}", file=sys.stderr, flush=True)  # noqa: E731
@@ -141,7 +147,11 @@ def main() -> int:
     # 5. split planning
     split_section(args)
     # 6. split end to end under the three link profiles (needs root: namespaces, TUN)
-    return split_e2e_section(args)
+    split_e2e_section(args)
+    # 7. command start-up
+    startup_section(args)
+    # 8. the shared measurement session
+    return session_section(args)
 
 
 def split_e2e_section(args) -> int:
@@ -152,6 +162,26 @@ def split_e2e_section(args) -> int:
 
     print("\n## Split end to end under 3G/4G/Wi-Fi (MobileNetV2, ResNet18; every candidate measured)\n")
     run_split_e2e_bench(say=lambda m: print(f"  .. {m}", file=sys.stderr, flush=True))
+    return 0
+
+
+def startup_section(args) -> int:
+    """Median wall time of the commands that must not import torch (benchmarks/startup.py)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from startup import print_table, run_startup_bench
+
+    print("\n## Command start-up (median of 5 fresh processes)\n")
+    print_table(run_startup_bench(5, say=lambda m: print(f"  .. {m}", file=sys.stderr, flush=True)), 5)
+    return 0
+
+
+def session_section(args) -> int:
+    """One measurement session per command vs one per measurement, over the test adbd (benchmarks/session.py)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from session import print_table, run_session_bench
+
+    print("\n## Shared measurement session over the test adbd (interleaved, median of 3)\n")
+    print_table(run_session_bench(3, 5, say=lambda m: print(f"  .. {m}", file=sys.stderr, flush=True)))
     return 0
 
 
