@@ -38,17 +38,21 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import socket
+import struct
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from edgeprobe_runner import codec
-from edgeprobe_runner.wire import ProtocolError, client_handshake, read_token_file, recv_exact, recv_msg, send_msg
+from edgeprobe_runner.wire import (DEFAULT_MAX_HEADER_BYTES, ProtocolError, client_handshake, parse_header,
+                                   read_token_file, recv_exact, send_msg)
 
 SCHEMA_VERSION = 1
+MAX_REPLY_PAYLOAD = 1 << 31  # bytes of one reply's payload; a larger `size` is a split_protocol error (PROTOCOL.md)
 
 
 class SplitError(Exception):
@@ -105,8 +109,59 @@ def _connect(server: str, token: str, timeout_s: float) -> tuple[socket.socket, 
         info = client_handshake(sock, token, "split", server)
     except (OSError, ProtocolError) as exc:
         sock.close()
-        raise SplitError("refused", str(exc)) from None
+        raise SplitError(_handshake_code(exc), f"handshake with {server}: {exc}") from None
     return sock, info
+
+
+def _handshake_code(exc: BaseException) -> str:
+    """The native runner's error codes for a failed handshake (PROTOCOL.md, "Handshake"): the server
+    refused us (``refused``), did not prove it holds the token (``unauthenticated_server``), spoke
+    something else (``split_protocol``) or went away (``connection_lost``)."""
+    msg = str(exc)
+    if isinstance(exc, OSError) or "connection closed" in msg:
+        return "connection_lost"
+    if "did not prove it holds the token" in msg:
+        return "unauthenticated_server"
+    if "refused the connection" in msg:
+        return "refused"
+    return "split_protocol"
+
+
+def _recv_reply(sock: socket.socket, server: str) -> tuple[dict[str, Any], bytes, int]:
+    """One run reply: (header, payload, bytes read). A header over 1 MiB, one that is not a JSON
+    object, a success without a ``size`` that is an integer in [0, 2^31]: ``split_protocol``; the
+    connection gone before the reply is whole: ``connection_lost`` (as in the native runner)."""
+    def exact(n: int) -> bytes:
+        try:
+            return recv_exact(sock, n)
+        except (OSError, ProtocolError) as exc:
+            raise SplitError("connection_lost", f"connection to {server} lost while receiving the reply: {exc}") from None
+
+    (n,) = struct.unpack(">I", exact(4))
+    if n > DEFAULT_MAX_HEADER_BYTES:
+        raise SplitError("split_protocol", f"the server's message header of {n} bytes is over the "
+                                           f"{DEFAULT_MAX_HEADER_BYTES}-byte limit")
+    try:
+        reply = parse_header(exact(n))
+    except ProtocolError as exc:
+        raise SplitError("split_protocol", f"the server's reply: {exc}") from None
+    size = 0
+    if reply.get("ok") is True and "size" in reply:
+        size = reply["size"]
+        if isinstance(size, float) and size.is_integer():
+            size = int(size)
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_REPLY_PAYLOAD:
+            raise SplitError("split_protocol", f"the server's reply has a 'size' that is not an integer in "
+                                               f"[0, {MAX_REPLY_PAYLOAD}]: {str(size)[:40]}")
+    data = exact(size) if size else b""
+    return reply, data, 4 + n + len(data)
+
+
+def _reply_ms(reply: dict[str, Any], key: str) -> float:
+    v = reply.get(key)
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        raise SplitError("split_protocol", f"the server's run reply has no number '{key}' (an older or foreign server?)")
+    return float(v)
 
 
 def _portable_lib():
@@ -174,9 +229,10 @@ def measure(args: argparse.Namespace, record: dict[str, Any]) -> None:
             if i >= args.warmup:
                 # nothing was encoded, sent or served: null, as in the native runner (PROTOCOL.md)
                 record["iterations"].append({"head_ms": _ms(t0, t1), "encode_ms": None, "round_trip_ms": None,
-                                             "server_ms": None, "network_ms": None, "decode_ms": None,
+                                             "server_ms": None, "server_decode_ms": None, "server_encode_ms": None,
+                                             "server_handle_ms": None, "network_ms": None, "decode_ms": None,
                                              "e2e_ms": _ms(t0, t1), "bytes_up": 0, "bytes_down": 0})
-        record["bytes_up"] = record["bytes_down"] = 0
+        record["bytes_up"] = record["bytes_down"] = record["payload_bytes_up"] = record["payload_bytes_down"] = 0
         record["head_outputs_count"] = len(outputs)
         _write_outputs(args, record, outputs)
         return
@@ -197,23 +253,27 @@ def measure(args: argparse.Namespace, record: dict[str, Any]) -> None:
                       "reply_encoding": args.reply_encoding, "size": len(payload)}
             try:
                 send_msg(sock, header, payload)
-                reply = recv_msg(sock)
-                data = recv_exact(sock, int(reply.get("size", 0))) if reply.get("ok") else b""
             except (OSError, ProtocolError) as exc:
                 raise SplitError("connection_lost", f"connection to {args.server} lost during run "
                                  f"({len(payload)}-byte payload): {exc}") from None
+            reply, data, bytes_down = _recv_reply(sock, args.server)
             t3 = time.monotonic_ns()
-            if not reply.get("ok"):
-                raise SplitError("server_error", f"the server refused run {args.name!r}: {reply.get('error')}")
-            outputs = list(codec.decode(data))
+            if reply.get("ok") is not True:
+                raise SplitError("server_error", f"the server refused run {args.name!r}: "
+                                 f"{' '.join(str(reply.get('error', 'no reason given')).split())[:200]}")
+            try:  # checked (magic, header, shapes, nbytes, no trailing bytes), as an app would before using them
+                outputs = list(codec.decode(data))
+            except (ValueError, codec.CodecError) as exc:
+                raise SplitError("split_protocol", f"the server's reply frame: {exc}") from None
             t4 = time.monotonic_ns()
-            server_parts = reply["server_ms"] + reply["decode_ms"] + reply["encode_ms"]
+            srv, sdec, senc = (_reply_ms(reply, k) for k in ("server_ms", "decode_ms", "encode_ms"))
+            handle = reply.get("handle_ms")
+            handle = float(handle) if isinstance(handle, (int, float)) and not isinstance(handle, bool) else None
             it = {"head_ms": _ms(t0, t1) if head is not None else None, "encode_ms": _ms(t1, t2),  # cloud only: no head
-                  "round_trip_ms": _ms(t2, t3), "server_ms": reply["server_ms"],
-                  "server_decode_ms": reply["decode_ms"], "server_encode_ms": reply["encode_ms"],
-                  "network_ms": _ms(t2, t3) - server_parts, "decode_ms": _ms(t3, t4), "e2e_ms": _ms(t0, t4),
-                  "bytes_up": 4 + len(json.dumps(header).encode()) + len(payload),
-                  "bytes_down": 4 + len(json.dumps(reply).encode()) + len(data)}
+                  "round_trip_ms": _ms(t2, t3), "server_ms": srv, "server_decode_ms": sdec, "server_encode_ms": senc,
+                  "server_handle_ms": handle, "network_ms": _ms(t2, t3) - srv - sdec - senc, "decode_ms": _ms(t3, t4),
+                  "e2e_ms": _ms(t0, t4), "bytes_up": 4 + len(json.dumps(header).encode()) + len(payload),
+                  "bytes_down": bytes_down}
             if i >= args.warmup:
                 record["iterations"].append(it)
                 record["bytes_up"], record["bytes_down"] = it["bytes_up"], it["bytes_down"]
@@ -221,6 +281,9 @@ def measure(args: argparse.Namespace, record: dict[str, Any]) -> None:
     finally:
         sock.close()
     record["head_outputs_count"] = len(acts) + len(kept) if head is not None else 0
+    if args.outputs_file:  # the server's reply frame as it came, beside the outputs (the native runner's PATH.tail)
+        Path(args.outputs_file + ".tail").write_bytes(data)
+        record["tail_outputs_file"] = args.outputs_file + ".tail"
     _write_outputs(args, record, ([*acts, *kept] if head is not None else []) + outputs)
 
 
@@ -261,7 +324,8 @@ def _one(args: argparse.Namespace) -> int:
         "server": args.server, "name": args.name, "encoding": args.encoding,
         "reply_encoding": args.reply_encoding, "warmup": args.warmup, "iterations": [],
         "bytes_up": None, "bytes_down": None, "payload_bytes_up": None, "payload_bytes_down": None,
-        "outputs_sha256": None, "outputs_file": None, "server_info": None,
+        "head_outputs_count": None, "outputs_sha256": None, "outputs_file": None, "tail_outputs_file": None,
+        "server_info": None,
     }
     try:
         measure(args, record)

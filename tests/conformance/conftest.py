@@ -24,21 +24,28 @@ def ci_enabled() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 
 
-def _native_binary() -> Optional[Path]:
+def _find_native() -> tuple[Optional[Path], str]:
+    """(the native runner binary, "") or (None, why not)."""
     from edgeprobe.native import find_native_runner
 
     try:
-        path = find_native_runner()
-    except Exception:  # noqa: BLE001  (a half-installed bundle reads as not built)
-        return None
-    return Path(path) if path and Path(path).is_file() and os.access(path, os.X_OK) else None
+        path = Path(find_native_runner())
+    except Exception as exc:  # noqa: BLE001  (not built, or a bundle that fails its manifest check)
+        return None, " ".join(str(exc).split()) or type(exc).__name__
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        return None, f"{path} is not an executable"
+    return path, ""
+
+
+def _native_binary() -> Optional[Path]:
+    return _find_native()[0]
 
 
 def require_native() -> Path:
     """The native runner binary; skip (pytest.fail under CI=true) when it is not built."""
-    binary = _native_binary()
+    binary, why = _find_native()
     if binary is None:
-        reason = "the native runner is not built (run `edgeprobe runner build`)"
+        reason = f"the native runner is not built (`edgeprobe runner build`): {why}"
         if ci_enabled():
             pytest.fail(f"CI=true: {reason}; the conformance suite must run both runners")
         pytest.skip(reason)
