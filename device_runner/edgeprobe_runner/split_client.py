@@ -26,9 +26,13 @@ the decode); and the bytes put on the connection each way, framing included.
 per split (importing the runtime, about 2.5 s on a 2-core VM): each stdin line is a JSON list of the
 arguments above for one split; after each, one JSON line ``{"out": PATH, "status": ...}`` on stdout.
 
-The result (``--out``): ``{schema_version: 1, status: "ok"|"error", error, head, server, name,
-encoding, reply_encoding, warmup, iterations: [...], bytes_up, bytes_down, payload_bytes_up,
-payload_bytes_down, outputs_sha256, outputs_file, server_info}``. ``outputs_sha256`` is the sha256
+The result (``--out``): the native runner's split record (PROTOCOL.md "Split mode": the same keys,
+per iteration too, ``server_handle_ms`` included, null where nothing was measured), plus ``status:
+"ok"|"error"``, ``error`` (``{code, message}``, the native runner's codes: ``split_protocol`` for a
+malformed reply, ``connection_lost``, ``refused``, ``unauthenticated_server``, ``server_error``, ...),
+``head``, ``outputs_sha256`` and ``server_info`` (tests/conformance/test_split.py holds both to it).
+With ``--outputs-file PATH``, ``PATH.tail`` is the server's last reply frame as it came
+(``tail_outputs_file``). ``outputs_sha256`` is the sha256
 of the final outputs encoded with the codec's fp32, the bytes ``--outputs-file`` receives, for the
 host to check fidelity against the unsplit model.
 """

@@ -374,3 +374,37 @@ def test_the_fake_server_is_good_by_default(split_files, tmp_path):
             assert res["record"] is not None, (r, res["error"], res["stderr"][-1500:])
     finally:
         srv.close()
+
+
+@pytest.mark.parametrize("encoding", ["fp16", "int8"])
+def test_both_accept_a_reply_frame_in_any_encoding(split_files, tmp_path, encoding):
+    """The codec's decode side: a reply frame encoded fp16 / int8 by the Python codec. The native
+    runner decodes and checks it (it exposes no decoded values: ``PATH.tail`` is the frame as it
+    came, so the check is that it accepts the frame and keeps it byte for byte); the Python client's
+    outputs are the codec's decode of it."""
+    import torch
+    from edgeprobe_runner import codec
+
+    frames: list[bytes] = []
+
+    def reply(frame: bytes) -> bytes:
+        payload = codec.encode([t * 2 for t in codec.decode(frame)], encoding)
+        frames.append(payload)
+        return _framed({"ok": True, "size": len(payload), "server_ms": 0.2, "decode_ms": 0.01, "encode_ms": 0.01,
+                        "handle_ms": 0.3}, payload)
+
+    srv = FakeSplitServer(reply=reply)
+    try:
+        got = {r: run_split(r, split_files, tmp_path / r, f"127.0.0.1:{srv.port}", iterations=1, warmup=0)
+               for r in RUNNERS}
+    finally:
+        srv.close()
+    for r, res in got.items():
+        assert res["record"] is not None, (r, res["error"], res["stderr"][-1500:])
+        assert res["record"]["iterations"][0]["server_handle_ms"] == 0.3, r
+    assert len(frames) == 2 and frames[0] == frames[1], "both sent the same head outputs, fp32"
+    native_tail = Path(got["native"]["record"]["tail_outputs_file"]).read_bytes()
+    assert native_tail == frames[0]
+    assert Path(got["python"]["record"]["tail_outputs_file"]).read_bytes() == frames[1]
+    for a, b in zip(got["python"]["tail"], codec.decode(frames[1]), strict=True):
+        torch.testing.assert_close(a.to(b.dtype), b, rtol=0, atol=0)
