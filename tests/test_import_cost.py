@@ -58,7 +58,7 @@ def test_the_recipe_catalog_is_what_the_modules_register():
     from edgeprobe import compress
 
     compress._load_all()
-    assert list(compress.CATALOG) == list(compress.RECIPES)
+    assert set(compress.CATALOG) == set(compress.RECIPES)  # RECIPES fills in module import order
     for name, registered in compress.RECIPES.items():
         listed = compress.CATALOG[name]
         assert (listed.usage(), listed.kind, listed.positional) == (registered.usage(), registered.kind,

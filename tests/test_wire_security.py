@@ -617,9 +617,11 @@ def test_python_runner_takes_no_abbreviations(tmp_path, argv):
                        capture_output=True, text=True, timeout=120)
     if argv[0].startswith("--output="):  # the exact flag with '=' still works; the abbreviation does not
         assert p.returncode == 2 and "--mod" in p.stderr
+        # the usage error is recorded where the exact flag said (PROTOCOL.md, as the native runner does)
+        assert json.loads(target.read_text())["error"]["code"] == "usage"
     else:
         assert p.returncode == 2 and "unrecognized arguments" in p.stderr
-    assert not target.exists()
+        assert not target.exists()
 
 
 # -- fuzz -----------------------------------------------------------------------------------------

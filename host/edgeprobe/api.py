@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
-from edgeprobe.devices import check_device, default_runner
+from edgeprobe.devices import default_runner
 from edgeprobe.errors import UsageError
 from edgeprobe.lower import Artifact, capabilities, load_artifact, lower
 from edgeprobe.profiling import OperatorRow, ProfileReport, operator_table, profile_on  # noqa: F401 - re-exported
@@ -104,10 +104,12 @@ def bench(
     given = _given_artifact(model)
     fmt = given.manifest.format if given else format
     runner = runner or default_runner(fmt)
-    check_device(device, runner=runner, token=token, format=fmt)  # a bad id or a closed port: before lowering
-    artifact = given or _artifact_for(model, format, backend, input_shape, example_inputs, weights, use_cache,
-                                      progress)
+    # one session for the whole command: a bad id, a closed port, a wrong token or a runner that cannot
+    # run this format fail here, before lowering (a connection dropped while lowering is re-opened)
     with open_session(device, runner=runner, token=token, log=progress) as session:
+        session.check(fmt)
+        artifact = given or _artifact_for(model, format, backend, input_shape, example_inputs, weights, use_cache,
+                                          progress)
         if progress:
             progress(f"measuring on {session.id} ({runner} runner): {warmup} warm-up + {iterations} iterations"
                      + (f", at least {min_seconds:g} s" if min_seconds else ""))
@@ -135,9 +137,9 @@ def profile(
     Timings from a profiled run include the tracer's overhead; use ``bench`` for latency.
     """
     config = MeasureConfig(warmup=warmup, iterations=iterations, threads=threads, timeout_s=timeout_s)
-    check_device(device, runner="native", token=token)  # before lowering
-    artifact = _artifact_for(model, "pte", backend, input_shape, None, weights, True, progress)
     with open_session(device, runner="native", token=token, log=progress) as session:
+        session.check("pte")  # before lowering
+        artifact = _artifact_for(model, "pte", backend, input_shape, None, weights, True, progress)
         return profile_on(session, artifact, config, etdump_path=etdump_path)
 
 
