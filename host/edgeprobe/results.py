@@ -18,7 +18,7 @@ from edgeprobe.errors import ResultError
 from edgeprobe.latency import (  # noqa: F401 - re-exported: derived from a record's samples
     STABLE_MAX_CV_PERCENT, STABLE_MIN_SCORE, LatencyStats, percentile, stability_score, trimmed_mean)
 from edgeprobe.request import Request
-from edgeprobe.serde import _short, from_dict, to_dict  # noqa: F401 - from_dict/to_dict re-exported
+from edgeprobe.serde import _short, from_dict, parse_json, read_text_file, to_dict  # noqa: F401 - from_dict/to_dict re-exported
 
 SCHEMA_VERSION = 1
 
@@ -340,11 +340,7 @@ class BenchResult:
 
     @classmethod
     def from_json(cls, text: str) -> "BenchResult":
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError) as exc:  # JSONDecodeError, too many digits, too deep
-            raise ResultError(f"result is not valid JSON: {str(exc)[:200]}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(parse_json(text, "result"))
 
     def save(self, path: Union[str, Path]) -> Path:
         """Write atomically (temp file beside it, fsync, rename): a kill leaves the old file or this one."""
@@ -354,11 +350,4 @@ class BenchResult:
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "BenchResult":
-        path = Path(path)
-        if not path.is_file():
-            raise ResultError(f"no result file at {path}")
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ResultError(f"cannot read the result file {path}: {str(exc)[:200]}") from None
-        return cls.from_json(text)
+        return cls.from_json(read_text_file(path, "result"))

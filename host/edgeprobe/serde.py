@@ -108,3 +108,26 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
     if callable(check):
         check()
     return obj
+
+
+def parse_json(text: str, what: str) -> Any:
+    """``json.loads`` with a one-line ResultError naming ``what`` (e.g. "the split plan")."""
+    import json
+
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, too many digits, too deep
+        raise ResultError(f"{what} is not valid JSON: {str(exc)[:200]}") from None
+
+
+def read_text_file(path: Any, what: str) -> str:
+    """A saved record's text (UTF-8), with a one-line ResultError for a missing or unreadable file."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ResultError(f"no {what} file at {path}")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ResultError(f"cannot read the {what} file {path}: {str(exc)[:200]}") from None

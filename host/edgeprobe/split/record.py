@@ -12,6 +12,7 @@ from typing import Any, Optional, Union
 from edgeprobe.errors import ResultError
 from edgeprobe.request import Request
 from edgeprobe.results import from_dict
+from edgeprobe.serde import parse_json, read_text_file
 
 PLAN_SCHEMA_VERSION = 3  # 3: confirm_source, declared/measured link, network_source, colocation, split_runner;
 # per_message_overhead_bytes/request_overhead_ms null when not measured (no server). 2: measured_head_ms/
@@ -115,23 +116,12 @@ class SplitPlan:
 
     @classmethod
     def from_json(cls, text: str) -> "SplitPlan":
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError) as exc:  # JSONDecodeError, too many digits, too deep
-            raise ResultError(f"the split plan is not valid JSON: {str(exc)[:200]}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(parse_json(text, "the split plan"))
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "SplitPlan":
         """Read a plan saved by ``save`` (or ``edgeprobe split --json``)."""
-        path = Path(path)
-        if not path.is_file():
-            raise ResultError(f"no split plan file at {path}")
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ResultError(f"cannot read the split plan file {path}: {str(exc)[:200]}") from None
-        return cls.from_json(text)
+        return cls.from_json(read_text_file(path, "split plan"))
 
 
 def _policy(value: Any) -> tuple[tuple[float, str], ...]:
