@@ -8,7 +8,7 @@ and an ADB deployment use the same bundle, and later tests see the environment t
 
 Real peers: a test that needs a tool or kernel feature from outside the venv (Debian's ``adb``,
 ``qemu-aarch64-static``, the aarch64 cross compiler, network namespaces, zeroconf across them,
-clang's libFuzzer) is marked ``@pytest.mark.real_peer("kind", ...)`` with the kinds in
+clang's libFuzzer, a PostgreSQL cluster) is marked ``@pytest.mark.real_peer("kind", ...)`` with the kinds in
 ``REAL_PEERS``. It skips with a reason where the peer is missing, except under ``CI=true``
 (``.ci/run`` sets it): there a skip of a real-peer test is a failure, so a CI run cannot go green
 with its real-peer tests silently skipped. The same holds for a module skipped at collection. The
@@ -37,6 +37,7 @@ REAL_PEERS = {
     "netns": "network namespaces and veth pairs (root, iproute2; /dev/net/tun for the link emulator)",
     "zeroconf": "zeroconf multicast across a veth pair",
     "libfuzzer": "clang's libFuzzer (apt-get install clang libclang-rt-14-dev)",
+    "postgresql": "a PostgreSQL cluster of its own: initdb and pg_ctl (apt-get install postgresql)",
 }
 _ALIASES = {"clang": "libfuzzer", "cross": "cross-compiler"}
 _STATS = pytest.StashKey[dict]()  # nodeid -> [kinds, outcome]

@@ -1,0 +1,1 @@
+"""Alembic migrations of the farm database, shipped in the package (run by ``engine.open_db``)."""

@@ -1,0 +1,196 @@
+"""The job table as the farm's journal: add jobs idempotently, claim one atomically, finish it once.
+
+A job's row is keyed by its stable key, so adding the same matrix again (a rerun, a resume after
+kill -9) leaves existing rows untouched and nothing is measured twice. ``claim`` moves one pending
+(or lease-expired) job of a device to ``leased`` in one conditional UPDATE; ``finish`` writes the
+result row at most once. Times are UTC epoch float seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any, Iterable, Optional
+
+from sqlalchemy import and_, func, or_, select, update
+
+from edgeprobe.farm.db.engine import Database
+from edgeprobe.farm.db.models import Job, Result, Run
+from edgeprobe.farm.leases import insert_for
+
+JobRow = Job
+_CELL = ("model", "recipe", "backend", "format", "device_id")
+FINAL_STATES = ("done", "failed", "pending")  # what finish may set (pending: give it back for a retry)
+
+
+def add_run(db: Database, run_id: str, farm_file: str, *, now: Optional[float] = None) -> None:
+    """Record a run (no-op if it exists)."""
+    stmt = insert_for(db, Run.__table__).values(id=run_id, farm_file=farm_file, created_utc=now or time.time(),
+                                                state="running")
+    with db.session() as s:
+        s.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
+
+
+def set_run_state(db: Database, run_id: str, state: str, summary: Optional[dict] = None) -> None:
+    values: dict[str, Any] = {"state": state}
+    if summary is not None:
+        values["summary"] = summary
+    with db.session() as s:
+        s.execute(update(Run).where(Run.id == run_id).values(**values))
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return dict(value) if value is not None else None
+
+
+def _attr(job: Any, name: str) -> Any:
+    """A cell field of a Job-like: on ``job.cell`` or on the job itself (``device_id`` may be ``device``)."""
+    for obj in (getattr(job, "cell", None), job):
+        for n in (name, name.removesuffix("_id")):
+            if obj is not None and hasattr(obj, n):
+                return getattr(obj, n)
+    raise AttributeError(f"job {getattr(job, 'key', job)!r} has no {name}")
+
+
+def _job_values(run_id: str, job: Any, now: float) -> dict[str, Any]:
+    row = {c: _attr(job, c) for c in _CELL}
+    return {"key": job.key, "run_id": run_id, **row, "launch": int(getattr(job, "launch", 0) or 0),
+            "settings": _plain(getattr(job, "settings", None)), "artifact_key": getattr(job, "artifact_key", None),
+            "state": "pending", "attempts": 0, "created_utc": now}
+
+
+def add_jobs(db: Database, run_id: str, jobs: Iterable[Any], *, now: Optional[float] = None) -> int:
+    """Insert the jobs not yet in the table (by key); existing rows are left as they are. Returns how many were new."""
+    now = now or time.time()
+    rows = [_job_values(run_id, j, now) for j in jobs]
+    if not rows:
+        return 0
+    t = Job.__table__
+    added = 0
+    with db.session() as s:
+        for i in range(0, len(rows), 500):
+            stmt = insert_for(db, t).values(rows[i:i + 500]).on_conflict_do_nothing(index_elements=["key"])
+            added += len(s.execute(stmt.returning(t.c.key)).all())
+    return added
+
+
+def _claimable(now: float):
+    return or_(Job.state == "pending", and_(Job.state == "leased", Job.lease_expires_utc < now))
+
+
+def claim(db: Database, run_id: str, device_id: str, holder: str, ttl_s: float, *,
+          now: Optional[float] = None) -> Optional[JobRow]:
+    """Lease one pending (or lease-expired) job of this run for this device to ``holder``; None if none is left."""
+    now = now or time.time()
+    pick = (select(Job.key).where(Job.run_id == run_id, Job.device_id == device_id, _claimable(now))
+            .order_by(Job.created_utc, Job.launch, Job.key).limit(1))
+    if db.dialect == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    stmt = (update(Job).where(Job.key == pick.scalar_subquery(), _claimable(now))
+            .values(state="leased", lease_holder=holder, lease_expires_utc=now + ttl_s, attempts=Job.attempts + 1,
+                    started_utc=now)
+            .returning(Job))
+    with db.session() as s:
+        return s.execute(stmt).scalars().first()
+
+
+def extend(db: Database, key: str, holder: str, ttl_s: float, *, now: Optional[float] = None) -> bool:
+    """Push a leased job's expiry to now + ``ttl_s`` if ``holder`` still holds it."""
+    now = now or time.time()
+    with db.session() as s:
+        return s.execute(update(Job).where(Job.key == key, Job.state == "leased", Job.lease_holder == holder)
+                         .values(lease_expires_utc=now + ttl_s).returning(Job.key)).first() is not None
+
+
+def result_fields(result: Any) -> dict[str, Any]:
+    """``finish``'s keyword arguments from a BenchResult: its JSON and headline numbers."""
+    stats = result.stats
+    memory = result.run.memory
+    runner = result.run.runner
+    return {"record_json": result.to_json(), "status": result.run.status,
+            "p50_ms": stats.p50_ms if stats else None, "p90_ms": stats.p90_ms if stats else None,
+            "mean_ms": stats.mean_ms if stats else None,
+            "peak_rss_delta_bytes": memory.peak_rss_delta_bytes if memory else None,
+            "artifact_sha256": result.manifest.artifact_sha256, "runner_version": runner.version if runner else None}
+
+
+def finish(db: Database, key: str, holder: str, *, state: str, fault_class: Optional[str] = None,
+           error: Optional[str] = None, record_json: Optional[str] = None, status: str = "ok",
+           p50_ms: Optional[float] = None, p90_ms: Optional[float] = None, mean_ms: Optional[float] = None,
+           peak_rss_delta_bytes: Optional[int] = None, artifact_sha256: Optional[str] = None,
+           runner_version: Optional[str] = None, now: Optional[float] = None) -> bool:
+    """End ``holder``'s lease on the job with ``state`` (done | failed | pending to retry) and, for done
+    with a record, store its one result row. False (a no-op) if the job is not leased to ``holder``:
+    finishing a done job again never writes a second result."""
+    if state not in FINAL_STATES:
+        raise ValueError(f"finish: state must be one of {', '.join(FINAL_STATES)}, not {state!r}")
+    now = now or time.time()
+    with db.session() as s:
+        row = s.execute(update(Job).where(Job.key == key, Job.state == "leased", Job.lease_holder == holder)
+                        .values(state=state, fault_class=fault_class, error=error, lease_holder=None,
+                                lease_expires_utc=None, finished_utc=None if state == "pending" else now)
+                        .returning(Job.device_id)).first()
+        if row is None:
+            return False
+        if state == "done" and record_json is not None:
+            ins = insert_for(db, Result.__table__).values(
+                job_key=key, status=status, record_json=record_json, p50_ms=p50_ms, p90_ms=p90_ms, mean_ms=mean_ms,
+                peak_rss_delta_bytes=peak_rss_delta_bytes, artifact_sha256=artifact_sha256,
+                runner_version=runner_version, device_id=row.device_id, created_utc=now)
+            s.execute(ins.on_conflict_do_nothing(index_elements=["job_key"]))
+    return True
+
+
+def requeue_expired(db: Database, run_id: str, now: Optional[float] = None) -> int:
+    """Leased jobs whose lease has expired go back to pending (their holder died). Returns how many."""
+    now = now or time.time()
+    with db.session() as s:
+        return len(s.execute(update(Job).where(Job.run_id == run_id, Job.state == "leased",
+                                               Job.lease_expires_utc < now)
+                             .values(state="pending", lease_holder=None, lease_expires_utc=None)
+                             .returning(Job.key)).all())
+
+
+def reassign(db: Database, key: str, device_id: str) -> bool:
+    """Move a pending job to another device; False if it is not pending."""
+    with db.session() as s:
+        return s.execute(update(Job).where(Job.key == key, Job.state == "pending")
+                         .values(device_id=device_id).returning(Job.key)).first() is not None
+
+
+def counts(db: Database, run_id: str) -> dict[str, int]:
+    """How many of the run's jobs are in each state (every state present, 0 if none)."""
+    with db.session() as s:
+        rows = s.execute(select(Job.state, func.count()).where(Job.run_id == run_id).group_by(Job.state)).all()
+    out = dict.fromkeys(("pending", "leased", "done", "failed"), 0)
+    out.update({state: n for state, n in rows})
+    return out
+
+
+def results(db: Database, run_id: str) -> list[dict[str, Any]]:
+    """One row per job of the run: model, recipe, backend, format, device, launch, status ("ok" when
+    measured, the record's status when it measured an error, else the job's fault or state), state,
+    fault_class, error, attempts, p50_ms, p90_ms, mean_ms, peak_rss_delta_bytes, artifact_sha256."""
+    q = (select(Job, Result).outerjoin(Result, Result.job_key == Job.key).where(Job.run_id == run_id)
+         .order_by(Job.model, Job.recipe, Job.device_id, Job.launch, Job.key))
+    out = []
+    with db.session() as s:
+        for job, res in s.execute(q).all():
+            status = res.status if res is not None else (job.fault_class or job.state)
+            out.append({"key": job.key, "model": job.model, "recipe": job.recipe, "backend": job.backend,
+                        "format": job.format, "device": job.device_id, "launch": job.launch, "status": status,
+                        "state": job.state, "fault_class": job.fault_class, "error": job.error,
+                        "attempts": job.attempts,
+                        **{c: getattr(res, c) if res is not None else None
+                           for c in ("p50_ms", "p90_ms", "mean_ms", "peak_rss_delta_bytes", "artifact_sha256")}})
+    return out
+
+
+def record(db: Database, key: str) -> Optional[dict[str, Any]]:
+    """The stored BenchResult JSON of a job, parsed; None if it has no result."""
+    with db.session() as s:
+        text = s.execute(select(Result.record_json).where(Result.job_key == key)).scalar()
+    return json.loads(text) if text is not None else None
