@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -62,6 +61,27 @@ def test_migrations_create_the_schema(db):
     with db.engine.connect() as c:
         assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == head_revision()
     open_db(db.engine.url.render_as_string(hide_password=False)).close()  # a second open is a no-op upgrade
+
+
+def test_the_models_match_the_migrations(db):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from edgeprobe.farm.db.models import Base
+
+    with db.engine.connect() as c:
+        assert compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), Base.metadata) == []
+
+
+def test_several_processes_may_open_a_new_database_at_once(db_url):
+    code = "import sys; from edgeprobe.farm.db.engine import open_db; open_db(sys.argv[1]).close()"
+    procs = [subprocess.Popen([sys.executable, "-c", code, db_url], stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for e in errs]
+    d = open_db(db_url)
+    with d.engine.connect() as c:
+        assert c.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [head_revision()]
+    d.close()
 
 
 def test_sqlite_connections_use_wal(tmp_path, monkeypatch):
@@ -213,9 +233,11 @@ HAMMER = textwrap.dedent("""
     import random, sys, time
     from edgeprobe.farm import leases
     from edgeprobe.farm.db.engine import open_db
-    url, holder, until = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    url, holder, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
     db = open_db(url)
-    wins = 0
+    print("ready", flush=True)
+    sys.stdin.readline()  # all start together
+    until, wins = time.time() + seconds, 0
     while time.time() < until:
         device = random.choice(["dev-a", "dev-b"])
         if not leases.acquire(db, device, holder, 0.05):
@@ -232,11 +254,14 @@ HAMMER = textwrap.dedent("""
 
 
 def test_leases_are_exclusive_across_processes(db, db_url):
-    until = time.time() + 3.0 + 2.0  # start-up, then about 3 s of contention
-    procs = [subprocess.Popen([sys.executable, "-c", HAMMER, db_url, f"p{i}", str(until)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(4)]
+    procs = [subprocess.Popen([sys.executable, "-c", HAMMER, db_url, f"p{i}", "3"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    ready = [p.stdout.readline().strip() for p in procs]
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
     outs = [p.communicate(timeout=120) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    assert ready == ["ready"] * 4 and all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
     wins = [int(out) for out, _ in outs]
     hist = leases.history(db)
     assert sum(wins) == len(hist) and sum(wins) >= 20, wins
