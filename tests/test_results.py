@@ -187,3 +187,18 @@ def test_reading_results_does_not_import_torch(tmp_path):
             "r.stats; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code, str(path)], check=True)
     assert not math.isnan(BenchResult.load(path).stats.mean_ms)
+
+
+def test_a_null_inside_the_samples_is_refused_not_a_crash_later():
+    """Found by the fuzz suite: ``iteration_ns: [1, null]`` was accepted and crashed ``.stats``."""
+    from edgeprobe.results import RunRecord
+    from edgeprobe.devices.mock import ok_record
+
+    data = ok_record((1.0, 2.0))
+    data["timing"]["iteration_ns"] = [1000, None]
+    with pytest.raises(ResultError, match=r"iteration_ns\[\]: expected int, got null"):
+        RunRecord.from_runner_json(data)
+    data["config"]["warmup"] = None
+    data["timing"]["iteration_ns"] = [1000]
+    with pytest.raises(ResultError, match=r"warmup: expected int, got null"):
+        RunRecord.from_runner_json(data)

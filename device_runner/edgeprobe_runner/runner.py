@@ -44,6 +44,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--min-seconds", type=float, default=0.0)
+    p.add_argument("--max-iterations", type=int, default=0, help="0: no cap; else the timed loop stops there")
     p.add_argument("--idle-s", type=float, default=0.0, help="energy baseline: idle this long before the timed loop")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--rtol", type=float, default=1e-3)
@@ -58,6 +59,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              ("--threads", args.threads, 0), ("--rtol", args.rtol, 0), ("--atol", args.atol, 0)):
         if not (math.isfinite(value) and value >= low):
             p.error(f"bad value for {flag}: {value!r} (want a finite number >= {low})")
+    if args.max_iterations != 0 and args.max_iterations < args.iterations:
+        p.error("--max-iterations must be 0 (no cap) or >= --iterations")
     return args
 
 
@@ -215,7 +218,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "runner": {"flavor": "python", "version": __version__, "runtime": None, "runtime_version": None},
         "artifact": {"path": args.model, "size_bytes": os.path.getsize(args.model) if os.path.exists(args.model) else None},
         "config": {"method": args.method, "warmup": args.warmup, "iterations": args.iterations,
-                   "min_seconds": args.min_seconds, "threads_requested": args.threads, "threads_used": None,
+                   "min_seconds": args.min_seconds,
+                   "max_iterations": args.max_iterations or None, "threads_requested": args.threads, "threads_used": None,
                    "loader": "python", "etdump": bool(args.etdump)},
         "verification": None, "timing": None, "memory": None,
         "energy": {"available": False, "reason": "run ended before the timed loop"},
@@ -305,7 +309,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             samples: list[int] = []
             timed_ns = 0
             meter.begin(args.idle_s, mark)
-            while len(samples) < args.iterations or timed_ns < args.min_seconds * 1e9:
+            while ((len(samples) < args.iterations or timed_ns < args.min_seconds * 1e9)
+                   and (args.max_iterations == 0 or len(samples) < args.max_iterations)):
                 t0 = time.monotonic_ns()
                 prog.run(inputs)
                 samples.append(time.monotonic_ns() - t0)

@@ -103,6 +103,7 @@ RUN_ARGS: dict[str, Arg] = {
     "warmup": Arg("int", 0, 1_000_000),
     "iterations": Arg("int", 1, 100_000_000),
     "min_seconds": Arg("float", 0, 86_400),
+    "max_iterations": Arg("int", 0, 1_000_000_000),
     "idle_s": Arg("float", 0, 3_600),
     "threads": Arg("int", 0, 4_096),
     "rtol": Arg("float", 0, 1e9),

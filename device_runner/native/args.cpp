@@ -13,7 +13,7 @@ namespace edgeprobe {
 
 const char* const kUsage =
     "usage: edgeprobe_runner --model PATH [--vectors PATH] [--warmup N] [--iterations N] [--min-seconds S]\n"
-    "                        [--idle-s S] [--threads N] [--rtol X] [--atol X] [--etdump PATH] [--method NAME]\n"
+    "                        [--max-iterations N] [--idle-s S] [--threads N] [--rtol X] [--atol X] [--etdump PATH] [--method NAME]\n"
     "                        [--save-outputs PATH] [--output PATH]\n"
     "       split mode: --split-server HOST:PORT|none --split-outputs PATH [--split-token-file PATH] [--split-name N]\n"
     "                   [--split-send K] [--split-encoding fp32|fp16|int8] [--split-timeout-s S] [--split-send-inputs 1]\n"
@@ -72,6 +72,7 @@ Args parse_args(int argc, char** argv) {
     else if (f == "--iterations") a.iterations = static_cast<long>(num(f, v, true, 1e7));
     else if (f == "--threads") a.threads = static_cast<long>(num(f, v, true, 4096));
     else if (f == "--min-seconds") a.min_seconds = num(f, v, false, 86400);
+    else if (f == "--max-iterations") a.max_iterations = static_cast<long>(num(f, v, true, 1e9));
     else if (f == "--idle-s") a.idle_s = num(f, v, false, 3600);
     else if (f == "--rtol") a.rtol = num(f, v, false, 1e300);
     else if (f == "--atol") a.atol = num(f, v, false, 1e300);
@@ -91,6 +92,8 @@ Args parse_args(int argc, char** argv) {
   else if (const char* t = std::getenv("EDGEPROBE_SPLIT_TOKEN")) a.split.token = t;
   if (a.model.empty()) throw UsageError{"--model is required"};
   if (a.iterations < 1) throw UsageError{"--iterations must be >= 1"};
+  if (a.max_iterations != 0 && a.max_iterations < a.iterations)
+    throw UsageError{"--max-iterations must be 0 (no cap) or >= --iterations"};
   return a;
 }
 

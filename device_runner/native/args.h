@@ -10,6 +10,7 @@ namespace edgeprobe {
 struct Args {
   std::string model, vectors, etdump, method = "forward", output, save_outputs;
   long warmup = 3, iterations = 20, threads = 0;
+  long max_iterations = 0;  // 0: no cap; else the timed loop stops there even before --min-seconds
   double min_seconds = 0, idle_s = 0, rtol = 1e-3, atol = 1e-3;  // idle_s: energy baseline before the timed loop
   SplitArgs split;  // split.server set: split mode
 };

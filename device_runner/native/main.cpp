@@ -241,7 +241,8 @@ int measure(const Args& args) {
       samples.reserve(static_cast<size_t>(args.iterations));
       long long timed_ns = 0;
       meter->begin(args.idle_s, mark);
-      while (static_cast<long>(samples.size()) < args.iterations || timed_ns < args.min_seconds * 1e9) {
+      while ((static_cast<long>(samples.size()) < args.iterations || timed_ns < args.min_seconds * 1e9) &&
+             (args.max_iterations == 0 || static_cast<long>(samples.size()) < args.max_iterations)) {
         auto s0 = Clock::now();
         auto res = module.execute(args.method, inputs);
         auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - s0).count();
@@ -286,7 +287,8 @@ int measure(const Args& args) {
   memory["hwm_reset"] = hwm_reset_failed.empty();
   memory["peak_rss_definition"] = peak_rss_definition(hwm_reset_failed);
   config = {{"method", args.method}, {"warmup", args.warmup}, {"iterations", args.iterations},
-            {"min_seconds", args.min_seconds}, {"threads_requested", args.threads}, {"threads_used", opt(threads_used)},
+            {"min_seconds", args.min_seconds}, {"max_iterations", args.max_iterations ? Json(args.max_iterations) : Json(nullptr)},
+            {"threads_requested", args.threads}, {"threads_used", opt(threads_used)},
             {"loader", "mmap"}, {"etdump", !args.etdump.empty()}};
 
   Json record = {{"schema_version", kSchemaVersion}, {"status", status}, {"error", error}, {"runner", runner_block()},

@@ -72,6 +72,7 @@ def bench(
     iterations: int = 20,
     warmup: int = 3,
     min_seconds: float = 0.0,
+    max_iterations: int = 0,
     threads: int = 0,
     timeout_s: float = 300.0,
     input_shape: Optional[Sequence[int]] = None,
@@ -96,7 +97,7 @@ def bench(
     fixed-performance mode) are checked or applied before the run and recorded in
     ``result.device_state``; a failed check raises DeviceNotReadyError.
     """
-    config = MeasureConfig(warmup=warmup, iterations=iterations, min_seconds=min_seconds,
+    config = MeasureConfig(warmup=warmup, iterations=iterations, min_seconds=min_seconds, max_iterations=max_iterations,
                            threads=threads, timeout_s=timeout_s, min_battery_percent=min_battery_percent,
                            max_thermal_status=max_thermal_status, thermal_wait_s=thermal_wait_s, cooldown_s=cooldown_s, affinity=affinity,
                            fixed_performance=fixed_performance, energy_idle_s=idle_s, retries=retries)

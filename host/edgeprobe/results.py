@@ -90,6 +90,7 @@ class RunConfig:
     threads_used: Optional[int]
     loader: str
     etdump: bool
+    max_iterations: Optional[int] = None  # the timed loop's cap (None: none, or an older runner)
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,15 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
+def _allows_none(tp: Any) -> bool:
+    return tp is Any or (typing.get_origin(tp) in (Union, types.UnionType) and type(None) in typing.get_args(tp))
+
+
 def _convert(tp: Any, value: Any, where: str) -> Any:
     if value is None:
-        return None
+        if _allows_none(tp) or typing.get_origin(tp) is not None or dataclasses.is_dataclass(tp):
+            return None  # an optional value, or a whole part left out (the field's own type says)
+        raise ResultError(f"{where}: expected {getattr(tp, '__name__', tp)}, got null")
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]

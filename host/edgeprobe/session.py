@@ -47,6 +47,7 @@ class MeasureConfig:
     warmup: int = 3
     iterations: int = 20
     min_seconds: float = 0.0
+    max_iterations: int = 0  # 0: no cap; else the timed loop stops there even before min_seconds
     threads: int = 0
     timeout_s: float = 300.0
     method: str = "forward"
@@ -63,6 +64,8 @@ class MeasureConfig:
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.iterations < 1 or self.min_seconds < 0 or self.threads < 0:
             raise UsageError("need --warmup >= 0, --iterations >= 1, --min-seconds >= 0, --threads >= 0")
+        if self.max_iterations and self.max_iterations < self.iterations:
+            raise UsageError("--max-iterations must be 0 (no cap) or >= --iterations")
         if self.timeout_s <= 0:
             raise UsageError("--timeout-s must be positive")
         if self.retries < 0:
@@ -326,6 +329,8 @@ def _measure(session: MeasureSession, artifact: "Artifact", config: MeasureConfi
                 "--idle-s", repr(config.energy_idle_s),
                 "--rtol", repr(m.rtol), "--atol", repr(m.atol), "--method", config.method,
                 "--output", remote_out, *extra_args]
+        if config.max_iterations:  # only when set: a runner built before the flag still runs the rest
+            argv += ["--max-iterations", str(config.max_iterations)]
         if etdump_local is not None:
             argv += ["--etdump", remote_etdump]
         if save_outputs_local is not None:

@@ -127,6 +127,9 @@ CASES = [
                                                   "--rtol", 0.01, "--atol", 0.0001, "--method", "forward"]),
     Case("ok_two_testsets", lambda f, o: [*_v(f, f.two_sets_epv), "--warmup", 0, "--iterations", 2]),
     Case("ok_inputs_of_ones", lambda f, o: ["--model", f.model, "--warmup", 0, "--iterations", 2]),
+    # --min-seconds 60 would time for a minute: the cap ends the loop at 5 (both runners, the same count)
+    Case("ok_max_iterations_caps_min_seconds", lambda f, o: [*_v(f), "--warmup", 0, "--iterations", 2,
+                                                             "--min-seconds", 60, "--max-iterations", 5]),
     Case("ok_save_outputs", lambda f, o: [*_v(f), "--warmup", 0, "--iterations", 1, "--save-outputs", o / "saved.epv"]),
     # bad inputs: an error record (exit 0), the same code from both
     Case("missing_model", lambda f, o: ["--model", f.dir / "no-such.pte", "--iterations", 1], "load_failed"),
@@ -151,6 +154,8 @@ CASES = [
     Case("warmup_negative", lambda f, o: [*_v(f), "--warmup", -1], "usage", 2),
     Case("iterations_not_a_number", lambda f, o: [*_v(f), "--iterations", "x"], "usage", 2),
     Case("threads_fractional", lambda f, o: [*_v(f), "--threads", "2.5"], "usage", 2),
+    Case("max_iterations_below_iterations", lambda f, o: [*_v(f), "--iterations", 5, "--max-iterations", 3],
+         "usage", 2),
     Case("rtol_nan", lambda f, o: [*_v(f), "--rtol", "nan"], "usage", 2),
     Case("unknown_flag", lambda f, o: [*_v(f), "--bogus", 1], "usage", 2),
     Case("usage_without_output", lambda f, o: [*_v(f), "--iterations", 0], None, 2, record=False, output=False),
@@ -276,9 +281,10 @@ def test_contract(runs, runner, name):
     if case.code is None:
         args = [str(a) for a in case.args(runs.files, o.out_dir)]
         iterations = int(args[args.index("--iterations") + 1])
-        assert len(rec["timing"]["iteration_ns"]) == iterations
+        cap = int(args[args.index("--max-iterations") + 1]) if "--max-iterations" in args else None
+        assert len(rec["timing"]["iteration_ns"]) == (cap or iterations)
         assert all(isinstance(ns, int) and ns > 0 for ns in rec["timing"]["iteration_ns"])
-        assert rec["config"]["iterations"] == iterations
+        assert rec["config"]["iterations"] == iterations and rec["config"]["max_iterations"] == cap
         v = rec["verification"]
         if "--vectors" in args:
             assert v["checked"] is True and v["passed"] is True and v["reason"] is None
@@ -352,7 +358,7 @@ DETERMINISTIC = [
     ("runner", "version"),
     ("artifact", "path"), ("artifact", "size_bytes"),
     ("config", "method"), ("config", "warmup"), ("config", "iterations"), ("config", "min_seconds"),
-    ("config", "threads_requested"), ("config", "threads_used"), ("config", "etdump"),
+    ("config", "max_iterations"), ("config", "threads_requested"), ("config", "threads_used"), ("config", "etdump"),
     ("verification", "checked"), ("verification", "passed"), ("verification", "testsets"),
     ("verification", "rtol"), ("verification", "atol"),
     ("memory", "source"), ("memory", "hwm_reset"), ("memory", "peak_rss_definition"),

@@ -32,6 +32,9 @@ def _add_min_seconds(p: argparse.ArgumentParser) -> None:
                    help="time iterations until at least this long has been timed, as well as --iterations "
                         f"(default {DEFAULT_MIN_SECONDS:g}: 20 iterations of a fast model are too few for a stable "
                         "figure; 0 = exactly --iterations)")
+    p.add_argument("--max-iterations", type=int, default=0,
+                   help="stop the timed loop here even before --min-seconds (0 = no cap): keeps the record of a "
+                        "very fast model small")
 
 
 def _add_measure_args(p: argparse.ArgumentParser, iterations: int, warmup: int) -> None:
@@ -184,7 +187,7 @@ def call_api(args: argparse.Namespace, progress: Callable[[str], None]):
         return api.bench(
             args.model, device=args.device, format=args.format, backend=args.backend, runner=args.runner,
             token=args.token, iterations=args.iterations, warmup=args.warmup, min_seconds=args.min_seconds,
-            threads=args.threads,
+            max_iterations=args.max_iterations, threads=args.threads,
             timeout_s=args.timeout_s, input_shape=_shape(args.input_shape), weights=args.weights,
             use_cache=not args.no_cache, progress=progress, min_battery_percent=args.min_battery,
             max_thermal_status=args.max_thermal_status, thermal_wait_s=args.thermal_wait_s,
@@ -204,7 +207,8 @@ def call_api(args: argparse.Namespace, progress: Callable[[str], None]):
                          calibration=args.calibration, train=args.train, eval_data=args.eval, weights=args.weights,
                          train_epochs=args.train_epochs, input_shape=_shape(args.input_shape),
                          iterations=args.iterations, warmup=args.warmup, min_seconds=args.min_seconds,
-                         threads=args.threads, token=args.token, timeout_s=args.timeout_s, progress=progress)
+                         max_iterations=args.max_iterations, threads=args.threads, token=args.token,
+                         timeout_s=args.timeout_s, progress=progress)
     if args.command == "split":
         return api.split(args.model, device=args.device, server=args.server, device_server=args.device_server,
                          token=args.token, device_token=args.device_token, uplink=args.uplink,

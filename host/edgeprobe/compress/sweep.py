@@ -199,6 +199,7 @@ def sweep(
     iterations: int = 20,
     warmup: int = 3,
     min_seconds: float = 0.0,
+    max_iterations: int = 0,
     threads: int = 0,
     token: Optional[str] = None,
     timeout_s: float = 300.0,
@@ -221,8 +222,8 @@ def sweep(
         compress.parse(name)  # bad recipe strings fail before any work, with the valid list
     from edgeprobe.session import MeasureConfig, open_session
 
-    config = MeasureConfig(warmup=warmup, iterations=iterations, min_seconds=min_seconds, threads=threads,
-                           timeout_s=timeout_s)
+    config = MeasureConfig(warmup=warmup, iterations=iterations, min_seconds=min_seconds,
+                           max_iterations=max_iterations, threads=threads, timeout_s=timeout_s)
     # the device is opened (a bad id or an unreachable device fail here, before any work) and held
     # for the whole sweep: its runner is deployed once, not once per recipe
     with open_session(device, runner="native", token=token, log=say) as session:
