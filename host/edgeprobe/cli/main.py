@@ -172,6 +172,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
 
         console.print(" ".join(known_names()))
         return 0
+    if args.command == "farm":
+        from edgeprobe.cli import farm as farm_cli
+
+        return farm_cli.run(args, console, err_console)
     if args.command == "runner" and args.runner_command == "build":
         from edgeprobe.native import build_native_runner
 

@@ -194,3 +194,18 @@ def record(db: Database, key: str) -> Optional[dict[str, Any]]:
     with db.session() as s:
         text = s.execute(select(Result.record_json).where(Result.job_key == key)).scalar()
     return json.loads(text) if text is not None else None
+
+
+def pending_keys(db: Database, run_id: str, device_id: str) -> list[str]:
+    """The keys of the run's pending jobs on ``device_id``."""
+    with db.session() as s:
+        return list(s.scalars(select(Job.key).where(Job.run_id == run_id, Job.device_id == device_id,
+                                                     Job.state == "pending").order_by(Job.key)))
+
+
+def pending_by_device(db: Database, run_id: str) -> dict[str, int]:
+    """How many pending (or lease-expired) jobs each device of the run has."""
+    with db.session() as s:
+        rows = s.execute(select(Job.device_id, func.count()).where(Job.run_id == run_id, _claimable(time.time()))
+                         .group_by(Job.device_id)).all()
+    return {d: n for d, n in rows}

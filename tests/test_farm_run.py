@@ -1,0 +1,133 @@
+"""The farm end to end on real devices of this machine: local, a test adbd (the real ADB protocol)
+and an `edgeprobe runner serve` over TCP, journalled in SQLite; a resumed run measures nothing twice,
+and a device that drops its connection mid-run has its job retried."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from adbd import TestAdbd
+from edgeprobe.farm import jobs, leases
+from edgeprobe.farm.db.engine import open_db
+from edgeprobe.farm.inventory import parse_farm
+from edgeprobe.farm.scheduler import run_farm
+
+TOKEN = "farm-test-token"
+
+
+@pytest.fixture()
+def tcp_runner(tmp_path, native_runner):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeprobe", "runner", "serve", "--host", "127.0.0.1", "--port", "0", "--token", TOKEN,
+         "--name", "farm-tcp", "--workdir", str(tmp_path / "tcpdev"), "--native-runner", str(native_runner),
+         "--no-zeroconf"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        yield json.loads(line)["listening"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _farm(path, adb_port, tcp_where, *, launches=2):
+    text = f'''
+[[device]]
+id = "local"
+labels = {{ tier = "host" }}
+
+[[device]]
+id = "adb:127.0.0.1:{adb_port}"
+labels = {{ tier = "phone" }}
+
+[[device]]
+id = "tcp:{tcp_where}"
+token_env = "LAB_TOKEN"
+
+[matrix]
+models = ["tiny_cnn", "digits_cnn"]
+recipes = ["fp32", "int8"]
+devices = ["*"]
+launches = {launches}
+iterations = 3
+warmup = 1
+'''
+    return parse_farm(text, str(path))
+
+
+@pytest.mark.real_peer("adb")
+def test_a_farm_of_three_devices_measures_every_cell_once_and_resumes_without_repeating(
+        tmp_path, monkeypatch, native_runner, tcp_runner):
+    monkeypatch.setenv("LAB_TOKEN", TOKEN)
+    monkeypatch.setenv("EDGEPROBE_ADB_KEY", str(tmp_path / "keys" / "adbkey"))
+    db = open_db(f"sqlite:///{tmp_path / 'farm.sqlite'}")
+    with TestAdbd(tmp_path / "dev", drop_on_shell="--iterations", drop_times=1) as adbd:
+        farm = _farm(tmp_path / "farm.toml", adbd.port, tcp_runner)
+        lines: list[str] = []
+        summary = run_farm(farm, db=db, run_id="r1", log=lines.append)
+        assert summary.exit_code == 0, (summary.counts, [l for l in lines if "fail" in l])
+        rows = jobs.results(db, "r1")
+        assert len(rows) == 2 * 2 * 3 * 2 and {r["status"] for r in rows} == {"ok"}
+        cells = {(r["model"], r["recipe"], r["device"], r["launch"]) for r in rows}
+        assert len(cells) == len(rows)  # one row per (model, recipe, device, launch)
+        assert all(r["p50_ms"] and r["p50_ms"] > 0 and len(r["artifact_sha256"]) == 64 for r in rows)
+        # the adbd dropped the connection once mid-run: that job was retried on the same device
+        retried = [r for r in rows if r["attempts"] > 1]
+        assert len(retried) == 1 and retried[0]["device"].startswith("adb:"), retried
+        assert any("device_lost" in l and "retrying here" in l for l in lines), lines
+        runs_on_adb = sum("--iterations" in c for c in adbd.shell_log)
+        # resuming the finished run measures nothing again
+        again = run_farm(farm, db=db, run_id="r1", log=lines.append)
+        assert again.exit_code == 0 and again.counts == summary.counts
+        assert sum("--iterations" in c for c in adbd.shell_log) == runs_on_adb
+        assert len(jobs.results(db, "r1")) == len(rows)
+    for dev in ("local", f"adb:127.0.0.1:{adbd.port}", f"tcp:{tcp_runner}"):
+        assert leases.holder_of(db, dev) is None  # every lease released at the end
+
+
+def test_a_group_that_does_not_lower_becomes_failed_rows_and_the_rest_is_measured(tmp_path):
+    db = open_db(f"sqlite:///{tmp_path / 'farm.sqlite'}")
+    farm = parse_farm('''
+[[device]]
+id = "local"
+
+[matrix]
+models = ["tiny_cnn", "no_such_model_xyz"]
+recipes = ["fp32"]
+iterations = 2
+warmup = 0
+''', str(tmp_path / "farm.toml"))
+    summary = run_farm(farm, db=db, run_id="r2")
+    rows = {r["model"]: r for r in jobs.results(db, "r2")}
+    assert summary.exit_code == 1 and set(summary.lowering_errors) == {"no_such_model_xyz/fp32/xnnpack/pte"}
+    assert rows["tiny_cnn"]["status"] == "ok"
+    assert rows["no_such_model_xyz"]["status"] != "ok" and rows["no_such_model_xyz"]["fault_class"] == "model_error"
+    assert rows["no_such_model_xyz"]["attempts"] == 1  # never retried
+
+
+def test_farm_cli_run_then_results_json(tmp_path):
+    farm = tmp_path / "farm.toml"
+    farm.write_text('[[device]]\nid = "local"\n\n[matrix]\nmodels = ["tiny_cnn"]\nrecipes = ["fp32", "int8"]\n'
+                    'launches = 2\niterations = 2\nwarmup = 0\n')
+    db = f"sqlite:///{tmp_path / 'farm.sqlite'}"
+    ep = [sys.executable, "-m", "edgeprobe", "farm"]
+    p = subprocess.run([*ep, "run", str(farm), "--db", db, "--run-id", "cli1"], capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "run cli1: pending 0, leased 0, done 4, failed 0" in p.stdout, p.stdout
+    p = subprocess.run([*ep, "results", "cli1", "--db", db, "--json"], capture_output=True, text=True, timeout=120)
+    rows = json.loads(p.stdout)
+    assert sorted((r["recipe"], r["launch"]) for r in rows) == [("fp32", 0), ("fp32", 1), ("int8", 0), ("int8", 1)]
+    for r in rows:
+        assert r["model"] == "tiny_cnn" and r["device"] == "local" and r["status"] == "ok"
+        assert r["fault_class"] is None and r["attempts"] == 1 and r["p50_ms"] > 0 and len(r["artifact_sha256"]) == 64
+    p = subprocess.run([*ep, "status", "nope", "--db", db], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "no run 'nope'" in " ".join(p.stderr.split())
+    farm.write_text('[[device]]\nid = "local"\n\n[matrix]\nmodels = ["tiny_cnn"]\niteratons = 2\n')
+    p = subprocess.run([*ep, "run", str(farm), "--db", db], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and f"{farm}:6: unknown key 'iteratons'" in " ".join(p.stderr.split()), p.stderr
