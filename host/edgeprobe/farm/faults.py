@@ -14,14 +14,14 @@ runner_crash        the runner crashed or left no record        retry once, then
 timeout             the runner ran past its timeout             retry once, then failed
 model_error         lowering failed, outputs did not verify,    never retried: the model, not the
                     unsupported operator, bad test vectors      device, is at fault
-device_not_ready    battery low, too hot                        wait within a bound, then requeue
-                                                                on an equivalent device
+device_not_ready    battery low, too hot (after the run          retry once here, then requeue on
+                    hygiene's own bounded thermal wait)         an equivalent device
 host_error          a bug of edgeprobe's (usage record, an      failed, never retried silently
                     unexpected exception)
 ==================  ==========================================  ===============================
 
 Infrastructure faults (device_lost, runner_crash, timeout) count towards a device's consecutive
-failures; N of them in a row quarantine it (``farm/scheduler`` applies it). Classification is
+failures; N of them in a row take the device out of the run (``farm/scheduler`` applies it). Classification is
 from our error types and the runner's ``error.code`` (device_runner/PROTOCOL.md), never from
 message text.
 """
@@ -50,7 +50,6 @@ class Policy:
     retries_same_device: int  # further attempts on the same device after the first
     move_to_equivalent: bool  # then requeue on a device with the same labels
     infrastructure: bool  # counts towards the device's consecutive failures (quarantine)
-    wait_s: float = 0.0  # how long to wait before retrying on the same device
 
 
 POLICIES: dict[str, Policy] = {
@@ -58,7 +57,7 @@ POLICIES: dict[str, Policy] = {
     RUNNER_CRASH: Policy(retries_same_device=1, move_to_equivalent=False, infrastructure=True),
     TIMEOUT: Policy(retries_same_device=1, move_to_equivalent=False, infrastructure=True),
     MODEL_ERROR: Policy(retries_same_device=0, move_to_equivalent=False, infrastructure=False),
-    DEVICE_NOT_READY: Policy(retries_same_device=1, move_to_equivalent=True, infrastructure=False, wait_s=60.0),
+    DEVICE_NOT_READY: Policy(retries_same_device=1, move_to_equivalent=True, infrastructure=False),
     HOST_ERROR: Policy(retries_same_device=0, move_to_equivalent=False, infrastructure=False),
 }
 
