@@ -131,3 +131,33 @@ def test_farm_cli_run_then_results_json(tmp_path):
     farm.write_text('[[device]]\nid = "local"\n\n[matrix]\nmodels = ["tiny_cnn"]\niteratons = 2\n')
     p = subprocess.run([*ep, "run", str(farm), "--db", db], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and f"{farm}:6: unknown key 'iteratons'" in " ".join(p.stderr.split()), p.stderr
+
+
+def test_a_worker_whose_lease_was_taken_over_stops_before_claiming(tmp_path):
+    """Two farm processes never use one device at once: a worker that finds its lease gone (it
+    expired and another holder took it) claims nothing more."""
+    from edgeprobe.farm.scheduler import _Worker
+
+    db = open_db(f"sqlite:///{tmp_path / 'farm.sqlite'}")
+    farm = parse_farm('[[device]]\nid = "local"\n\n[matrix]\nmodels = ["tiny_cnn"]\n', str(tmp_path / "f.toml"))
+    from edgeprobe.farm.matrix import expand
+
+    jobs.add_run(db, "r3", "f.toml")
+    jobs.add_jobs(db, "r3", expand(farm, {g: "k" for g in [("tiny_cnn", "fp32", "xnnpack", "pte")]}))
+    lines: list[str] = []
+    real_acquire = leases.acquire
+
+    def acquire_then_lose(db_, device_id, holder, ttl_s, **kw):
+        ok = real_acquire(db_, device_id, holder, ttl_s, **kw)
+        # the lease expires at once and another process takes the device
+        assert real_acquire(db_, device_id, "other-farm", 60.0, clock=lambda: 1e12)
+        return ok
+
+    leases.acquire = acquire_then_lose
+    try:
+        w = _Worker(db, "r3", farm.devices[0], [], {}, {}, 3, 0.001, 3, lines.append)
+        assert w() is False
+    finally:
+        leases.acquire = real_acquire
+    assert any("lease lost" in line for line in lines), lines
+    assert jobs.counts(db, "r3")["pending"] == 1  # nothing was claimed

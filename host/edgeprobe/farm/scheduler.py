@@ -125,7 +125,9 @@ class _Worker:
         session, failures = None, 0
         try:
             while True:
-                leases.heartbeat(self.db, self.device.id, holder, self.lease_ttl_s)
+                if not leases.heartbeat(self.db, self.device.id, holder, self.lease_ttl_s):
+                    self.log(f"{self.device.id}: lease lost (expired and taken over); this worker stops")
+                    return False
                 job = jobs.claim(self.db, self.run_id, self.device.id, holder, self.lease_ttl_s)
                 if job is None:
                     return False
