@@ -102,6 +102,8 @@ def test_an_unset_token_variable_names_file_line_and_device(monkeypatch):
     ('[[device]]\nid = "local"\n[matrix]\nmodels = ["m"]\nlaunches = 0\n', "farm.toml:5:", "launches in [matrix] must be >= 1"),
     ('[[device]]\nid = "local"\n[matrix]\nmodels = ["m"]\nlaunches = true\n', "farm.toml:5:", "must be an integer"),
     ('[[device]]\nid = "local"\n[matrix]\nmodels = ["m"]\nmax_thermal_status = 7\n', "farm.toml:5:", "0..6"),
+    ('[[device]]\nid = "local"\n[matrix]\nmodels = ["m"]\niterations = 20\nmax_iterations = 5\n', "farm.toml:6:",
+     "max_iterations 5 is below iterations 20"),
     ('[[device]]\nid = "local"\n[matrix]\nmodels = ["m"]\ntimeout_s = 0\n', "farm.toml:5:", "> 0"),
     ('[[device]]\nid = "local"\n[matrix]\nmodels = ["m"]\nmin_battery_percent = 120\n', "farm.toml:5:", "0..100"),
     ('[[device]]\nid = "local"\nlabels = { tier = 3 }\n[matrix]\nmodels = ["m"]\n', "farm.toml:3:", "table of strings"),
@@ -159,8 +161,9 @@ def test_job_keys_are_stable_and_change_with_every_input():
     assert base == job_key("a" * 64, "local", 0, Settings(min_seconds=0))  # 0 and 0.0 are one setting
     others = {job_key("b" * 64, "local", 0, s), job_key("a" * 64, "adb:x", 0, s), job_key("a" * 64, "local", 1, s),
               job_key("a" * 64, "local", 0, Settings(iterations=21)),
-              job_key("a" * 64, "local", 0, Settings(max_thermal_status=3))}
-    assert len(others) == 5 and base not in others
+              job_key("a" * 64, "local", 0, Settings(max_thermal_status=3)),
+              job_key("a" * 64, "local", 0, Settings(max_iterations=100))}
+    assert len(others) == 6 and base not in others
     code = ("from edgeprobe.farm.matrix import Settings, job_key; "
             "print(job_key('a' * 64, 'local', 0, Settings()))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -101,11 +101,21 @@ models = ["tiny_cnn", "no_such_model_xyz"]
 recipes = ["fp32"]
 iterations = 2
 warmup = 0
+min_seconds = 60.0
+max_iterations = 4
 ''', str(tmp_path / "farm.toml"))
     summary = run_farm(farm, db=db, run_id="r2")
     rows = {r["model"]: r for r in jobs.results(db, "r2")}
     assert summary.exit_code == 1 and set(summary.lowering_errors) == {"no_such_model_xyz/fp32/xnnpack/pte"}
     assert rows["tiny_cnn"]["status"] == "ok"
+    # the farm file's max_iterations reaches the runner: 4 timed iterations, not 60 s of them
+    with db.session() as s:
+        from sqlalchemy import select
+
+        from edgeprobe.farm.db.models import Job
+        key = s.execute(select(Job.key).where(Job.run_id == "r2", Job.model == "tiny_cnn")).scalar()
+    rec = jobs.record(db, key)
+    assert len(rec["run"]["timing"]["iteration_ns"]) == 4 and rec["run"]["config"]["max_iterations"] == 4
     assert rows["no_such_model_xyz"]["status"] != "ok" and rows["no_such_model_xyz"]["fault_class"] == "model_error"
     assert rows["no_such_model_xyz"]["attempts"] == 1  # never retried
 

@@ -48,6 +48,7 @@ class MatrixSpec:
     iterations: int = 20
     warmup: int = 3
     min_seconds: float = 0.0
+    max_iterations: int = 0  # 0: no cap on the timed loop
     threads: int = 0
     timeout_s: float = 300.0
     cooldown_s: float = 0.0
@@ -71,12 +72,12 @@ class FarmFile:
 _TOP_KEYS = ("discover", "device", "matrix")
 _DEVICE_KEYS = ("id", "labels", "token_env")
 _LIST_KEYS = ("models", "recipes", "backends", "formats", "devices")
-_MATRIX_KEYS = _LIST_KEYS + ("launches", "iterations", "warmup", "min_seconds", "threads", "timeout_s",
-                             "cooldown_s", "min_battery_percent", "max_thermal_status")
+_MATRIX_KEYS = _LIST_KEYS + ("launches", "iterations", "warmup", "min_seconds", "max_iterations", "threads",
+                             "timeout_s", "cooldown_s", "min_battery_percent", "max_thermal_status")
 # (key, type, lowest, highest, lowest allowed itself): the numeric settings and their ranges
 _NUMBERS: tuple[tuple[str, type, float, Optional[float], bool], ...] = (
     ("launches", int, 1, None, True), ("iterations", int, 1, None, True), ("warmup", int, 0, None, True),
-    ("min_seconds", float, 0, None, True), ("threads", int, 0, None, True), ("timeout_s", float, 0, None, False),
+    ("min_seconds", float, 0, None, True), ("max_iterations", int, 0, None, True), ("threads", int, 0, None, True), ("timeout_s", float, 0, None, False),
     ("cooldown_s", float, 0, None, True), ("min_battery_percent", float, 0, 100, True),
     ("max_thermal_status", int, 0, 6, True),
 )
@@ -312,6 +313,10 @@ def _matrix(c: _Checker, raw: Any) -> MatrixSpec:
     for key, kind, low, high, low_ok in _NUMBERS:
         if key in raw:
             values[key] = c.number(raw[key], key, kind, low, high, low_ok)
+    cap, iterations = values.get("max_iterations", 0), values.get("iterations", MatrixSpec.iterations)
+    if cap and cap < iterations:
+        raise c.fail(c.lines.of(table, "max_iterations"), f"max_iterations {cap} is below iterations {iterations}; "
+                     "give 0 (no cap) or at least iterations")
     return MatrixSpec(**values, line=c.lines.of(table), devices_line=c.lines.of(table, "devices"))
 
 

@@ -48,6 +48,7 @@ class Settings:
     iterations: int = 20
     warmup: int = 3
     min_seconds: float = 0.0
+    max_iterations: int = 0
     threads: int = 0
     timeout_s: float = 300.0
     cooldown_s: float = 0.0

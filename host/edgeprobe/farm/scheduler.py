@@ -97,7 +97,8 @@ def _config(settings: dict) -> Any:
     from edgeprobe.session import MeasureConfig
 
     return MeasureConfig(warmup=settings["warmup"], iterations=settings["iterations"],
-                         min_seconds=settings["min_seconds"], threads=settings["threads"],
+                         min_seconds=settings["min_seconds"], max_iterations=settings.get("max_iterations") or 0,
+                         threads=settings["threads"],
                          timeout_s=settings["timeout_s"], min_battery_percent=settings.get("min_battery_percent"),
                          max_thermal_status=settings.get("max_thermal_status"), retries=0)
 
