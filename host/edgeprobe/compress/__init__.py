@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
@@ -266,6 +267,35 @@ def apply(model: nn.Module, text: str, ctx: Context) -> Compressed:
     if isinstance(current, torch.export.ExportedProgram):
         return Compressed(canon, None, current, tuple(done), quantized=True, **counts)
     return Compressed(canon, current.eval(), None, tuple(done), **counts)
+
+
+def apply_and_lower(spec: Any, recipe: str, ctx: Context, *, module: Any = None, format: str = "pte",
+                    backend: Optional[str] = None, progress: Optional[Callable[[str], None]] = None
+                    ) -> tuple[Compressed, tuple[dict, ...], Any]:
+    """``apply`` ``recipe`` to ``module`` (default: ``spec.module``) and lower the result for
+    (format, backend); the steps are recorded, JSON-safe, in the artifact's manifest. Returns
+    ``(compressed, steps, artifact)``: what the sweep and the farm both do with a recipe (``steps``
+    are this run's, even when the artifact came from the cache)."""
+    from edgeprobe.lower import lower
+    from edgeprobe.models import ModelSpec
+
+    comp = apply(module if module is not None else spec.module, recipe, ctx)
+    steps = tuple(json_safe(dataclasses.asdict(s)) for s in comp.steps)
+    art = lower(ModelSpec(ref=spec.ref, example_inputs=spec.example_inputs, module=comp.module, exported=comp.exported),
+                format=format, backend=backend, recipe=comp.recipe, compression=steps, quantized=comp.quantized,
+                progress=progress)
+    return comp, steps, art
+
+
+def json_safe(x: Any) -> Any:
+    """``x`` with non-finite floats made JSON-safe (NaN -> None, infinities -> "inf"/"-inf")."""
+    if isinstance(x, float) and (math.isinf(x) or math.isnan(x)):
+        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x
 
 
 def count_params(module: nn.Module) -> int:

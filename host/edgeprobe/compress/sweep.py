@@ -149,14 +149,7 @@ def _finite_cap(rows: Sequence[SweepRow], key: str) -> Optional[float]:
     return (max(finite) + 10.0) if finite else 100.0
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, float) and (math.isinf(x) or math.isnan(x)):
-        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
+_jsonable = compress.json_safe
 
 
 def pareto_front(rows: Sequence[SweepRow], quality: str) -> set[int]:
@@ -236,8 +229,7 @@ def _sweep(session, config, names, model, input_shape, weights, dataset, calibra
            train_fn, student, eval_samples, say) -> SweepResult:
     from edgeprobe.compress import data as D
     from edgeprobe.compress.fidelity import evaluate
-    from edgeprobe.lower import lower
-    from edgeprobe.models import ModelSpec, load_model
+    from edgeprobe.models import load_model
 
     spec = load_model(model, input_shape=input_shape, weights=weights)
     if spec.module is None:
@@ -270,8 +262,7 @@ def _sweep(session, config, names, model, input_shape, weights, dataset, calibra
         say(f"[{i}/{len(names)}] {name}")
         t0 = time.monotonic()
         try:
-            rows.append(_row(name, module, spec, ctx, eval_ds, eval_samples, session, config, say, lower, evaluate,
-                             ModelSpec))
+            rows.append(_row(name, module, spec, ctx, eval_ds, eval_samples, session, config, say, evaluate))
         except Exception as exc:  # noqa: BLE001 - a failing recipe is a row with its error, never a crash
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             say(f"{name}: failed: {type(exc).__name__}: {msg}")
@@ -285,11 +276,8 @@ def _sweep(session, config, names, model, input_shape, weights, dataset, calibra
                        _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), quality)
 
 
-def _row(name, module, spec, ctx, eval_ds, eval_samples, session, config, say, lower, evaluate, ModelSpec) -> SweepRow:
-    comp = compress.apply(module, name, ctx)
-    cspec = ModelSpec(ref=spec.ref, example_inputs=spec.example_inputs, module=comp.module, exported=comp.exported)
-    steps = tuple(_jsonable(dataclasses.asdict(s)) for s in comp.steps)
-    art = lower(cspec, recipe=comp.recipe, compression=steps, quantized=comp.quantized, progress=say)
+def _row(name, module, spec, ctx, eval_ds, eval_samples, session, config, say, evaluate) -> SweepRow:
+    comp, steps, art = compress.apply_and_lower(spec, name, ctx, module=module, progress=say)
     fid = evaluate(art.model_path, module, eval_ds, spec.example_inputs, max_samples=eval_samples)
     say(f"measuring on {session.id}: {config.warmup} warm-up + {config.iterations} iterations")
     res = session.measure(art, config)

@@ -14,7 +14,6 @@ pending, finished jobs are never repeated (their key is unique), results are wri
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import time
@@ -53,8 +52,7 @@ def _lower_groups(farm: FarmFile, log: Log) -> tuple[dict, dict, dict[str, str]]
     """Every group lowered once on the host (cached): ``(artifact_keys, artifacts, errors)``; a group
     that fails is kept with its error, so its jobs become failed rows and nothing else stops."""
     from edgeprobe import compress
-    from edgeprobe.lower import lower
-    from edgeprobe.models import ModelSpec, load_model
+    from edgeprobe.models import load_model
 
     keys: dict[tuple, Optional[str]] = {}
     artifacts: dict[str, Any] = {}
@@ -72,12 +70,9 @@ def _lower_groups(farm: FarmFile, log: Log) -> tuple[dict, dict, dict[str, str]]
                 from edgeprobe.errors import LoweringError
 
                 raise LoweringError(f"{model} is not an eager module; the farm compresses modules")
-            comp = compress.apply(spec.module.eval(), recipe, compress.Context(example_inputs=spec.example_inputs,
-                                                                               log=log))
-            steps = tuple(dataclasses.asdict(s) for s in comp.steps)
-            art = lower(ModelSpec(ref=spec.ref, example_inputs=spec.example_inputs, module=comp.module,
-                                  exported=comp.exported), format=fmt, backend=backend, recipe=comp.recipe,
-                        compression=_jsonable(steps), quantized=comp.quantized, progress=log)
+            ctx = compress.Context(example_inputs=spec.example_inputs, log=log)
+            _, _, art = compress.apply_and_lower(spec, recipe, ctx, module=spec.module.eval(), format=fmt,
+                                                 backend=backend, progress=log)
             keys[group] = art.manifest.cache_key
             artifacts[art.manifest.cache_key] = art
         except Exception as exc:  # noqa: BLE001 - one bad model never stops the farm: a failed row
@@ -85,12 +80,6 @@ def _lower_groups(farm: FarmFile, log: Log) -> tuple[dict, dict, dict[str, str]]
             errors[name] = faults.one_line(exc)
             log(f"{name}: lowering failed: {errors[name]}")
     return keys, artifacts, errors
-
-
-def _jsonable(x: Any) -> Any:
-    from edgeprobe.compress.sweep import _jsonable as j
-
-    return j(x)
 
 
 def _config(settings: dict) -> Any:
