@@ -27,6 +27,9 @@ from edgeprobe.farm.inventory import DeviceEntry, FarmFile, check_tokens, select
 from edgeprobe.farm.matrix import Settings, artifact_groups, expand
 
 Log = Callable[[str], None]
+# how a worker opens its device: (device entry, artifact format) -> a MeasureSession. The default
+# opens it by id through the device registry; benchmarks and unit tests pass sessions on a MockTransport.
+Opener = Callable[[DeviceEntry, str], Any]
 EXIT_ALL_MEASURED, EXIT_SOME_FAILED, EXIT_FARM_FAILED = 0, 1, 2
 
 
@@ -106,6 +109,7 @@ class _Worker:
     lease_ttl_s: float
     quarantine_after: int
     log: Log
+    opener: Opener
 
     def __call__(self) -> bool:
         holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -136,9 +140,6 @@ class _Worker:
             leases.release(self.db, self.device.id, holder)
 
     def _one(self, job: Any, holder: str, session: Any) -> tuple[Any, Optional[str]]:
-        from edgeprobe.devices import default_runner
-        from edgeprobe.session import open_session
-
         what = f"{self.device.id}: {job.model}/{job.recipe} launch {job.launch}"
         art = self.artifacts.get(job.artifact_key) if job.artifact_key else None
         if art is None:
@@ -149,8 +150,7 @@ class _Worker:
         result, error = None, None
         try:
             if session is None:
-                session = open_session(self.device.id, runner=default_runner(job.format),
-                                       token=token_for(self.device))
+                session = self.opener(self.device, job.format)
             result = session.measure(art, _config(job.settings or {}))
             fault = faults.classify_result(result)
             if fault:
@@ -186,9 +186,17 @@ class _Worker:
             jobs.reassign(self.db, key, self.equivalents[i % len(self.equivalents)])
 
 
+def open_by_id(device: DeviceEntry, format: str) -> Any:
+    """The default ``Opener``: the device by its id, with the format's default runner and its token."""
+    from edgeprobe.devices import default_runner
+    from edgeprobe.session import open_session
+
+    return open_session(device.id, runner=default_runner(format), token=token_for(device))
+
+
 def run_farm(farm: FarmFile, *, db: Any, run_id: Optional[str] = None, max_attempts: int = 3,
              lease_ttl_s: float = 120.0, quarantine_after: int = 3, executor: Optional[Executor] = None,
-             log: Optional[Log] = None) -> FarmSummary:
+             opener: Opener = open_by_id, log: Optional[Log] = None) -> FarmSummary:
     """Run (or resume, with the same ``run_id``) the farm file's matrix; returns the run's summary."""
     say = log or (lambda _m: None)
     t0 = time.monotonic()
@@ -216,7 +224,7 @@ def run_farm(farm: FarmFile, *, db: Any, run_id: Optional[str] = None, max_attem
                            and dict(d.labels) == dict(dev.labels)]
             handles.append((dev.id, executor.submit(dev.id, _Worker(
                 db, run_id, dev, equivalents, artifacts, by_group_error, max_attempts, lease_ttl_s,
-                quarantine_after, say))))
+                quarantine_after, say, opener))))
         try:
             for dev_id, h in handles:
                 if h.result():
