@@ -146,7 +146,7 @@ def test_farm_cli_run_then_results_json(tmp_path):
 def test_a_worker_whose_lease_was_taken_over_stops_before_claiming(tmp_path):
     """Two farm processes never use one device at once: a worker that finds its lease gone (it
     expired and another holder took it) claims nothing more."""
-    from edgeprobe.farm.scheduler import _Worker, open_by_id
+    from edgeprobe.farm.worker import LEASE_LOST, Limits, Worker
 
     db = open_db(f"sqlite:///{tmp_path / 'farm.sqlite'}")
     farm = parse_farm('[[device]]\nid = "local"\n\n[matrix]\nmodels = ["tiny_cnn"]\n', str(tmp_path / "f.toml"))
@@ -165,8 +165,8 @@ def test_a_worker_whose_lease_was_taken_over_stops_before_claiming(tmp_path):
 
     leases.acquire = acquire_then_lose
     try:
-        w = _Worker(db, "r3", farm.devices[0], [], {}, {}, 3, 0.001, 3, lines.append, open_by_id)
-        assert w() is False
+        w = Worker(db, "r3", farm.devices[0], "me", [], {}, {}, Limits(3, 0.001, 0.0, 3, 60.0), lines.append)
+        assert w() == LEASE_LOST
     finally:
         leases.acquire = real_acquire
     assert any("lease lost" in line for line in lines), lines

@@ -13,10 +13,10 @@ import json
 import time
 from typing import Any, Iterable, Optional
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 
 from edgeprobe.farm.db.engine import Database
-from edgeprobe.farm.db.models import Job, Result, Run
+from edgeprobe.farm.db.models import Artifact, Job, Result, Run
 from edgeprobe.farm.leases import insert_for
 
 JobRow = Job
@@ -38,6 +38,23 @@ def set_run_state(db: Database, run_id: str, state: str, summary: Optional[dict]
         values["summary"] = summary
     with db.session() as s:
         s.execute(update(Run).where(Run.id == run_id).values(**values))
+
+
+def run_state(db: Database, run_id: str) -> Optional[str]:
+    """The run's state (running, done, incomplete, interrupted, failed); None if there is no such run."""
+    with db.session() as s:
+        return s.execute(select(Run.state).where(Run.id == run_id)).scalar()
+
+
+def add_artifact(db: Database, artifact: Any, group: tuple[str, str, str, str]) -> None:
+    """Record a lowered artifact (model, recipe, backend, format) by cache key with its manifest; once."""
+    m = artifact.manifest
+    manifest = _plain(m) if dataclasses.is_dataclass(m) else None
+    stmt = insert_for(db, Artifact.__table__).values(
+        cache_key=m.cache_key, model=group[0], recipe=group[1], backend=group[2], format=group[3],
+        artifact_sha256=m.artifact_sha256, manifest=json.loads(json.dumps(manifest, default=str)))
+    with db.session() as s:
+        s.execute(stmt.on_conflict_do_nothing(index_elements=["cache_key"]))
 
 
 def _plain(value: Any) -> Any:
@@ -83,13 +100,15 @@ def _claimable(now: float):
 
 def claim(db: Database, run_id: str, device_id: str, holder: str, ttl_s: float, *,
           now: Optional[float] = None) -> Optional[JobRow]:
-    """Lease one pending (or lease-expired) job of this run for this device to ``holder``; None if none is left."""
+    """Lease one pending (or lease-expired) job of this run for this device to ``holder``; None if none
+    is left, or if the run is no longer ``running`` (interrupted: nothing new starts)."""
     now = now or time.time()
     pick = (select(Job.key).where(Job.run_id == run_id, Job.device_id == device_id, _claimable(now))
             .order_by(Job.created_utc, Job.launch, Job.key).limit(1))
     if db.dialect == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
-    stmt = (update(Job).where(Job.key == pick.scalar_subquery(), _claimable(now))
+    running = exists().where(Run.id == run_id, Run.state == "running")
+    stmt = (update(Job).where(Job.key == pick.scalar_subquery(), _claimable(now), running)
             .values(state="leased", lease_holder=holder, lease_expires_utc=now + ttl_s, attempts=Job.attempts + 1,
                     started_utc=now)
             .returning(Job))
@@ -152,6 +171,28 @@ def requeue_expired(db: Database, run_id: str, now: Optional[float] = None) -> i
                                                Job.lease_expires_utc < now)
                              .values(state="pending", lease_holder=None, lease_expires_utc=None)
                              .returning(Job.key)).all())
+
+
+def requeue_held(db: Database, run_id: str, holders: Iterable[str]) -> int:
+    """The run's jobs leased to any of ``holders`` (a dead process, or ours on a hard stop) go back to
+    pending; their interrupted attempt is not counted. Returns how many."""
+    holders = list(holders)
+    if not holders:
+        return 0
+    with db.session() as s:
+        return len(s.execute(update(Job).where(Job.run_id == run_id, Job.state == "leased",
+                                               Job.lease_holder.in_(holders))
+                             .values(state="pending", lease_holder=None, lease_expires_utc=None,
+                                     attempts=func.max(Job.attempts - 1, 0) if db.dialect == "sqlite"
+                                     else func.greatest(Job.attempts - 1, 0))
+                             .returning(Job.key)).all())
+
+
+def lease_holders(db: Database, run_id: str) -> list[str]:
+    """Who holds the run's leased jobs now (live or expired leases)."""
+    with db.session() as s:
+        return list(s.scalars(select(Job.lease_holder).where(Job.run_id == run_id, Job.state == "leased")
+                              .distinct()))
 
 
 def reassign(db: Database, key: str, device_id: str) -> bool:

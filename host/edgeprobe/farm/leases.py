@@ -9,8 +9,10 @@ float seconds from ``clock`` (``time.time`` unless a test passes its own).
 
 from __future__ import annotations
 
+import os
+import socket
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 from sqlalchemy import and_, delete, select, update
 
@@ -84,6 +86,44 @@ def release(db: Database, device_id: str, holder: str, *, clock: Clock = time.ti
                               LeaseHistory.released_utc.is_(None)))
                   .values(released_utc=min(now, row.expires_utc)))
     return True
+
+
+def holder_name(nonce: str, device_id: str) -> str:
+    """A lease holder of this process: ``HOST:PID:NONCE:DEVICE`` (read back by :func:`holder_is_dead`)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{nonce}:{device_id}"
+
+
+def holder_is_dead(holder: str) -> bool:
+    """Whether ``holder`` names a process of this host that no longer exists (killed, crashed): its
+    leases need not run out before a resumed farm takes them. A holder on another host, or a live
+    (or unreadable) PID, is never called dead, so a reused PID only makes us wait for the expiry."""
+    host, _, rest = holder.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: it exists, as another user's process
+        return False
+    return False
+
+
+def clear_dead(db: Database, device_id: str, *, clock: Clock = time.time) -> bool:
+    """Drop the device's lease if its holder is a dead process of this host (its history row ends now)."""
+    holder = holder_of(db, device_id, clock=lambda: float("-inf"))  # expired or not
+    if holder is None or not holder_is_dead(holder):
+        return False
+    return release(db, device_id, holder, clock=clock)
+
+
+def release_all(db: Database, holders: Iterable[str], *, clock: Clock = time.time) -> int:
+    """Release every lease held by ``holders`` (a hard stop); returns how many were held."""
+    with db.session() as s:
+        rows = s.execute(select(DeviceLease.device_id, DeviceLease.holder)
+                         .where(DeviceLease.holder.in_(list(holders)))).all()
+    return sum(release(db, r.device_id, r.holder, clock=clock) for r in rows)
 
 
 def holder_of(db: Database, device_id: str, *, clock: Clock = time.time) -> Optional[str]:

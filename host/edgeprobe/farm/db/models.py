@@ -18,7 +18,7 @@ from typing import Any, Optional
 from sqlalchemy import JSON, BigInteger, Double, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-RUN_STATES = ("running", "done", "interrupted", "failed")
+RUN_STATES = ("running", "done", "incomplete", "interrupted", "failed")
 JOB_STATES = ("pending", "leased", "done", "failed")
 
 
@@ -42,9 +42,13 @@ class Device(Base):
     id: Mapped[str] = mapped_column(Text, primary_key=True)
     labels: Mapped[Optional[dict[str, Any]]]
     environment: Mapped[Optional[dict[str, Any]]]  # the device description / probe
+    # quarantine: until then the device takes no work; after it, the device is on probation
+    # (quarantined_until in the past) until it passes a health check, which clears it to NULL
     quarantined_until: Mapped[Optional[float]]
-    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
-    suspect: Mapped[bool] = mapped_column(default=False)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)  # infrastructure faults in a row
+    suspect: Mapped[bool] = mapped_column(default=False)  # lost a connection since its last success
+    quarantine_reason: Mapped[Optional[str]] = mapped_column(Text)  # migration 0002
+    last_seen_utc: Mapped[Optional[float]]  # last measured there (migration 0002)
 
 
 class Artifact(Base):
