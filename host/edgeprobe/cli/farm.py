@@ -24,10 +24,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("farm_file")
     r.add_argument("--run-id", help="resume this run: finished jobs are not measured again")
     r.add_argument("--max-attempts", type=int, default=3, help="attempts per job, over every device (default 3)")
+    r.add_argument("--quarantine-after", type=int, default=3,
+                   help="infrastructure faults in a row that quarantine a device (default 3)")
+    r.add_argument("--quarantine-s", type=float, default=1800.0,
+                   help="how long a quarantine lasts before the device's health check (default 1800 s)")
+    r.add_argument("--lease-ttl-s", type=float, default=120.0,
+                   help="device and job lease lifetime, heart-beaten while held (default 120 s)")
+    r.add_argument("--lease-wait-s", type=float, default=900.0,
+                   help="how long to wait for a device another farm process holds (default 900 s)")
     db(r)
     s = fsub.add_parser("status", help="jobs per state of a run")
     s.add_argument("run_id")
     db(s)
+    d = fsub.add_parser("devices", help="each device: its health now, its lease and its quarantine state")
+    d.add_argument("farm_file", nargs="?", help="probe the devices of this farm file (default: list those the "
+                                                "database knows, without probing)")
+    d.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    db(d)
+    q = fsub.add_parser("quarantine", help="quarantined devices and devices on probation; lift one by hand")
+    q.add_argument("--release", metavar="DEVICE", help="lift DEVICE's quarantine now (no health check)")
+    db(q)
     res = fsub.add_parser("results", help="one row per (model, recipe, device, launch) of a run")
     res.add_argument("run_id")
     out = res.add_mutually_exclusive_group()
@@ -41,21 +57,19 @@ def run(args: argparse.Namespace, console, err_console) -> int:
     from edgeprobe.farm import jobs
     from edgeprobe.farm.db.engine import open_db
 
-    if args.farm_command == "run" and args.max_attempts < 1:
-        raise UsageError("--max-attempts must be >= 1")
+    if args.farm_command == "run":
+        for flag, value, low in (("--max-attempts", args.max_attempts, 1), ("--quarantine-after", args.quarantine_after, 1),
+                                 ("--lease-ttl-s", args.lease_ttl_s, 1.0), ("--quarantine-s", args.quarantine_s, 0.0),
+                                 ("--lease-wait-s", args.lease_wait_s, 0.0)):
+            if value < low:
+                raise UsageError(f"{flag} must be >= {low}, got {value}")
     db = open_db(args.db)
     if args.farm_command == "run":
-        from edgeprobe.farm.inventory import load_farm
-        from edgeprobe.farm.scheduler import run_farm
-
-        farm = load_farm(args.farm_file)
-        summary = run_farm(farm, db=db, run_id=args.run_id, max_attempts=args.max_attempts,
-                           log=lambda m: err_console.print(f"[dim]{escape(m)}[/dim]", highlight=False))
-        counts = ", ".join(f"{k} {v}" for k, v in summary.counts.items())
-        console.print(f"run {summary.run_id}: {counts} in {summary.wall_s:.1f} s ({db.url})")
-        for name, error in summary.lowering_errors.items():
-            console.print(f"[red]not lowered:[/red] {escape(name)}: {escape(error)}")
-        return summary.exit_code
+        return _run(args, db, console, err_console)
+    if args.farm_command == "devices":
+        return _devices(args, db, console)
+    if args.farm_command == "quarantine":
+        return _quarantine(args, db, console)
     if args.farm_command == "status":
         counts = jobs.counts(db, args.run_id)
         if not sum(counts.values()):
@@ -85,4 +99,111 @@ def run(args: argparse.Namespace, console, err_console) -> int:
                         ("model", "recipe", "device", "launch", "status", "fault_class", "attempts")),
                       f"{p50:.4f}" if p50 is not None else "—")
         console.print(t)
+    return 0
+
+
+def _run(args: argparse.Namespace, db, console, err_console) -> int:
+    from edgeprobe.farm import jobs
+    from edgeprobe.farm.inventory import load_farm
+    from edgeprobe.farm.progress import LiveProgress
+    from edgeprobe.farm.scheduler import new_run_id, run_farm
+
+    farm = load_farm(args.farm_file)
+    run_id = args.run_id or new_run_id()
+    try:  # a live table per device on a terminal (stderr); the log lines alone when not a terminal
+        with LiveProgress(db, run_id, err_console):
+            summary = run_farm(farm, db=db, run_id=run_id, max_attempts=args.max_attempts,
+                               quarantine_after=args.quarantine_after, quarantine_s=args.quarantine_s,
+                               lease_ttl_s=args.lease_ttl_s, lease_wait_s=args.lease_wait_s,
+                               log=lambda m: err_console.print(f"[dim]{escape(m)}[/dim]", highlight=False))
+    except KeyboardInterrupt:  # before any worker started (lowering): nothing is leased yet
+        if jobs.run_state(db, run_id) is not None:
+            jobs.set_run_state(db, run_id, "interrupted")
+        console.print(f"run {run_id}: interrupted; resume with --run-id {run_id}")
+        return 130
+    counts = ", ".join(f"{k} {v}" for k, v in summary.counts.items())
+    console.print(f"run {summary.run_id}: {counts} in {summary.wall_s:.1f} s ({db.url})")
+    for name, error in summary.lowering_errors.items():
+        console.print(f"[red]not lowered:[/red] {escape(name)}: {escape(error)}")
+    for note in summary.notes:
+        console.print(f"[yellow]{escape(note)}[/yellow]")
+    if summary.state in ("interrupted", "incomplete"):
+        console.print(f"run {summary.run_id}: {summary.state}; resume with --run-id {summary.run_id}")
+    return summary.exit_code
+
+
+def _device_rows(args: argparse.Namespace, db) -> list[dict]:
+    from edgeprobe.farm import fleet, leases
+    from edgeprobe.farm.worker import utc
+
+    known = {h.id: h for h in fleet.all_devices(db)}
+    if args.farm_file:
+        from edgeprobe.farm.health import probe
+        from edgeprobe.farm.inventory import load_farm
+
+        entries = [(e.id, dict(e.labels), e) for e in load_farm(args.farm_file).devices]
+    else:
+        entries = [(h.id, dict(h.labels), None) for h in known.values()]
+    rows = []
+    for dev_id, labels, entry in entries:
+        h = known.get(dev_id)
+        row = {"device": dev_id, "labels": labels, "quarantine": h.status if h else "ok",
+               "quarantined_until": utc(h.quarantined_until) if h and h.quarantined_until else None,
+               "quarantine_reason": h.quarantine_reason if h else None,
+               "consecutive_failures": h.consecutive_failures if h else 0, "suspect": h.suspect if h else False,
+               "lease": leases.holder_of(db, dev_id), "last_seen": utc(h.last_seen_utc) if h and h.last_seen_utc else None}
+        if entry is not None:
+            p = probe(entry)
+            row.update({"reachable": p.reachable, "description": p.description, "battery_percent": p.battery_percent,
+                        "charging": p.charging, "thermal": p.thermal, "error": p.error})
+        rows.append(row)
+    return rows
+
+
+def _devices(args: argparse.Namespace, db, console) -> int:
+    rows = _device_rows(args, db)
+    if args.json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return 0
+    from rich.table import Table
+
+    t = Table(title=f"farm devices ({db.url})")
+    for col in ("device", "labels", "health", "lease", "quarantine", "failures", "last seen"):
+        t.add_column(col)
+    for r in rows:
+        if "reachable" in r:
+            bits = [r["description"]] if r["reachable"] else [f"unreachable: {r['error']}"]
+            if r.get("battery_percent") is not None:
+                bits.append(f"battery {r['battery_percent']:g} %" + (" charging" if r.get("charging") else ""))
+            if r.get("thermal"):
+                bits.append(f"thermal {r['thermal']}")
+            health = " · ".join(b for b in bits if b)
+        else:
+            health = "not probed (give the farm file)"
+        q = r["quarantine"] + (f" until {r['quarantined_until']}: {r['quarantine_reason']}"
+                               if r["quarantine"] != "ok" else "")
+        t.add_row(*(escape(str(x)) for x in (
+            r["device"], ", ".join(f"{k}={v}" for k, v in r["labels"].items()) or "—", health, r["lease"] or "—", q,
+            r["consecutive_failures"], r["last_seen"] or "—")))
+    console.print(t)
+    return 0
+
+
+def _quarantine(args: argparse.Namespace, db, console) -> int:
+    from edgeprobe.errors import UsageError
+    from edgeprobe.farm import fleet
+    from edgeprobe.farm.worker import utc
+
+    if args.release:
+        if not fleet.release(db, args.release):
+            raise UsageError(f"{args.release} is not quarantined in {db.url}")
+        console.print(f"{args.release}: quarantine lifted")
+        return 0
+    held = [h for h in fleet.all_devices(db) if h.status != fleet.OK]
+    if not held:
+        console.print("no device is quarantined")
+    for h in held:
+        console.print(f"{escape(h.id)}: {h.status}" + (" (health check on next use)" if h.status == fleet.PROBATION
+                                                        else f" until {utc(h.quarantined_until)}")
+                      + f": {escape(h.quarantine_reason or '')}")
     return 0

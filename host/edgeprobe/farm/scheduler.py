@@ -13,6 +13,7 @@ Ctrl-C or ``kill -9``) repeats no finished job and stores no result twice.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass
@@ -84,6 +85,24 @@ def _lower_groups(farm: FarmFile, db: Any, log: Log) -> tuple[dict, dict, dict[s
     return keys, artifacts, errors
 
 
+def with_discovered(farm: FarmFile, log: Log) -> FarmFile:
+    """``discover = true``: add every device ``edgeprobe devices`` finds healthy that the file does
+    not list (no labels; a zeroconf runner's token from ``$EDGEPROBE_TOKEN``)."""
+    import os
+
+    from edgeprobe.devices.discovery import list_devices
+
+    listed = {d.id for d in farm.devices}
+    found = []
+    for info in list_devices(log=log):
+        if info.id in listed or not info.health.startswith("ok"):
+            continue
+        token_env = "EDGEPROBE_TOKEN" if info.transport == "tcp" and os.environ.get("EDGEPROBE_TOKEN") else None
+        found.append(DeviceEntry(info.id, {}, token_env, 0, f"{farm.path} (discovered)"))
+        log(f"discovered {info.id} ({info.description or info.transport})")
+    return dataclasses.replace(farm, devices=farm.devices + tuple(found))
+
+
 def _wait(handles: list, poll_s: float = 0.2) -> None:
     """Until every handle is done (a sleep loop, so Ctrl-C reaches this thread at once)."""
     while not all(h.done() for _, h in handles):
@@ -109,6 +128,8 @@ def run_farm(farm: FarmFile, *, db: Any, run_id: Optional[str] = None, max_attem
     ``quarantine_after`` infrastructure faults in a row quarantine a device for ``quarantine_s``."""
     say = log or (lambda _m: None)
     t0 = time.monotonic()
+    if farm.discover:
+        farm = with_discovered(farm, say)
     devices = select(farm)
     check_tokens(farm, devices)
     run_id = run_id or new_run_id()
