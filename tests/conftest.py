@@ -190,6 +190,31 @@ def _native_runner_env(request: pytest.FixtureRequest, monkeypatch: pytest.Monke
 
 
 @pytest.fixture(scope="session")
+def pg_cluster():
+    """One real PostgreSQL cluster for the whole session (tests/pg.py): its base URL."""
+    from pg import PostgresUnavailable, postgres_cluster
+
+    try:
+        with postgres_cluster() as url:
+            yield url
+    except PostgresUnavailable as e:
+        pytest.skip(str(e))
+
+
+_db_names = iter(range(1 << 30))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.real_peer("postgresql"))])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh farm database URL: a SQLite file, and a new database on the session's PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'farm.sqlite'}"
+    from pg import fresh_database
+
+    return fresh_database(request.getfixturevalue("pg_cluster"), f"t{os.getpid()}_{next(_db_names)}")
+
+
+@pytest.fixture(scope="session")
 def tiny_pte(isolated_cache):
     from edgeprobe.api import export
 

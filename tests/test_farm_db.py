@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -17,26 +15,8 @@ from sqlalchemy import inspect, text
 from edgeprobe.errors import UsageError
 from edgeprobe.farm import jobs, leases
 from edgeprobe.farm.db.engine import FarmDatabaseError, head_revision, open_db
-from pg import PostgresUnavailable, fresh_database, postgres_cluster  # tests/ is on sys.path (rootdir conftest)
 
 TABLES = {"runs", "devices", "artifacts", "jobs", "results", "device_leases", "lease_history"}
-_names = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def pg_cluster():
-    try:
-        with postgres_cluster() as url:
-            yield url
-    except PostgresUnavailable as e:
-        pytest.skip(str(e))
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.real_peer("postgresql"))])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'farm.sqlite'}"
-    return fresh_database(request.getfixturevalue("pg_cluster"), f"t{os.getpid()}_{next(_names)}")
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from sqlalchemy import text
 from edgeprobe.farm import jobs, progress
 from edgeprobe.farm.db.engine import open_db
 from edgeprobe.farm.progress import LiveProgress, render, snapshot
-from pg import PostgresUnavailable, fresh_database, postgres_cluster  # tests/ is on sys.path (rootdir conftest)
+from pg import fresh_database  # tests/ is on sys.path (rootdir conftest)
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _names = itertools.count()
@@ -44,15 +44,6 @@ def any_db(request, tmp_path):
     d = open_db(url)
     yield d
     d.close()
-
-
-@pytest.fixture(scope="session")
-def pg_cluster():
-    try:
-        with postgres_cluster() as url:
-            yield url
-    except PostgresUnavailable as e:
-        pytest.skip(str(e))
 
 
 def _job(key, device, launch=0, model="tiny_cnn", recipe="fp32"):
