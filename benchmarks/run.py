@@ -15,6 +15,9 @@
 8. The shared measurement session: a sweep of 3 recipes and a `split --confirm 3` over the test
    adbd, one session per command vs a session per measurement, interleaved
    (benchmarks/session.py), ``--only session``.
+9. The device farm (issue 13): scheduler overhead per job on 1000 mock-transport jobs, and a farm
+   run vs the same 18 cells one by one with ``api.bench`` on local, a test adbd and a TCP runner,
+   interleaved (benchmarks/farm.py), ``--only farm``.
 
 Prints a Markdown report (paste into docs/benchmarks.md with the command line).
 """
@@ -82,7 +85,8 @@ def main() -> int:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--only", choices=["overhead", "push", "sweep", "split", "split-e2e", "startup", "session"],
+    ap.add_argument("--only", choices=["overhead", "push", "sweep", "split", "split-e2e", "startup", "session",
+                                       "farm"],
                     help="run one section only (overhead: sections 1 and 2)")
     ap.add_argument("--push-size-mb", type=float, default=50)
     ap.add_argument("--push-repeats", type=int, default=3)
@@ -92,7 +96,7 @@ def main() -> int:
               f"{platform.platform()}\n")
         return {"push": push_section, "sweep": sweep_section, "split": split_section,
                 "split-e2e": split_e2e_section, "startup": startup_section,
-                "session": session_section}[args.only](args)
+                "session": session_section, "farm": farm_section}[args.only](args)
     threads_list = [int(t) for t in args.threads.split(",")]
     models = args.models.split(",")
     say = lambda m: print(f"  .. {m}", file=sys.stderr, flush=True)  # noqa: E731
@@ -151,7 +155,9 @@ def main() -> int:
     # 7. command start-up
     startup_section(args)
     # 8. the shared measurement session
-    return session_section(args)
+    session_section(args)
+    # 9. the device farm
+    return farm_section(args)
 
 
 def split_e2e_section(args) -> int:
@@ -182,6 +188,20 @@ def session_section(args) -> int:
 
     print("\n## Shared measurement session over the test adbd (interleaved, median of 3)\n")
     print_table(run_session_bench(3, 5, say=lambda m: print(f"  .. {m}", file=sys.stderr, flush=True)))
+    return 0
+
+
+def farm_section(args) -> int:
+    """Scheduler overhead per job on mock devices, and farm vs one-by-one api.bench (benchmarks/farm.py)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from farm import print_overhead_table, print_vs_table, run_overhead_bench, run_vs_bench
+
+    say = lambda m: print(f"  .. {m}", file=sys.stderr, flush=True)  # noqa: E731
+    print("\n## Device farm (scheduler overhead on 1000 mock jobs; farm vs one-by-one api.bench)\n")
+    print("### Scheduler overhead per job (mock devices, SQLite in a temp dir)\n")
+    print_overhead_table(run_overhead_bench(1000, (1, 4), repeats=3, say=say))
+    print("\n### Farm vs one by one with api.bench (local, test adbd, TCP runner)\n")
+    print_vs_table(run_vs_bench(repeats=2, iterations=5, warmup=1, say=say))
     return 0
 
 
