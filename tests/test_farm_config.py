@@ -162,8 +162,9 @@ def test_job_keys_are_stable_and_change_with_every_input():
     others = {job_key("b" * 64, "local", 0, s), job_key("a" * 64, "adb:x", 0, s), job_key("a" * 64, "local", 1, s),
               job_key("a" * 64, "local", 0, Settings(iterations=21)),
               job_key("a" * 64, "local", 0, Settings(max_thermal_status=3)),
-              job_key("a" * 64, "local", 0, Settings(max_iterations=100))}
-    assert len(others) == 6 and base not in others
+              job_key("a" * 64, "local", 0, Settings(max_iterations=100)),
+              job_key("a" * 64, "local", 0, s, "nightly-2")}  # a new run measures again
+    assert len(others) == 7 and base not in others
     code = ("from edgeprobe.farm.matrix import Settings, job_key; "
             "print(job_key('a' * 64, 'local', 0, Settings()))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -8,8 +8,10 @@ Order: by device (file order), then group (models, recipes, backends, formats in
 matrix lists them), then launch, so one device's jobs are contiguous (one worker, one session per
 device) and a cell's launches follow each other with ``cooldown_s`` between them.
 
-Keys: :func:`job_key` is the sha256 of canonical JSON (sorted keys) of the artifact key, device id,
-launch and settings: the same inputs give the same key in any process, any change another. A group
+Keys: :func:`job_key` is the sha256 of canonical JSON (sorted keys) of the run id, artifact key,
+device id, launch and settings: the same inputs give the same key in any process, any change
+another. The run id is part of it: resuming a run (same id) repeats nothing, while a new run (a
+nightly one, say) measures the same cells again, as a new run should. A group
 whose lowering failed (artifact key None) still yields its jobs, with ``artifact_key=None`` and a
 key computed from :func:`group_key` (the group itself) in the artifact key's place, so the failed
 rows have stable keys too and a later run whose lowering succeeds gets new ones.
@@ -90,11 +92,11 @@ def group_key(group: Group) -> str:
     return "group:" + _sha({"model": model, "recipe": recipe, "backend": backend, "format": format})
 
 
-def job_key(artifact_key: str, device_id: str, launch: int, settings: Settings) -> str:
+def job_key(artifact_key: str, device_id: str, launch: int, settings: Settings, run_id: str = "") -> str:
     """sha256 hex of the canonical JSON of these: the same everywhere for the same inputs."""
     if not isinstance(artifact_key, str) or not artifact_key:
         raise ValueError(f"artifact_key must be a non-empty string, got {artifact_key!r} (use group_key)")
-    return _sha({"artifact_key": artifact_key, "device_id": device_id, "launch": int(launch),
+    return _sha({"run_id": run_id, "artifact_key": artifact_key, "device_id": device_id, "launch": int(launch),
                  "settings": {k: (float(v) if k in _FLOATS and v is not None else v)
                               for k, v in settings.to_dict().items()}})  # 0 and 0.0: one key
 
@@ -107,7 +109,7 @@ def artifact_groups(farm: FarmFile) -> list[Group]:
 
 
 def expand(farm: FarmFile, artifact_keys: Mapping[Group, Optional[str]],
-           devices: Optional[Sequence[DeviceEntry]] = None) -> list[Job]:
+           devices: Optional[Sequence[DeviceEntry]] = None, *, run_id: str = "") -> list[Job]:
     """Every group × device (default: the matrix's selection) × launch, in the module's order.
 
     ``artifact_keys`` must hold every group of :func:`artifact_groups` (None: lowering failed).
@@ -132,6 +134,6 @@ def expand(farm: FarmFile, artifact_keys: Mapping[Group, Optional[str]],
             key = artifact_keys[g]
             cell = Cell(*g, device_id=d.id)
             for launch in range(farm.matrix.launches):
-                jobs.append(Job(job_key(key if key is not None else group_key(g), d.id, launch, settings),
+                jobs.append(Job(job_key(key if key is not None else group_key(g), d.id, launch, settings, run_id),
                                 cell, launch, settings, key))
     return jobs
