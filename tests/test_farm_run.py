@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from adbd import TestAdbd
-from edgeprobe.farm import jobs, leases
+from edgeprobe.farm import fleet, jobs, leases
 from edgeprobe.farm.db.engine import open_db
 from edgeprobe.farm.inventory import parse_farm
 from edgeprobe.farm.scheduler import run_farm
@@ -62,10 +62,10 @@ warmup = 1
 
 @pytest.mark.real_peer("adb")
 def test_a_farm_of_three_devices_measures_every_cell_once_and_resumes_without_repeating(
-        tmp_path, monkeypatch, native_runner, tcp_runner):
+        tmp_path, monkeypatch, native_runner, tcp_runner, db_url):
     monkeypatch.setenv("LAB_TOKEN", TOKEN)
     monkeypatch.setenv("EDGEPROBE_ADB_KEY", str(tmp_path / "keys" / "adbkey"))
-    db = open_db(f"sqlite:///{tmp_path / 'farm.sqlite'}")
+    db = open_db(db_url)
     with TestAdbd(tmp_path / "dev", drop_on_shell="--iterations", drop_times=1) as adbd:
         farm = _farm(tmp_path / "farm.toml", adbd.port, tcp_runner)
         lines: list[str] = []
@@ -88,6 +88,16 @@ def test_a_farm_of_three_devices_measures_every_cell_once_and_resumes_without_re
         assert len(jobs.results(db, "r1")) == len(rows)
     for dev in ("local", f"adb:127.0.0.1:{adbd.port}", f"tcp:{tcp_runner}"):
         assert leases.holder_of(db, dev) is None  # every lease released at the end
+        # the devices table holds each device's labels and the environment block of its records
+        h = fleet.health(db, dev)
+        assert h.environment["machine"] and h.last_seen_utc and h.consecutive_failures == 0
+    assert fleet.health(db, "local").labels == {"tier": "host"}
+    with db.session() as s:  # every result links to a recorded artifact
+        from sqlalchemy import select
+
+        from edgeprobe.farm.db.models import Artifact, Result
+        shas = set(s.scalars(select(Result.artifact_sha256)))
+        assert shas == set(s.scalars(select(Artifact.artifact_sha256))) and len(shas) == 4
 
 
 def test_a_group_that_does_not_lower_becomes_failed_rows_and_the_rest_is_measured(tmp_path):
