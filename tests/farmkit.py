@@ -174,28 +174,36 @@ CRASH_MESSAGE = "edgeprobe-test-runner: crashing on purpose"
 
 def crashing_runner(dir: Path, real_runner: Path, *, crashes: Optional[int]) -> tuple[Path, Path]:
     """A native runner (for ``EDGEPROBE_NATIVE_RUNNER``) that writes ``CRASH_MESSAGE`` to stderr and
-    kills itself with SIGSEGV on its first ``crashes`` invocations (every one when None), then execs
-    the real runner. Returns (the script, its counter file: one line per invocation)."""
+    kills itself with SIGSEGV on its first ``crashes`` invocations (every one when None, until
+    ``heal(dir)``), then execs the real runner. Returns (the script, its log: one line per
+    invocation, its arguments)."""
     dir.mkdir(parents=True, exist_ok=True)
-    counter = dir / "invocations"
+    log = dir / "invocations"
     script = dir / "crashy_runner"  # not in a bin/ beside a bundle.json: used as given, not verified
     limit = "" if crashes is None else f'[ "$n" -gt {int(crashes)} ] && exec "{real_runner}" "$@"\n'
     script.write_text(
         "#!/bin/sh\n"
         "ulimit -c 0\n"  # no core file for the crash we cause
-        f'echo x >> "{counter}"\n'
-        f'n=$(wc -l < "{counter}")\n'
+        f'echo "$*" >> "{log}"\n'
+        f'n=$(wc -l < "{log}")\n'
+        f'[ -e "{dir / "healed"}" ] && exec "{real_runner}" "$@"\n'
         f"{limit}"
         f'echo "{CRASH_MESSAGE} (invocation $n)" >&2\n'
         "kill -SEGV $$\n")
     script.chmod(0o755)
-    return script, counter
+    return script, log
 
 
-def invocations(counter: Path) -> int:
-    return len(counter.read_text().splitlines()) if counter.exists() else 0
+def heal(dir: Path) -> None:
+    """From now on the ``crashing_runner`` in ``dir`` runs the real runner."""
+    (dir / "healed").write_text("")
+
+
+def invocations(log: Path) -> list[str]:
+    """The arguments of each invocation of a ``crashing_runner``, in order."""
+    return log.read_text().splitlines() if log.exists() else []
 
 
 __all__ = ["TOKEN", "RunnerServer", "runner_server", "tcp_runner", "children_of", "KillWhenRunning",
-           "PushDropOnceAdbd", "UnpluggableAdbd", "crashing_runner", "invocations",
+           "PushDropOnceAdbd", "UnpluggableAdbd", "crashing_runner", "heal", "invocations",
            "CRASH_MESSAGE"]

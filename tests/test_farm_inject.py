@@ -11,6 +11,7 @@ Kept fast: 2 timed iterations, no warm-up, one launch where two are not the poin
 from __future__ import annotations
 
 import platform
+import time
 import re
 import shutil
 from pathlib import Path
@@ -23,7 +24,7 @@ from edgeprobe.farm.db.engine import open_db
 from edgeprobe.farm.inventory import parse_farm
 from edgeprobe.farm.scheduler import run_farm
 
-from farmkit import (CRASH_MESSAGE, TOKEN, KillWhenRunning, PushDropOnceAdbd, UnpluggableAdbd, crashing_runner,
+from farmkit import (CRASH_MESSAGE, TOKEN, KillWhenRunning, PushDropOnceAdbd, UnpluggableAdbd, crashing_runner, heal,
                      invocations, runner_server)
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -196,7 +197,7 @@ def test_a_runner_that_crashes_once_is_retried_and_measured(tmp_path, monkeypatc
     summary = run_farm(farm, db=db, run_id="crash1", log=lines.append)
     assert summary.exit_code == 0, (summary.counts, _why(lines))
     (row,) = jobs.results(db, "crash1")
-    assert _measured(row) and row["attempts"] == 2 and invocations(counter) == 2, row
+    assert _measured(row) and row["attempts"] == 2 and len(invocations(counter)) == 2, row
     assert any("runner_crash" in l and "signal 11" in l and "retrying here" in l for l in lines), _why(lines)
 
 
@@ -226,7 +227,7 @@ def test_a_runner_that_always_crashes_fails_after_two_attempts_with_its_stderr(t
     assert summary.exit_code == 1 and summary.counts["failed"] == 1, summary.counts
     (row,) = jobs.results(db, "crashN")
     assert row["state"] == "failed" and row["fault_class"] == "runner_crash" and row["attempts"] == 2, row
-    assert invocations(counter) == 2 and row["p50_ms"] is None
+    assert len(invocations(counter)) == 2 and row["p50_ms"] is None
     assert "signal 11" in row["error"], row["error"]
     assert CRASH_MESSAGE in row["error"], f"the runner's stderr tail is not in the job's error: {row['error']!r}"
 
@@ -255,3 +256,61 @@ def test_a_device_unplugged_for_good_mid_run_has_its_jobs_finished_on_the_equiva
     assert len({(r["recipe"], r["launch"]) for r in rows}) == 4
     assert any(l.startswith(f"{gone_id}: ") and "device_lost" in l for l in lines), _why(lines)
     assert any(l.startswith(f"{gone_id}: ") and f"moved to {alive_id}" in l for l in lines), _why(lines)
+
+
+# ------------------------------------------------------------------------------ 2e. quarantine
+
+
+def test_a_device_failing_in_a_row_is_quarantined_then_must_pass_a_health_check(tmp_path, monkeypatch, db,
+                                                                                 native_runner):
+    """Three infrastructure faults in a row (a runner that always crashes) quarantine the device for
+    a period kept in the database: a resumed run gives it no work while it lasts; once it has run
+    out, the device first runs a health-check job, and a failing one quarantines it again with
+    nothing else tried; after the runner is repaired the check passes and the pending jobs are
+    measured. The crashing runner logs each start, so every health check seen is a real run."""
+    from edgeprobe.farm import fleet
+
+    crashy = tmp_path / "crashy"
+    script, log = crashing_runner(crashy, native_runner, crashes=None)
+    monkeypatch.setenv("EDGEPROBE_NATIVE_RUNNER", str(script))
+    farm = _farm(tmp_path, [{"id": "local"}], recipes=("fp32", "int8"), launches=2)
+    lines: list[str] = []
+
+    def attempts() -> dict:
+        return {(r["recipe"], r["launch"]): (r["state"], r["attempts"]) for r in jobs.results(db, "q")}
+
+    # 1. crash, crash (the first job failed after its 2 attempts), crash: 3 in a row, quarantined
+    s1 = run_farm(farm, db=db, run_id="q", quarantine_s=10.0, log=lines.append)
+    health = fleet.health(db, "local")
+    assert health.status == fleet.QUARANTINED and "runner_crash" in health.quarantine_reason, health
+    assert len(invocations(log)) == 3 and s1.exit_code == 1 and s1.state == "incomplete", (s1, _why(lines))
+    assert s1.counts == {"pending": 3, "leased": 0, "done": 0, "failed": 1}, s1.counts
+    before = attempts()
+    # 2. resumed while the quarantine lasts: no work, the runner is not started
+    lines.clear()
+    s2 = run_farm(farm, db=db, run_id="q", quarantine_s=10.0, log=lines.append)
+    assert fleet.health(db, "local").status == fleet.QUARANTINED, "the quarantine ran out before the resume"
+    assert len(invocations(log)) == 3 and attempts() == before and s2.counts == s1.counts
+    assert any(l.startswith("local: quarantined until") and "no work for it" in l for l in lines), lines
+    # 3. the quarantine ran out, the runner still crashes: the health check fails, quarantined again
+    time.sleep(max(0.0, fleet.health(db, "local").quarantined_until - time.time()) + 0.2)
+    assert fleet.health(db, "local").status == fleet.PROBATION
+    lines.clear()
+    run_farm(farm, db=db, run_id="q", quarantine_s=1.0, log=lines.append)
+    runs = invocations(log)
+    assert len(runs) == 4 and "--max-iterations 1" in runs[3], runs  # one health-check run, no job
+    assert attempts() == before
+    health = fleet.health(db, "local")
+    assert health.status == fleet.QUARANTINED and "health check failed" in health.quarantine_reason, health
+    # 4. repaired: after the quarantine the health check passes, then the pending jobs are measured
+    heal(crashy)
+    time.sleep(max(0.0, health.quarantined_until - time.time()) + 0.2)
+    lines.clear()
+    s4 = run_farm(farm, db=db, run_id="q", quarantine_s=1.0, log=lines.append)
+    runs = invocations(log)
+    assert len(runs) == 8 and "--max-iterations 1" in runs[4], runs  # the check first, then 3 jobs
+    assert any(l == "local: health check passed (quarantine over)" for l in lines), lines
+    assert s4.counts == {"pending": 0, "leased": 0, "done": 3, "failed": 1}, (s4.counts, _why(lines))
+    assert all(_measured(r) for r in jobs.results(db, "q") if r["state"] != "failed")
+    health = fleet.health(db, "local")
+    assert health.status == fleet.OK and health.consecutive_failures == 0, health
