@@ -59,7 +59,7 @@ def register(db: Database, devices: Iterable[Any]) -> None:
 
 def health(db: Database, device_id: str, *, now: Optional[float] = None) -> Optional[DeviceHealth]:
     """The device's row and status; None if the database has never seen it."""
-    with db.session() as s:
+    with db.reader() as s:
         row = s.get(Device, device_id)
         return _health(row, now or time.time()) if row is not None else None
 
@@ -67,7 +67,7 @@ def health(db: Database, device_id: str, *, now: Optional[float] = None) -> Opti
 def all_devices(db: Database, *, now: Optional[float] = None) -> list[DeviceHealth]:
     """Every device the database knows, by id."""
     now = now or time.time()
-    with db.session() as s:
+    with db.reader() as s:
         return [_health(r, now) for r in s.scalars(select(Device).order_by(Device.id))]
 
 

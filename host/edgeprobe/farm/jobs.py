@@ -42,7 +42,7 @@ def set_run_state(db: Database, run_id: str, state: str, summary: Optional[dict]
 
 def run_state(db: Database, run_id: str) -> Optional[str]:
     """The run's state (running, done, incomplete, interrupted, failed); None if there is no such run."""
-    with db.session() as s:
+    with db.reader() as s:
         return s.execute(select(Run.state).where(Run.id == run_id)).scalar()
 
 
@@ -190,7 +190,7 @@ def requeue_held(db: Database, run_id: str, holders: Iterable[str]) -> int:
 
 def lease_holders(db: Database, run_id: str) -> list[str]:
     """Who holds the run's leased jobs now (live or expired leases)."""
-    with db.session() as s:
+    with db.reader() as s:
         return list(s.scalars(select(Job.lease_holder).where(Job.run_id == run_id, Job.state == "leased")
                               .distinct()))
 
@@ -204,7 +204,7 @@ def reassign(db: Database, key: str, device_id: str) -> bool:
 
 def counts(db: Database, run_id: str) -> dict[str, int]:
     """How many of the run's jobs are in each state (every state present, 0 if none)."""
-    with db.session() as s:
+    with db.reader() as s:
         rows = s.execute(select(Job.state, func.count()).where(Job.run_id == run_id).group_by(Job.state)).all()
     out = dict.fromkeys(("pending", "leased", "done", "failed"), 0)
     out.update({state: n for state, n in rows})
@@ -218,7 +218,7 @@ def results(db: Database, run_id: str) -> list[dict[str, Any]]:
     q = (select(Job, Result).outerjoin(Result, Result.job_key == Job.key).where(Job.run_id == run_id)
          .order_by(Job.model, Job.recipe, Job.device_id, Job.launch, Job.key))
     out = []
-    with db.session() as s:
+    with db.reader() as s:
         for job, res in s.execute(q).all():
             status = res.status if res is not None else (job.fault_class or job.state)
             out.append({"key": job.key, "model": job.model, "recipe": job.recipe, "backend": job.backend,
@@ -232,21 +232,21 @@ def results(db: Database, run_id: str) -> list[dict[str, Any]]:
 
 def record(db: Database, key: str) -> Optional[dict[str, Any]]:
     """The stored BenchResult JSON of a job, parsed; None if it has no result."""
-    with db.session() as s:
+    with db.reader() as s:
         text = s.execute(select(Result.record_json).where(Result.job_key == key)).scalar()
     return json.loads(text) if text is not None else None
 
 
 def pending_keys(db: Database, run_id: str, device_id: str) -> list[str]:
     """The keys of the run's pending jobs on ``device_id``."""
-    with db.session() as s:
+    with db.reader() as s:
         return list(s.scalars(select(Job.key).where(Job.run_id == run_id, Job.device_id == device_id,
                                                      Job.state == "pending").order_by(Job.key)))
 
 
 def pending_by_device(db: Database, run_id: str) -> dict[str, int]:
     """How many pending (or lease-expired) jobs each device of the run has."""
-    with db.session() as s:
+    with db.reader() as s:
         rows = s.execute(select(Job.device_id, func.count()).where(Job.run_id == run_id, _claimable(time.time()))
                          .group_by(Job.device_id)).all()
     return {d: n for d, n in rows}

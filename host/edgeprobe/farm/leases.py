@@ -128,7 +128,7 @@ def release_all(db: Database, holders: Iterable[str], *, clock: Clock = time.tim
 
 def holder_of(db: Database, device_id: str, *, clock: Clock = time.time) -> Optional[str]:
     """Who holds the device's live lease now, or None (no lease, or it has expired)."""
-    with db.session() as s:
+    with db.reader() as s:
         row = s.execute(select(DeviceLease.holder, DeviceLease.expires_utc)
                         .where(DeviceLease.device_id == device_id)).first()
     return row.holder if row is not None and row.expires_utc >= clock() else None
@@ -139,6 +139,6 @@ def history(db: Database, device_id: Optional[str] = None) -> list[dict]:
     q = select(LeaseHistory).order_by(LeaseHistory.device_id, LeaseHistory.acquired_utc, LeaseHistory.id)
     if device_id is not None:
         q = q.where(LeaseHistory.device_id == device_id)
-    with db.session() as s:
+    with db.reader() as s:
         return [{"device_id": h.device_id, "holder": h.holder, "acquired_utc": h.acquired_utc,
                  "expires_utc": h.expires_utc, "released_utc": h.released_utc} for h in s.scalars(q)]

@@ -82,7 +82,7 @@ def _medians(s: Any, run_id: str) -> dict[str, float]:
 def snapshot(db: Database, run_id: str, *, now: Optional[float] = None) -> RunProgress:
     """Where the run stands now (``now``: UTC epoch seconds, for the current jobs' running time)."""
     now = time.time() if now is None else now
-    with db.session() as s:
+    with db.reader() as s:
         counts = s.execute(select(Job.device_id, Job.state, func.count()).where(Job.run_id == run_id)
                            .group_by(Job.device_id, Job.state)).all()
         medians = _medians(s, run_id)

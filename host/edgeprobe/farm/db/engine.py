@@ -43,6 +43,7 @@ class Database:
 
     def __post_init__(self) -> None:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = sessionmaker(self.engine.execution_options(edgeprobe_read_only=True), expire_on_commit=False)
 
     @property
     def dialect(self) -> str:
@@ -52,6 +53,13 @@ class Database:
     def session(self) -> Iterator[Session]:
         """One transaction: committed when the block ends, rolled back if it raises."""
         with self._sessions.begin() as s:
+            yield s
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[Session]:
+        """A transaction that only reads: on SQLite a deferred BEGIN, so that watching a run (the
+        progress display, ``farm status``) never takes the write lock the workers queue on."""
+        with self._readers.begin() as s:
             yield s
 
     def close(self) -> None:
@@ -97,7 +105,8 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get("edgeprobe_read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _alembic_config(connection):
