@@ -252,3 +252,24 @@ def test_leases_are_exclusive_across_processes(db, db_url):
             end = prev["released_utc"] if prev["released_utc"] is not None else prev["expires_utc"]
             assert nxt["acquired_utc"] >= end, f"{device}: {nxt['holder']} acquired while {prev['holder']} held it"
     assert any(h["released_utc"] == h["expires_utc"] for h in hist), "no lease ever lapsed and was taken over"
+
+
+def test_sqlite_readers_do_not_wait_for_a_writer(tmp_path):
+    """Watching a run (progress, status) must not queue behind the workers' write transactions:
+    a read while another connection holds the write lock answers at once (it waited for the
+    30 s busy timeout when every transaction began IMMEDIATE)."""
+    import threading
+    import time
+
+    db = open_db(f"sqlite:///{tmp_path / 'farm.sqlite'}")
+    jobs.add_run(db, "r", "f.toml")
+    out: dict = {}
+    with db.session() as s:
+        s.execute(text("UPDATE runs SET state = 'running' WHERE id = 'r'"))  # holds the write lock
+        t0 = time.monotonic()
+        t = threading.Thread(target=lambda: out.update(state=jobs.run_state(db, "r"), counts=jobs.counts(db, "r")))
+        t.start()
+        t.join(5)
+        waited_s = time.monotonic() - t0
+    assert out.get("state") == "running" and out["counts"]["pending"] == 0 and waited_s < 2
+    db.close()
