@@ -181,3 +181,34 @@ def test_a_worker_whose_lease_was_taken_over_stops_before_claiming(tmp_path):
         leases.acquire = real_acquire
     assert any("lease lost" in line for line in lines), lines
     assert jobs.counts(db, "r3")["pending"] == 1  # nothing was claimed
+
+
+@pytest.mark.real_peer("adb", "zeroconf")
+def test_discover_true_adds_what_edgeprobe_devices_finds(tmp_path, monkeypatch, native_runner):
+    """A farm file listing only `local`, with discover = true: a test adbd (listed in
+    $EDGEPROBE_ADB_ADDRESSES) and a runner advertised over zeroconf on loopback are found, opened
+    by what `edgeprobe devices` calls them, and measured."""
+    name = f"farm-zc-{tmp_path.name[-12:]}"
+    monkeypatch.setenv("EDGEPROBE_ZEROCONF_INTERFACES", "127.0.0.1")
+    monkeypatch.setenv("EDGEPROBE_TOKEN", TOKEN)
+    monkeypatch.setenv("EDGEPROBE_ADB_KEY", str(tmp_path / "keys" / "adbkey"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeprobe", "runner", "serve", "--host", "127.0.0.1", "--port", "0", "--token", TOKEN,
+         "--name", name, "--workdir", str(tmp_path / "zcdev"), "--native-runner", str(native_runner)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline(), proc.stderr.read()
+        with TestAdbd(tmp_path / "dev") as adbd:
+            monkeypatch.setenv("EDGEPROBE_ADB_ADDRESSES", f"127.0.0.1:{adbd.port}")
+            farm = parse_farm('discover = true\n\n[[device]]\nid = "local"\n\n[matrix]\nmodels = ["tiny_cnn"]\n'
+                              'recipes = ["fp32"]\niterations = 2\nwarmup = 0\n', str(tmp_path / "farm.toml"))
+            db = open_db(f"sqlite:///{tmp_path / 'farm.sqlite'}")
+            lines: list[str] = []
+            summary = run_farm(farm, db=db, run_id="d1", log=lines.append)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    devices = {r["device"]: r["status"] for r in jobs.results(db, "d1")}
+    assert devices.get(f"adb:127.0.0.1:{adbd.port}") == "ok" and devices.get(name) == "ok", (devices, lines)
+    assert devices["local"] == "ok" and summary.exit_code == 0
+    assert any(line.startswith(f"discovered {name}") for line in lines)
