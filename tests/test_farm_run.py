@@ -146,6 +146,8 @@ def test_farm_cli_run_then_results_json(tmp_path):
     for r in rows:
         assert r["model"] == "tiny_cnn" and r["device"] == "local" and r["status"] == "ok"
         assert r["fault_class"] is None and r["attempts"] == 1 and r["p50_ms"] > 0 and len(r["artifact_sha256"]) == 64
+    p = subprocess.run([*ep, "status", "--db", db], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.startswith("cli1  done") and "done 4" in p.stdout, p.stdout
     p = subprocess.run([*ep, "status", "nope", "--db", db], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "no run 'nope'" in " ".join(p.stderr.split())
     farm.write_text('[[device]]\nid = "local"\n\n[matrix]\nmodels = ["tiny_cnn"]\niteratons = 2\n')

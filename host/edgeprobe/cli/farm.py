@@ -33,8 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--lease-wait-s", type=float, default=900.0,
                    help="how long to wait for a device another farm process holds (default 900 s)")
     db(r)
-    s = fsub.add_parser("status", help="jobs per state of a run")
-    s.add_argument("run_id")
+    s = fsub.add_parser("status", help="jobs per state of a run (default: the latest runs)")
+    s.add_argument("run_id", nargs="?")
     db(s)
     d = fsub.add_parser("devices", help="each device: its health now, its lease and its quarantine state")
     d.add_argument("farm_file", nargs="?", help="probe the devices of this farm file (default: list those the "
@@ -70,11 +70,23 @@ def run(args: argparse.Namespace, console, err_console) -> int:
         return _devices(args, db, console)
     if args.farm_command == "quarantine":
         return _quarantine(args, db, console)
+    if args.farm_command == "status" and args.run_id is None:
+        from edgeprobe.farm.worker import utc
+
+        latest = jobs.runs(db)
+        if not latest:
+            console.print(f"no farm run in {db.url}")
+        for r in latest:
+            console.print(f"{escape(r['id'])}  {r['state']:<11} {utc(r['created_utc'])}  "
+                          + ", ".join(f"{k} {v}" for k, v in r["counts"].items()) + f"  {escape(r['farm_file'])}",
+                          highlight=False)
+        return 0
     if args.farm_command == "status":
         counts = jobs.counts(db, args.run_id)
         if not sum(counts.values()):
             raise UsageError(f"no run {args.run_id!r} in {db.url}")
-        console.print(f"run {args.run_id}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        console.print(f"run {args.run_id} ({jobs.run_state(db, args.run_id)}): "
+                      + ", ".join(f"{k} {v}" for k, v in counts.items()))
         return 0
     rows = jobs.results(db, args.run_id)
     if not rows:

@@ -46,6 +46,19 @@ def run_state(db: Database, run_id: str) -> Optional[str]:
         return s.execute(select(Run.state).where(Run.id == run_id)).scalar()
 
 
+def runs(db: Database, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest runs, newest first: id, farm_file, created_utc, state, and jobs per state."""
+    with db.reader() as s:
+        rows = s.execute(select(Run).order_by(Run.created_utc.desc()).limit(limit)).scalars().all()
+        per = s.execute(select(Job.run_id, Job.state, func.count()).where(Job.run_id.in_([r.id for r in rows]))
+                        .group_by(Job.run_id, Job.state)).all()
+    counted: dict[str, dict[str, int]] = {r.id: dict.fromkeys(("pending", "leased", "done", "failed"), 0) for r in rows}
+    for run_id, state, n in per:
+        counted[run_id][state] = n
+    return [{"id": r.id, "farm_file": r.farm_file, "created_utc": r.created_utc, "state": r.state,
+             "counts": counted[r.id]} for r in rows]
+
+
 def add_artifact(db: Database, artifact: Any, group: tuple[str, str, str, str]) -> None:
     """Record a lowered artifact (model, recipe, backend, format) by cache key with its manifest; once."""
     m = artifact.manifest
