@@ -2,7 +2,8 @@
 adbds speaking the real ADB protocol (one of them an arm64 phone: the aarch64 runner under
 qemu-aarch64-static), and `edgeprobe runner serve` over TCP. Every fault is caused for real (a socket
 closed mid-push, a server SIGKILLed mid-run, a runner killed by SIGSEGV, a device unplugged for
-good) and each test checks the fault class the farm named and the policy it applied.
+good) and each test checks the fault class the farm named and the policy it applied. Each test
+runs on SQLite and on a real PostgreSQL server (conftest's ``db_url``).
 
 Kept fast: 2 timed iterations, no warm-up, one launch where two are not the point, and the same
 (model, recipe) pairs throughout, so each is lowered once per session (the artifact cache).
@@ -58,8 +59,9 @@ def _farm(tmp_path: Path, devices: list[dict], *, models=("tiny_cnn",), recipes=
 
 
 @pytest.fixture()
-def db(tmp_path):
-    return open_db(f"sqlite:///{tmp_path / 'farm.sqlite'}")
+def db(db_url):
+    """A fresh farm database: every test runs on SQLite and on a real PostgreSQL server (conftest's db_url)."""
+    return open_db(db_url)
 
 
 @pytest.fixture()
