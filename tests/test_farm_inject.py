@@ -203,8 +203,6 @@ def test_a_runner_that_crashes_once_is_retried_and_measured(tmp_path, monkeypatc
     assert any("runner_crash" in l and "signal 11" in l and "retrying here" in l for l in lines), _why(lines)
 
 
-@pytest.mark.xfail(strict=True, reason="farm: jobs.finish(state='done') clears fault_class and error, so a job "
-                   "measured after a retry no longer says which fault cost it its first attempt")
 def test_a_job_measured_after_a_retry_keeps_the_fault_class_of_its_failed_attempt(tmp_path, monkeypatch, db,
                                                                                  native_runner):
     """The job row of a job that was measured on its second attempt still names the fault class of

@@ -155,14 +155,17 @@ def finish(db: Database, key: str, holder: str, *, state: str, fault_class: Opti
            peak_rss_delta_bytes: Optional[int] = None, artifact_sha256: Optional[str] = None,
            runner_version: Optional[str] = None, now: Optional[float] = None) -> bool:
     """End ``holder``'s lease on the job with ``state`` (done | failed | pending to retry) and, for done
-    with a record, store its one result row. False (a no-op) if the job is not leased to ``holder``:
+    with a record, store its one result row (a done job keeps the fault of an earlier attempt). False (a no-op) if the job is not leased to ``holder``:
     finishing a done job again never writes a second result."""
     if state not in FINAL_STATES:
         raise ValueError(f"finish: state must be one of {', '.join(FINAL_STATES)}, not {state!r}")
     now = now or time.time()
     with db.session() as s:
+        # a job measured after a failed attempt keeps that attempt's fault class and error: the
+        # row says why it took more than one attempt
+        faulted = {} if state == "done" and fault_class is None else {"fault_class": fault_class, "error": error}
         row = s.execute(update(Job).where(Job.key == key, Job.state == "leased", Job.lease_holder == holder)
-                        .values(state=state, fault_class=fault_class, error=error, lease_holder=None,
+                        .values(state=state, **faulted, lease_holder=None,
                                 lease_expires_utc=None, finished_utc=None if state == "pending" else now)
                         .returning(Job.device_id)).first()
         if row is None:
