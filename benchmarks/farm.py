@@ -4,36 +4,33 @@ same cells measured one by one with ``edgeprobe.api.bench``.
 1. **Scheduler overhead per job** (goal <= 5 ms). ``run_farm`` over 1000 tiny jobs on in-memory
    ``MockTransport`` devices (1 or 4; ``tiny_cnn``/fp32, ``launches`` = 1000 / devices), journalled
    in a fresh SQLite (WAL) file in a temp dir. The farm file names the devices
-   ``tcp:127.0.0.1:7001``... (the ids must parse), but the benchmark's opener returns mock sessions
-   whatever the id: no network is touched. The group is lowered once before timing (so the timed
-   run's lowering is a cache hit) and its time is measured anyway by wrapping
-   ``scheduler._lower_groups``. Each worker's wall time comes from the executor seam (a
-   ``ThreadExecutor`` that times each worker), each ``MeasureSession.measure`` call is timed by a
-   session subclass, and the mock runner's own time by its handler. Definitions, per run of N jobs:
+   ``tcp:127.0.0.1:7001``... (ids must parse); the opener returns mock sessions whatever the id, so
+   no network is touched. The group is lowered before timing (the timed lowering is a cache hit)
+   and timed anyway by wrapping ``scheduler._lower_groups``; each worker is timed at the executor
+   seam, each ``MeasureSession.measure`` call by a session subclass, the mock runner by its handler:
 
    * ``in-worker overhead`` = sum over workers of (worker wall - time inside ``measure``) / N: what
      a device spends in the scheduler's code (heartbeat, claim, finish, logging) per job;
    * ``run overhead`` = (farm wall - lowering - longest worker wall): the set-up and tear-down
      around the workers (run row, 1000 job rows inserted, counts), amortized: / N;
-   * ``overhead per job`` = in-worker overhead + run overhead / N, against the goal.
+   * ``overhead per job`` = in-worker overhead + run overhead / N, against the goal; and its CPU
+     form: (process CPU in run_farm - lowering's - the measure calls' thread CPU) / N.
 
    With 4 devices the worker threads contend for the interpreter lock and SQLite's write lock on
    purely host-side work (the mock answers at once): their wall times include waiting for each
    other, an upper bound on what a real device (which mostly waits on I/O) would see.
 
-2. **Farm vs one by one.** A 2-model (``tiny_cnn``, ``digits_cnn``) x 3-recipe (fp32, int8,
-   magnitude:0.5) matrix on 3 real devices of this machine: ``local``, a test adbd
-   (``tests/adbd.py``, real ADB protocol on loopback, in a child process) and an
-   ``edgeprobe runner serve`` over TCP with a token: 18 cells, one launch each. *farm*: ``run_farm``
-   into a fresh SQLite db. *one by one*: what a user would script: for each (model, recipe) the
-   same ``compress.apply_and_lower`` the farm calls (``api.bench`` takes no recipe, and with a model
-   name it lowers fp32 only, through the artifact cache), then one ``api.bench(artifact,
-   device=...)`` per device, in sequence; each call opens its device, checks and deploys the runner
-   bundle (verifying it on the device) and closes it. Both sides use the same on-disk artifact
-   cache, warmed before the first repeat (as is every device's runner bundle), so both lower from
-   the cache (which still re-applies each recipe: int8 calibrates again), once per (model, recipe)
-   on each side. What differs: the farm measures the 3 devices in parallel on one session each
-   and journals every job in SQLite. Interleaved (farm, loop, loop, farm, ...), medians. The three
+2. **Farm vs one by one.** 2 models (``tiny_cnn``, ``digits_cnn``) x 3 recipes (fp32, int8,
+   magnitude:0.5) x 3 real devices of this machine (``local``, a test adbd from ``tests/adbd.py`` in
+   a child process, ``edgeprobe runner serve`` over TCP with a token): 18 cells, one launch each.
+   *farm*: ``run_farm`` into a fresh SQLite db. *one by one*, as a user would script it: for each
+   (model, recipe) the ``compress.apply_and_lower`` the farm calls (``api.bench`` takes no recipe;
+   given a model name it lowers fp32 through the artifact cache), then one ``api.bench(artifact,
+   device=...)`` per device in sequence, each opening its device, deploying (verifying) the runner
+   bundle and closing it. The artifact cache and every device's runner bundle are warmed first, so
+   both sides lower from the cache (which still re-applies each recipe: int8 calibrates again),
+   once per (model, recipe). What differs: the farm measures the 3 devices in parallel on one
+   session each and journals every job. Interleaved (farm, loop, loop, farm, ...), medians. The
    devices share this host's CPUs, so the farm's parallel runs compete for cores (p50s printed).
 
     .venv/bin/python benchmarks/farm.py [--only overhead|vs-bench] [--jobs 1000] [--devices 1,4]
@@ -75,11 +72,12 @@ def _timed_lowering(box: dict) -> Callable[[], Any]:
     orig = scheduler._lower_groups
 
     def timed(*a: Any, **kw: Any) -> Any:
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), time.thread_time()
         try:
             return orig(*a, **kw)
         finally:
             box["lowering_s"] = box.get("lowering_s", 0.0) + time.monotonic() - t0
+            box["lowering_cpu_s"] = box.get("lowering_cpu_s", 0.0) + time.thread_time() - c0
 
     scheduler._lower_groups = timed
     return lambda: setattr(scheduler, "_lower_groups", orig)
@@ -129,14 +127,15 @@ def _mock_opener(sessions: list):
     class TimedSession(MeasureSession):
         def __init__(self, device, handler: Handler) -> None:
             super().__init__(device)
-            self.handler, self.measure_s = handler, 0.0
+            self.handler, self.measure_s, self.measure_cpu_s = handler, 0.0, 0.0
 
         def measure(self, *a: Any, **kw: Any):
-            t0 = time.monotonic()
+            t0, c0 = time.monotonic(), time.thread_time()
             try:
                 return super().measure(*a, **kw)
             finally:
                 self.measure_s += time.monotonic() - t0
+                self.measure_cpu_s += time.thread_time() - c0
 
     def opener(entry, _format: str):
         s = TimedSession(Device(entry.id, MockTransport(h := Handler()), "python"), h)
@@ -175,15 +174,13 @@ def run_overhead_bench(jobs: int = 1000, device_counts: tuple[int, ...] = (1, 4)
                 db = open_db(f"sqlite:///{Path(tmp) / 'farm.sqlite'}")
                 with db.session() as s:
                     mode = s.execute(text("PRAGMA journal_mode")).scalar()
-                box: dict = {}
-                sessions: list = []
-                executor = _timed_executor()
+                box, sessions, executor = {}, [], _timed_executor()
                 undo = _timed_lowering(box)
                 try:
-                    t0 = time.monotonic()
+                    t0, c0 = time.monotonic(), time.process_time()
                     summary = scheduler.run_farm(farm, db=db, run_id=f"overhead-{n_dev}-{i}", executor=executor,
                                                  opener=_mock_opener(sessions))
-                    wall = time.monotonic() - t0
+                    wall, cpu = time.monotonic() - t0, time.process_time() - c0
                 finally:
                     undo()
                     db.close()
@@ -195,7 +192,8 @@ def run_overhead_bench(jobs: int = 1000, device_counts: tuple[int, ...] = (1, 4)
             per.append({"wall_s": wall, "lowering_s": box["lowering_s"], "worker_s": sum(executor.worker_s),
                         "measure_s": measure_s, "handler_s": sum(s.handler.s for s in sessions),
                         "in_worker_ms": in_worker * 1e3, "run_ms": run_s / jobs * 1e3,
-                        "overhead_ms": (in_worker + run_s / jobs) * 1e3,
+                        "overhead_ms": (in_worker + run_s / jobs) * 1e3, "cpu_ms": (cpu - box["lowering_cpu_s"] - sum(
+                            s.measure_cpu_s for s in sessions)) / jobs * 1e3,
                         "wall_per_job_ms": (wall - box["lowering_s"]) / jobs * 1e3, "journal_mode": mode})
             say(f"{n_dev} mock device(s), {jobs} jobs: wall {wall:.2f} s, overhead {per[-1]['overhead_ms']:.3f} ms/job")
         med = {k: statistics.median(p[k] for p in per) for k in per[0] if k != "journal_mode"}
@@ -206,15 +204,17 @@ def run_overhead_bench(jobs: int = 1000, device_counts: tuple[int, ...] = (1, 4)
 def print_overhead_table(rows: list[dict]) -> None:
     print("| mock devices | jobs | journal | farm wall s | lowering s | workers' wall s (sum) | inside measure s "
           "(sum) | mock runner s (sum) | in-worker overhead ms/job | run set-up ms/job | overhead ms/job | "
-          f"ratio to the {GOAL_MS:g} ms goal | (farm wall - lowering) / jobs ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          f"ratio to the {GOAL_MS:g} ms goal | (farm wall - lowering) / jobs ms | overhead CPU ms/job |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['devices']} | {r['jobs']} | SQLite {r['journal_mode']} | {r['wall_s']:.2f} | {r['lowering_s']:.3f} | "
               f"{r['worker_s']:.2f} | {r['measure_s']:.2f} | {r['handler_s']:.3f} | {r['in_worker_ms']:.3f} | "
               f"{r['run_ms']:.3f} | {r['overhead_ms']:.3f} | {r['overhead_ms'] / GOAL_MS:.2f} | "
-              f"{r['wall_per_job_ms']:.3f} |")
+              f"{r['wall_per_job_ms']:.3f} | {r['cpu_ms']:.3f} |")
     print(f"\n(medians of {rows[0]['repeats']} runs each, a fresh database per run; overhead = (workers' wall - "
-          "inside measure) / jobs + (farm wall - lowering - longest worker) / jobs; load average at the end "
+          "inside measure) / jobs + (farm wall - lowering - longest worker) / jobs; overhead CPU = (this process's "
+          "CPU during run_farm - lowering's - measure calls') / jobs, less sensitive to other load; load average "
+          "at the end "
           f"{', '.join(f'{x:.2f}' for x in os.getloadavg())})")
 
 
@@ -298,7 +298,7 @@ def _one_by_one(devices: list[str], iterations: int, warmup: int, box: dict) -> 
 
 
 def _farm_once(farm: Any, tmp: Path, run_id: str, box: dict) -> list[float]:
-    """One farm run into a fresh db; adds its lowering and longest-worker seconds to ``box``."""
+    """One farm run into a fresh db; its lowering and longest-worker seconds go to ``box``."""
     from edgeprobe.farm import jobs
     from edgeprobe.farm.db.engine import open_db
     from edgeprobe.farm.scheduler import run_farm
@@ -328,9 +328,8 @@ def run_vs_bench(repeats: int = 2, iterations: int = 5, warmup: int = 1, say: Sa
 
     os.environ.setdefault("EDGEPROBE_ADB_KEY", str(Path(tempfile.mkdtemp(prefix="ep-bench-key-")) / "adbkey"))
     os.environ["FARM_BENCH_TOKEN"] = TOKEN
-    native = _native_runner()
     with tempfile.TemporaryDirectory(prefix="ep-bench-farm-") as name:
-        tmp, tcp = Path(name), None
+        tmp, tcp, native = Path(name), None, _native_runner()
         adbd = _Adbd(tmp / "dev", 1 << 20)
         try:
             tcp = _TcpRunner(tmp / "tcpdev", native)
@@ -340,9 +339,7 @@ def run_vs_bench(repeats: int = 2, iterations: int = 5, warmup: int = 1, say: Sa
             warm = [_lower(load_model(m), r) for m in MODELS for r in RECIPES]
             for dev in devices:
                 api.bench(warm[0], device=dev, token=TOKEN if dev.startswith("tcp:") else None, iterations=1, warmup=0)
-            times: dict[str, list[float]] = {"farm": [], "one by one": []}
-            p50s: dict[str, list[float]] = {"farm": [], "one by one": []}
-            box: dict = {}
+            times, p50s, box = {"farm": [], "one by one": []}, {"farm": [], "one by one": []}, {}
             for i in range(repeats):
                 for mode in (("farm", "one by one") if i % 2 == 0 else ("one by one", "farm")):
                     t0 = time.monotonic()
@@ -352,6 +349,8 @@ def run_vs_bench(repeats: int = 2, iterations: int = 5, warmup: int = 1, say: Sa
                     if len(got) != len(MODELS) * len(RECIPES) * len(devices):
                         raise RuntimeError(f"{mode}: {len(got)} cells measured")
                     p50s[mode].extend(got)
+                    low = box["farm lowering" if mode == "farm" else "one-by-one lowering"][-1]
+                    box.setdefault(f"{mode} wall - lowering", []).append(times[mode][-1] - low)
                     say(f"[{mode}] {times[mode][-1]:.2f} s")
         finally:
             if tcp is not None:
@@ -370,7 +369,7 @@ def print_vs_table(r: dict) -> None:
     print(f"| {r['cells']} | {farm_s:.2f} | {loop_s:.2f} | {farm_s / loop_s:.2f} | {fmt(r['times']['farm'])} | "
           f"{fmt(r['times']['one by one'])} | {statistics.median(r['p50s']['farm']):.3f} / "
           f"{statistics.median(r['p50s']['one by one']):.3f} |")
-    print("\nparts (medians, s): " + ", ".join(f"{k} {v:.2f}" for k, v in r["parts"].items()))
+    print("\nparts (medians over the repeats, s): " + ", ".join(f"{k} {v:.2f}" for k, v in r["parts"].items()))
     print(f"\n(models {', '.join(MODELS)} x recipes {', '.join(RECIPES)} x devices local, test adbd, TCP runner; "
           f"iterations {r['iterations']}, warm-up {r['warmup']}; medians of {r['repeats']} interleaved repeats; "
           "lowering from a warm artifact cache on both sides)")
