@@ -11,29 +11,11 @@ import sys
 import pytest
 
 from adbd import TestAdbd
+from farmkit import TOKEN, tcp_runner  # noqa: F401 - a fixture
 from edgeprobe.farm import fleet, jobs, leases
 from edgeprobe.farm.db.engine import open_db
 from edgeprobe.farm.inventory import parse_farm
 from edgeprobe.farm.scheduler import run_farm
-
-TOKEN = "farm-test-token"
-
-
-@pytest.fixture()
-def tcp_runner(tmp_path, native_runner):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgeprobe", "runner", "serve", "--host", "127.0.0.1", "--port", "0", "--token", TOKEN,
-         "--name", "farm-tcp", "--workdir", str(tmp_path / "tcpdev"), "--native-runner", str(native_runner),
-         "--no-zeroconf"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line, proc.stderr.read()
-        yield json.loads(line)["listening"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
 
 def _farm(path, adb_port, tcp_where, *, launches=2):
     text = f'''
