@@ -71,15 +71,21 @@ def all_devices(db: Database, *, now: Optional[float] = None) -> list[DeviceHeal
         return [_health(r, now) for r in s.scalars(select(Device).order_by(Device.id))]
 
 
-def record_success(db: Database, device_id: str, environment: Optional[Mapping[str, Any]] = None, *,
-                   now: Optional[float] = None) -> None:
-    """A job measured on the device: its failure streak and suspicion end; its environment block
-    (from the record) is kept."""
+def success_values(environment: Optional[Mapping[str, Any]] = None, *, now: Optional[float] = None) -> dict[str, Any]:
+    """The ``devices`` row's new values after a job measured there: its failure streak and
+    suspicion end, its environment block (from the record) is kept. For ``jobs.finish``'s
+    ``device_update``, so that they are written with the result in one transaction."""
     values: dict[str, Any] = {"consecutive_failures": 0, "suspect": False, "last_seen_utc": now or time.time()}
     if environment is not None:
         values["environment"] = dict(environment)
+    return values
+
+
+def record_success(db: Database, device_id: str, environment: Optional[Mapping[str, Any]] = None, *,
+                   now: Optional[float] = None) -> None:
+    """A job measured on the device, recorded on its own (see :func:`success_values`)."""
     with db.session() as s:
-        s.execute(update(Device).where(Device.id == device_id).values(**values))
+        s.execute(update(Device).where(Device.id == device_id).values(**success_values(environment, now=now)))
 
 
 def record_fault(db: Database, device_id: str, *, infrastructure: bool, lost: bool = False) -> int:

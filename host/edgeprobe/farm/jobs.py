@@ -16,7 +16,7 @@ from typing import Any, Iterable, Optional
 from sqlalchemy import and_, exists, func, or_, select, update
 
 from edgeprobe.farm.db.engine import Database
-from edgeprobe.farm.db.models import Artifact, Job, Result, Run
+from edgeprobe.farm.db.models import Artifact, Device, DeviceLease, Job, Result, Run
 from edgeprobe.farm.leases import insert_for
 
 JobRow = Job
@@ -112,16 +112,21 @@ def _claimable(now: float):
 
 
 def claim(db: Database, run_id: str, device_id: str, holder: str, ttl_s: float, *,
-          now: Optional[float] = None) -> Optional[JobRow]:
+          now: Optional[float] = None, device_lease: bool = False) -> Optional[JobRow]:
     """Lease one pending (or lease-expired) job of this run for this device to ``holder``; None if none
-    is left, or if the run is no longer ``running`` (interrupted: nothing new starts)."""
+    is left, or if the run is no longer ``running`` (interrupted: nothing new starts), or, with
+    ``device_lease``, if ``holder`` no longer holds the device's live lease (one statement: the
+    check and the claim cannot be separated by another process taking the device)."""
     now = now or time.time()
     pick = (select(Job.key).where(Job.run_id == run_id, Job.device_id == device_id, _claimable(now))
             .order_by(Job.created_utc, Job.launch, Job.key).limit(1))
     if db.dialect == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
-    running = exists().where(Run.id == run_id, Run.state == "running")
-    stmt = (update(Job).where(Job.key == pick.scalar_subquery(), _claimable(now), running)
+    conditions = [exists().where(Run.id == run_id, Run.state == "running")]
+    if device_lease:
+        conditions.append(exists().where(DeviceLease.device_id == device_id, DeviceLease.holder == holder,
+                                         DeviceLease.expires_utc >= now))
+    stmt = (update(Job).where(Job.key == pick.scalar_subquery(), _claimable(now), *conditions)
             .values(state="leased", lease_holder=holder, lease_expires_utc=now + ttl_s, attempts=Job.attempts + 1,
                     started_utc=now)
             .returning(Job))
@@ -153,9 +158,12 @@ def finish(db: Database, key: str, holder: str, *, state: str, fault_class: Opti
            error: Optional[str] = None, record_json: Optional[str] = None, status: str = "ok",
            p50_ms: Optional[float] = None, p90_ms: Optional[float] = None, mean_ms: Optional[float] = None,
            peak_rss_delta_bytes: Optional[int] = None, artifact_sha256: Optional[str] = None,
-           runner_version: Optional[str] = None, now: Optional[float] = None) -> bool:
+           runner_version: Optional[str] = None, device_update: Optional[dict[str, Any]] = None,
+           now: Optional[float] = None) -> bool:
     """End ``holder``'s lease on the job with ``state`` (done | failed | pending to retry) and, for done
-    with a record, store its one result row (a done job keeps the fault of an earlier attempt). False (a no-op) if the job is not leased to ``holder``:
+    with a record, store its one result row (a done job keeps the fault of an earlier attempt).
+    ``device_update``: values for the job's ``devices`` row, written in the same transaction (the
+    worker resets the failure streak of a device that measured: one commit per job, not two). False (a no-op) if the job is not leased to ``holder``:
     finishing a done job again never writes a second result."""
     if state not in FINAL_STATES:
         raise ValueError(f"finish: state must be one of {', '.join(FINAL_STATES)}, not {state!r}")
@@ -176,6 +184,8 @@ def finish(db: Database, key: str, holder: str, *, state: str, fault_class: Opti
                 peak_rss_delta_bytes=peak_rss_delta_bytes, artifact_sha256=artifact_sha256,
                 runner_version=runner_version, device_id=row.device_id, created_utc=now)
             s.execute(ins.on_conflict_do_nothing(index_elements=["job_key"]))
+        if device_update:
+            s.execute(update(Device).where(Device.id == row.device_id).values(**device_update))
     return True
 
 

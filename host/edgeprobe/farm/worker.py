@@ -132,11 +132,13 @@ class Worker:
                 if not passed:
                     return QUARANTINED
             while True:
-                if beat.lost or not leases.heartbeat(self.db, dev, self.holder, self.limits.lease_ttl_s):
-                    self.log(f"{dev}: lease lost (expired and taken over); this worker stops")
-                    return LEASE_LOST
-                job = jobs.claim(self.db, self.run_id, dev, self.holder, self.limits.lease_ttl_s)
+                # the claim itself checks that we still hold the device's lease (the thread beats it)
+                job = None if beat.lost else jobs.claim(self.db, self.run_id, dev, self.holder,
+                                                        self.limits.lease_ttl_s, device_lease=True)
                 if job is None:
+                    if beat.lost or leases.holder_of(self.db, dev) != self.holder:
+                        self.log(f"{dev}: lease lost (expired and taken over); this worker stops")
+                        return LEASE_LOST
                     return FINISHED if jobs.run_state(self.db, self.run_id) == "running" else STOPPED
                 beat.job_key = job.key
                 session, fault = self._one(job, session)
@@ -235,9 +237,9 @@ class Worker:
                     pass
                 session = None  # re-opened for the next attempt
         if fault is None:
-            if jobs.finish(self.db, job.key, self.holder, state="done", **jobs.result_fields(result)):
-                env = result.run.environment
-                fleet.record_success(self.db, dev, dataclasses.asdict(env) if env is not None else None)
+            env = result.run.environment
+            jobs.finish(self.db, job.key, self.holder, state="done", **jobs.result_fields(result),
+                        device_update=fleet.success_values(dataclasses.asdict(env) if env is not None else None))
             self.log(f"{what}: ok, p50 {result.stats.p50_ms:.3f} ms" if result.stats else f"{what}: ok")
             return session, None
         self._after_fault(job, fault, error, result, what)
