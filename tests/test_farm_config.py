@@ -200,3 +200,14 @@ def test_importing_the_farm_config_does_not_import_torch():
             "i.check_recipe('channel:0.3+int8'); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_backend_applies_to_the_formats_that_have_it():
+    f = parse_farm('[[device]]\nid = "local"\n\n[matrix]\nmodels = ["tiny_cnn"]\nbackends = ["xnnpack", "cpu", '
+                   '"vulkan"]\nformats = ["pte", "ptl"]\n', "f.toml")
+    # ptl/xnnpack and pte/cpu do not exist and are left out; pte/vulkan exists (not here): kept, to fail with its reason
+    assert [g[2:] for g in artifact_groups(f)] == [("xnnpack", "pte"), ("cpu", "ptl"), ("vulkan", "pte")]
+    bad = parse_farm('[[device]]\nid = "local"\n\n[matrix]\nmodels = ["tiny_cnn"]\nbackends = ["cpu"]\n'
+                     'formats = ["pte"]\n', "f.toml")
+    with pytest.raises(UsageError, match=r"f.toml:4: no backend of \['cpu'\] applies to the formats \['pte'\]"):
+        artifact_groups(bad)

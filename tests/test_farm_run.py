@@ -196,3 +196,16 @@ def test_discover_true_adds_what_edgeprobe_devices_finds(tmp_path, monkeypatch, 
     assert devices.get(f"adb:127.0.0.1:{adbd.port}") == "ok" and devices.get(name) == "ok", (devices, lines)
     assert devices["local"] == "ok" and summary.exit_code == 0
     assert any(line.startswith(f"discovered {name}") for line in lines)
+
+
+def test_a_matrix_of_two_formats_measures_each_with_its_own_runner(tmp_path, native_runner):
+    """pte runs on the native runner and ptl on the Python runner: one device's worker keeps a
+    session per format (one session for both ran the .ptl on the native runner, a host_error)."""
+    db = open_db(f"sqlite:///{tmp_path / 'farm.sqlite'}")
+    farm = parse_farm('[[device]]\nid = "local"\n\n[matrix]\nmodels = ["tiny_cnn"]\nformats = ["pte", "ptl"]\nbackends = ["xnnpack", "cpu"]\n'
+                      'iterations = 2\nwarmup = 0\n', str(tmp_path / "farm.toml"))
+    summary = run_farm(farm, db=db, run_id="fmt")
+    rows = {r["format"]: r for r in jobs.results(db, "fmt")}
+    assert summary.exit_code == 0 and {f: r["status"] for f, r in rows.items()} == {"pte": "ok", "ptl": "ok"}, rows
+    flavors = {f: jobs.record(db, r["key"])["run"]["runner"]["flavor"] for f, r in rows.items()}
+    assert flavors == {"pte": "native", "ptl": "python"}

@@ -25,6 +25,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
+from edgeprobe.errors import UsageError
 from edgeprobe.farm.inventory import DeviceEntry, FarmFile, select
 
 Group = tuple[str, str, str, str]  # (model, recipe, backend, format)
@@ -101,11 +102,24 @@ def job_key(artifact_key: str, device_id: str, launch: int, settings: Settings, 
                               for k, v in settings.to_dict().items()}})  # 0 and 0.0: one key
 
 
+def _pairs(backends: Sequence[str], formats: Sequence[str]) -> list[tuple[str, str]]:
+    """The (backend, format) pairs that exist: a backend applies to the formats that have it
+    (``backends = ["xnnpack", "cpu"]``, ``formats = ["pte", "ptl"]``: pte/xnnpack and ptl/cpu).
+    A pair that exists but cannot run here (pte/vulkan) is kept: its rows fail with the reason."""
+    from edgeprobe.lower.capabilities import TABLE
+
+    known = {(c.backend, c.format) for c in TABLE}
+    return [(b, f) for b in backends for f in formats if (b, f) in known]
+
+
 def artifact_groups(farm: FarmFile) -> list[Group]:
     """The distinct lowering units, in matrix order (models, then recipes, backends, formats)."""
     m = farm.matrix
-    return [(model, recipe, backend, format)
-            for model in m.models for recipe in m.recipes for backend in m.backends for format in m.formats]
+    pairs = _pairs(m.backends, m.formats)
+    if not pairs:
+        raise UsageError(f"{farm.path}:{m.line}: no backend of {list(m.backends)} applies to the formats "
+                         f"{list(m.formats)} (pte: xnnpack, portable, vulkan, qnn, coreml; ptl: cpu)")
+    return [(model, recipe, backend, format) for model in m.models for recipe in m.recipes for backend, format in pairs]
 
 
 def expand(farm: FarmFile, artifact_keys: Mapping[Group, Optional[str]],

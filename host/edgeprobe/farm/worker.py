@@ -99,6 +99,13 @@ class _Heartbeat:
         self._thread.join()
 
 
+def _close(session: Any) -> None:
+    try:
+        session.close()
+    except Exception:  # noqa: BLE001 - closing a device that is gone must not hide the outcome
+        pass
+
+
 @dataclass
 class Worker:
     """One device's loop (see the module docstring); returns FINISHED or why it stopped early."""
@@ -125,12 +132,10 @@ class Worker:
         if not self._lease():
             return BUSY if jobs.run_state(self.db, self.run_id) == "running" else STOPPED
         beat = _Heartbeat(self.db, dev, self.holder, self.limits.lease_ttl_s)
-        session = None
+        sessions: dict[str, Any] = {}  # one per artifact format: each format has its own runner
         try:
-            if health is not None and health.status == fleet.PROBATION:
-                session, passed = self._health_check()
-                if not passed:
-                    return QUARANTINED
+            if health is not None and health.status == fleet.PROBATION and not self._health_check(sessions):
+                return QUARANTINED
             while True:
                 # the claim itself checks that we still hold the device's lease (the thread beats it)
                 job = None if beat.lost else jobs.claim(self.db, self.run_id, dev, self.holder,
@@ -141,7 +146,7 @@ class Worker:
                         return LEASE_LOST
                     return FINISHED if jobs.run_state(self.db, self.run_id) == "running" else STOPPED
                 beat.job_key = job.key
-                session, fault = self._one(job, session)
+                fault = self._one(job, sessions)
                 beat.job_key = None
                 if fault and faults.POLICIES[fault].infrastructure:
                     streak = fleet.record_fault(self.db, dev, infrastructure=True, lost=fault == faults.DEVICE_LOST)
@@ -153,11 +158,8 @@ class Worker:
                     time.sleep(cooldown)
         finally:
             beat.stop()
-            if session is not None:
-                try:
-                    session.close()
-                except Exception:  # noqa: BLE001 - closing a device that is gone must not hide the outcome
-                    pass
+            for session in sessions.values():
+                _close(session)
             leases.release(self.db, dev, self.holder)
 
     def _lease(self) -> bool:
@@ -184,18 +186,18 @@ class Worker:
         self.log(f"{self.device.id}: quarantined until {utc(until)} ({reason})"
                  + (f"; {moved} pending job(s) moved to equivalent devices" if moved else ""))
 
-    def _health_check(self) -> tuple[Any, bool]:
+    def _health_check(self, sessions: dict[str, Any]) -> bool:
         """On probation: measure the run's smallest artifact once; pass clears the quarantine, a
         failure quarantines the device again."""
         dev = self.device.id
         if not self.artifacts:
-            return None, True  # nothing to measure with: its jobs (all failed rows) need no device
+            return True  # nothing to measure with: its jobs (all failed rows) need no device
         art = min(self.artifacts.values(), key=lambda a: a.model_path.stat().st_size)
         cfg = dataclasses.replace(config_of({"warmup": 0, "iterations": 1, "min_seconds": 0.0, "threads": 0,
                                              "timeout_s": HEALTH_CHECK_TIMEOUT_S}), max_iterations=1)
-        session, why = None, None
+        why = None
         try:
-            session = self.opener(self.device, art.manifest.format)
+            session = sessions[art.manifest.format] = self.opener(self.device, art.manifest.format)
             result = session.measure(art, cfg)
             if not result.ok:
                 why = f"{result.run.error.code}: {result.run.error.message}" if result.run.error else "run failed"
@@ -204,11 +206,13 @@ class Worker:
         if why is None:
             fleet.pass_probation(self.db, dev)
             self.log(f"{dev}: health check passed (quarantine over)")
-            return session, True
+            return True
         self._quarantine(f"health check failed: {why}")
-        return session, False
+        return False
 
-    def _one(self, job: Any, session: Any) -> tuple[Any, Optional[str]]:
+    def _one(self, job: Any, sessions: dict[str, Any]) -> Optional[str]:
+        """Measure one claimed job on this format's session (opened on first use) and finish it;
+        returns its fault class, None when measured."""
         dev = self.device.id
         what = f"{dev}: {job.model}/{job.recipe} launch {job.launch}"
         art = self.artifacts.get(job.artifact_key) if job.artifact_key else None
@@ -216,12 +220,12 @@ class Worker:
             error = self.lowering_errors.get((job.model, job.recipe, job.backend, job.format), "not lowered")
             jobs.finish(self.db, job.key, self.holder, state="failed", fault_class=faults.MODEL_ERROR, error=error)
             self.log(f"{what}: failed (model_error: {error})")
-            return session, faults.MODEL_ERROR
+            return faults.MODEL_ERROR
         result, error = None, None
         try:
-            if session is None:
-                session = self.opener(self.device, job.format)
-            result = session.measure(art, config_of(job.settings or {}))
+            if job.format not in sessions:
+                sessions[job.format] = self.opener(self.device, job.format)
+            result = sessions[job.format].measure(art, config_of(job.settings or {}))
             fault = faults.classify_result(result)
             if fault:
                 error = f"{result.run.error.code}: {result.run.error.message}" if result.run.error else "run failed"
@@ -230,20 +234,16 @@ class Worker:
                     error += " | stderr: " + " ".join(tail.split())[-400:]
         except Exception as exc:  # noqa: BLE001 - classified; a host_error is failed, never retried silently
             fault, error = faults.classify_exception(exc), faults.one_line(exc)
-            if fault == faults.DEVICE_LOST and session is not None:
-                try:
-                    session.close()
-                except Exception:  # noqa: BLE001 - the connection is already gone
-                    pass
-                session = None  # re-opened for the next attempt
+            if fault == faults.DEVICE_LOST and job.format in sessions:
+                _close(sessions.pop(job.format))  # re-opened for the next attempt
         if fault is None:
             env = result.run.environment
             jobs.finish(self.db, job.key, self.holder, state="done", **jobs.result_fields(result),
                         device_update=fleet.success_values(dataclasses.asdict(env) if env is not None else None))
             self.log(f"{what}: ok, p50 {result.stats.p50_ms:.3f} ms" if result.stats else f"{what}: ok")
-            return session, None
+            return None
         self._after_fault(job, fault, error, result, what)
-        return session, fault
+        return fault
 
     def _after_fault(self, job: Any, fault: str, error: Optional[str], result: Any, what: str) -> None:
         policy = faults.POLICIES[fault]
