@@ -155,3 +155,16 @@ def test_ctrl_c_twice_gives_the_running_job_back_at_once(tmp_path, native_runner
     assert {r["attempts"] for r in jobs.results(db, "c2")} == {0}  # the interrupted attempt is not counted
     assert "1 running job(s) back to pending" in log.read_text() and leases.holder_of(db, "local") is None
     db.close()
+
+
+def test_ctrl_c_while_lowering_marks_the_run_interrupted(tmp_path, db_url):
+    farm, log = tmp_path / "farm.toml", tmp_path / "farm.log"
+    farm.write_text('[[device]]\nid = "local"\n\n[matrix]\nmodels = ["mobilenet_v2"]\nrecipes = ["int8"]\n')
+    proc = _start(farm, db_url, "c3", log)
+    _wait_for(lambda: "lowering mobilenet_v2/int8" in log.read_text(), 120, "the lowering to start")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "resume with --run-id c3" in out, log.read_text()[-3000:]
+    db = open_db(db_url)
+    assert jobs.run_state(db, "c3") == "interrupted" and sum(jobs.counts(db, "c3").values()) == 0  # no job yet
+    db.close()

@@ -115,7 +115,6 @@ def run(args: argparse.Namespace, console, err_console) -> int:
 
 
 def _run(args: argparse.Namespace, db, console, err_console) -> int:
-    from edgeprobe.farm import jobs
     from edgeprobe.farm.inventory import load_farm
     from edgeprobe.farm.progress import LiveProgress
     from edgeprobe.farm.scheduler import new_run_id, run_farm
@@ -128,9 +127,7 @@ def _run(args: argparse.Namespace, db, console, err_console) -> int:
                                quarantine_after=args.quarantine_after, quarantine_s=args.quarantine_s,
                                lease_ttl_s=args.lease_ttl_s, lease_wait_s=args.lease_wait_s,
                                log=lambda m: err_console.print(f"[dim]{escape(m)}[/dim]", highlight=False))
-    except KeyboardInterrupt:  # before any worker started (lowering): nothing is leased yet
-        if jobs.run_state(db, run_id) is not None:
-            jobs.set_run_state(db, run_id, "interrupted")
+    except KeyboardInterrupt:  # before any worker started (lowering): run_farm marked the run interrupted
         console.print(f"run {run_id}: interrupted; resume with --run-id {run_id}")
         return 130
     counts = ", ".join(f"{k} {v}" for k, v in summary.counts.items())

@@ -135,9 +135,13 @@ def run_farm(farm: FarmFile, *, db: Any, run_id: Optional[str] = None, max_attem
     run_id = run_id or new_run_id()
     jobs.add_run(db, run_id, str(farm.path))
     jobs.set_run_state(db, run_id, "running")  # a resumed run (interrupted, incomplete) runs again
-    fleet.register(db, devices)
-    keys, artifacts, errors = _lower_groups(farm, db, say)
-    added = jobs.add_jobs(db, run_id, expand(farm, keys, devices, run_id=run_id))
+    try:
+        fleet.register(db, devices)
+        keys, artifacts, errors = _lower_groups(farm, db, say)
+        added = jobs.add_jobs(db, run_id, expand(farm, keys, devices, run_id=run_id))
+    except KeyboardInterrupt:  # while lowering: nothing is leased yet
+        jobs.set_run_state(db, run_id, "interrupted")
+        raise
     dead = [h for h in jobs.lease_holders(db, run_id) if h and leases.holder_is_dead(h)]
     requeued = jobs.requeue_held(db, run_id, dead) + jobs.requeue_expired(db, run_id)
     for d in devices:
