@@ -1,4 +1,4 @@
-"""The Python API, one request each: bench, export, profile, sweep, split (and rerun). The CLI is a
+"""The Python API, one request each: bench, export, profile, sweep, split, gate (and rerun). The CLI is a
 thin layer over these functions, with the same words; every record they return carries the request
 that produced it (``edgeprobe.request``)."""
 
@@ -176,3 +176,48 @@ def rerun(request: Request, *, token: Optional[str] = None, progress: Optional[P
         raise UsageError(f"cannot re-run a {request.command!r} request")
     args = rerun_arguments(request, token=token)
     return fn(**args, progress=progress)
+
+
+def _label(ref) -> str:
+    if isinstance(ref, Artifact):
+        m = ref.manifest
+        return f"{m.model_ref} ({m.recipe}, {m.backend})"
+    return str(ref)
+
+
+def gate(baseline, candidate, *, device: str = "local", token: Optional[str] = None, runner: Optional[str] = None,
+         iterations: int = 20, warmup: int = 3, min_seconds: float = 0.0, threads: int = 0, timeout_s: float = 300.0,
+         cooldown_s: float = 0.0, min_battery_percent: Optional[float] = None,
+         max_thermal_status: Optional[int] = None, min_launches: int = 10, max_launches: int = 35,
+         floor: float = 0.05, force: bool = False, db=None, progress: Optional[Progress] = None):
+    """The regression gate (``edgeprobe.gate.abba``): ``candidate`` against ``baseline`` on one device.
+
+    Each is what ``bench`` takes (a model, an artifact directory, an Artifact). The baseline may
+    instead be stored records (a record file, a directory of them, ``run:ID`` with ``db``): then
+    only the candidate is launched. Returns the ``GateRun`` (its ``comparison`` has the outcome)."""
+    from edgeprobe.gate import sources
+    from edgeprobe.gate.abba import measure_with, run_gate
+
+    stored: list[BenchResult] = []
+    if isinstance(baseline, (str, Path)) and sources.is_records(str(baseline)):
+        cells = sources.load(str(baseline), db)
+        if len(cells) != 1:
+            raise UsageError(f"{baseline}: a gate baseline is one cell; it holds {len(cells)}: "
+                             + ", ".join("/".join(c) for c in cells))
+        stored = next(iter(cells.values()))
+    config = MeasureConfig(warmup=warmup, iterations=iterations, min_seconds=min_seconds, threads=threads,
+                           timeout_s=timeout_s, cooldown_s=cooldown_s, min_battery_percent=min_battery_percent,
+                           max_thermal_status=max_thermal_status, retries=0)
+    given = _given_artifact(candidate)
+    fmt = given.manifest.format if given else "pte"
+    with open_session(device, runner=runner or default_runner(fmt), token=token, log=progress) as session:
+        session.check(fmt)
+        cand = given or _artifact_for(candidate, fmt, None, None, None, None, True, progress)
+        base = None if stored else _artifact_for(baseline, fmt, None, None, None, None, True, progress)
+        if base is not None and base.manifest.format != cand.manifest.format:
+            raise UsageError(f"the baseline is a .{base.manifest.format} and the candidate a "
+                             f".{cand.manifest.format}: a gate compares one format on one runner")
+        labels = (_label(baseline), _label(candidate))
+        return run_gate(measure_with(session, base, cand, config), stored_baseline=stored,
+                        min_launches=min_launches, max_launches=max_launches, floor=floor, force=force,
+                        labels=labels, log=progress)

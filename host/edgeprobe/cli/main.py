@@ -176,6 +176,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         from edgeprobe.cli import farm as farm_cli
 
         return farm_cli.run(args, console, err_console)
+    if args.command in ("compare", "gate"):
+        from edgeprobe.cli import gate as gate_cli
+
+        return gate_cli.run(args, console, err_console)
     if args.command == "runner" and args.runner_command == "build":
         from edgeprobe.native import build_native_runner
 
