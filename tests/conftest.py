@@ -38,6 +38,7 @@ REAL_PEERS = {
     "zeroconf": "zeroconf multicast across a veth pair",
     "libfuzzer": "clang's libFuzzer (apt-get install clang libclang-rt-14-dev)",
     "postgresql": "a PostgreSQL cluster of its own: initdb and pg_ctl (apt-get install postgresql)",
+    "chromium": "Debian's chromium, driven by Playwright (apt-get install chromium)",
 }
 _ALIASES = {"clang": "libfuzzer", "cross": "cross-compiler"}
 _STATS = pytest.StashKey[dict]()  # nodeid -> [kinds, outcome]

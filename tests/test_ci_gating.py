@@ -209,7 +209,7 @@ def test_ci_run_installs_then_runs_make_test_with_ci_true(tmp_path):
     apt = (tmp_path / "apt.log").read_text().splitlines()
     assert apt[0].startswith("apt-get update") and apt[1].endswith(
         "install -y -qq adb g++-aarch64-linux-gnu qemu-user-static iproute2 clang libclang-rt-14-dev "
-        "nlohmann-json3-dev postgresql")
+        "nlohmann-json3-dev postgresql chromium")
     assert (tmp_path / "make.log").read_text().startswith("CI=true budget=1500 test PYTEST_ARGS=--durations=25")
 
 

@@ -176,6 +176,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         from edgeprobe.cli import farm as farm_cli
 
         return farm_cli.run(args, console, err_console)
+    if args.command == "report":
+        from edgeprobe.cli import report as report_cli
+
+        return report_cli.run(args, console, err_console)
     if args.command in ("compare", "gate"):
         from edgeprobe.cli import gate as gate_cli
 

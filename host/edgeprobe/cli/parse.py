@@ -157,9 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--wide", action="store_true", help="sweep/split: print every column")
 
     from edgeprobe.cli import farm as farm_cli
+    from edgeprobe.cli import report as report_cli
     from edgeprobe.cli import gate as gate_cli
 
     farm_cli.add_parser(sub)
+    report_cli.add_parser(sub)
     gate_cli.add_parser(sub)
     r = sub.add_parser("runner", help="manage the device runners")
     rsub = r.add_subparsers(dest="runner_command", required=True)
