@@ -474,7 +474,13 @@ def _history_figures(data: ReportData, plots: _Plots) -> str:
                 fig.add_vline(x=x[i], line=dict(color="#d93025", dash="dot", width=1))
         if view.baseline_ms is not None:
             fig.add_hline(y=view.baseline_ms, line=dict(color="#5f6368", dash="dash"),
-                          annotation_text=f"baseline {view.baseline_ms:.4g} ms", annotation_position="top left")
+                          annotation_text=f"baseline {view.baseline_ms:.4g} ms", annotation_position="bottom right")
+        shown = [i for i, p in enumerate(pts) if any(p.run_id == r["id"] for r in data.runs)]
+        if shown:
+            fig.add_trace(go.Scatter(x=[x[i] for i in shown], y=[pts[i].value for i in shown], mode="markers",
+                                     name="run in this report", marker=dict(size=12, color="rgba(0,0,0,0)",
+                                                                            line=dict(width=2, color="#1a73e8")),
+                                     hoverinfo="skip"))
         fig.update_layout(title=esc(f"{c.model} · {c.recipe} on {c.device}"), height=360, showlegend=True,
                           legend=dict(orientation="h", yanchor="top", y=-0.3),
                           yaxis_title="measured p50 (ms)", xaxis_title="run (UTC)")
