@@ -131,3 +131,28 @@ def test_ci_outputs_escape_and_name_every_cell(tiny_pte):
     assert odd.endswith("::regression: 50%25 slower%0Asecond line")  # workflow-command escaping
     md = summary_markdown([slow, same])
     assert md.count("| tiny_cnn/fp32 on mock:1 |") == 2 and "❌ regression" in md and "✅ pass" in md
+
+
+def test_a_history_baseline_uses_the_last_farm_runs_of_the_cell_and_is_refused_when_too_short(tmp_path,
+                                                                                             native_runner):
+    from edgeprobe.farm.db.engine import open_db
+    from edgeprobe.farm.inventory import parse_farm
+    from edgeprobe.farm.scheduler import run_farm
+
+    url = f"sqlite:///{tmp_path / 'farm.sqlite'}"
+    db = open_db(url)
+    farm = parse_farm('[[device]]\nid = "local"\n\n[matrix]\nmodels = ["tiny_cnn"]\nlaunches = 4\niterations = 5\n'
+                      'warmup = 1\n', str(tmp_path / "farm.toml"))
+    for night in ("n1", "n2", "n3"):
+        assert run_farm(farm, db=db, run_id=night).exit_code == 0
+    db.close()
+    gate = [*EP, "gate", "--baseline", "history", "--candidate", "tiny_cnn", "--db", url, "--iterations", "5",
+            "--warmup", "1", "--json", str(tmp_path / "g.json")]
+    p = subprocess.run(gate, capture_output=True, text=True, timeout=600)
+    assert p.returncode in (0, 2), (p.stdout[-2000:], p.stderr[-2000:])
+    assert "baseline from history: 12 launches of the last 3 farm runs (n1, n2, n3)" in " ".join(p.stderr.split())
+    (cell,) = json.loads((tmp_path / "g.json").read_text())
+    assert cell["baseline_launches"] == 12 and cell["outcome"] != "regression"
+    p = subprocess.run([*gate, "--history-min", "4"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 3 and "baseline missing from history: 3 good farm run(s) of tiny_cnn/fp32/local" in \
+        " ".join(p.stderr.split()), p.stderr

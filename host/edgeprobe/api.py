@@ -189,17 +189,22 @@ def gate(baseline, candidate, *, device: str = "local", token: Optional[str] = N
          iterations: int = 20, warmup: int = 3, min_seconds: float = 0.0, threads: int = 0, timeout_s: float = 300.0,
          cooldown_s: float = 0.0, min_battery_percent: Optional[float] = None,
          max_thermal_status: Optional[int] = None, min_launches: int = 10, max_launches: int = 35,
-         floor: float = 0.05, force: bool = False, db=None, progress: Optional[Progress] = None):
+         floor: float = 0.05, force: bool = False, db=None, history_k: int = 5, history_min: int = 3,
+         progress: Optional[Progress] = None):
     """The regression gate (``edgeprobe.gate.abba``): ``candidate`` against ``baseline`` on one device.
 
     Each is what ``bench`` takes (a model, an artifact directory, an Artifact). The baseline may
-    instead be stored records (a record file, a directory of them, ``run:ID`` with ``db``): then
-    only the candidate is launched. Returns the ``GateRun`` (its ``comparison`` has the outcome)."""
+    instead be stored records (a record file, a directory of them, ``run:ID`` with ``db``) or
+    ``"history"`` (the launches of the last ``history_k`` farm runs of the candidate's cell on the
+    same OS and runner, at least ``history_min`` of them): then only the candidate is launched. Returns the ``GateRun`` (its ``comparison`` has the outcome)."""
     from edgeprobe.gate import sources
     from edgeprobe.gate.abba import measure_with, run_gate
 
     stored: list[BenchResult] = []
-    if isinstance(baseline, (str, Path)) and sources.is_records(str(baseline)):
+    from_history = baseline == "history"
+    if from_history and db is None:
+        raise UsageError("--baseline history needs the farm database (--db or $EDGEPROBE_FARM_DB)")
+    if not from_history and isinstance(baseline, (str, Path)) and sources.is_records(str(baseline)):
         cells = sources.load(str(baseline), db)
         if len(cells) != 1:
             raise UsageError(f"{baseline}: a gate baseline is one cell; it holds {len(cells)}: "
@@ -213,11 +218,18 @@ def gate(baseline, candidate, *, device: str = "local", token: Optional[str] = N
     with open_session(device, runner=runner or default_runner(fmt), token=token, log=progress) as session:
         session.check(fmt)
         cand = given or _artifact_for(candidate, fmt, None, None, None, None, True, progress)
+        done: list[BenchResult] = []
+        if from_history:  # one candidate launch first: its OS and runner version pick the history
+            done.append(session.measure(cand, config))
+            stored, points = sources.history_baseline(db, done[0], k=history_k, min_count=history_min)
+            if progress:
+                progress(f"baseline from history: {len(stored)} launches of the last {len(points)} farm runs "
+                         f"({', '.join(p.run_id for p in points)})")
         base = None if stored else _artifact_for(baseline, fmt, None, None, None, None, True, progress)
         if base is not None and base.manifest.format != cand.manifest.format:
             raise UsageError(f"the baseline is a .{base.manifest.format} and the candidate a "
                              f".{cand.manifest.format}: a gate compares one format on one runner")
         labels = (_label(baseline), _label(candidate))
-        return run_gate(measure_with(session, base, cand, config), stored_baseline=stored,
+        return run_gate(measure_with(session, base, cand, config), stored_baseline=stored, candidate_done=done,
                         min_launches=min_launches, max_launches=max_launches, floor=floor, force=force,
                         labels=labels, log=progress)

@@ -39,7 +39,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("candidate", help="the same kinds")
     _outputs(c)
     g = sub.add_parser("gate", help="regression gate: baseline and candidate on one device, ABBA, until decided")
-    g.add_argument("--baseline", required=True, help="what bench takes (model, artifact dir), or stored records")
+    g.add_argument("--baseline", required=True,
+                   help="what bench takes (model, artifact dir), stored records (record file, directory, run:ID), "
+                        "or 'history': the last --history-k farm runs of the candidate's cell (needs --db)")
+    g.add_argument("--history-k", type=int, default=5, help="farm runs a history baseline uses (default 5)")
+    g.add_argument("--history-min", type=int, default=3,
+                   help="fewest farm runs a history baseline needs, else exit 3 (default 3)")
     g.add_argument("--candidate", required=True, help="what bench takes (model, artifact dir)")
     g.add_argument("--device", default="local")
     g.add_argument("--token-env", metavar="VAR", help="environment variable holding the device's token")
@@ -124,9 +129,9 @@ def run(args: argparse.Namespace, console, err_console) -> int:
     from edgeprobe.farm.db.engine import open_db
 
     try:
-        db = open_db(args.db) if (args.db or os.environ.get("EDGEPROBE_FARM_DB")
-                                  or "run:" in f"{getattr(args, 'baseline', '')}{getattr(args, 'candidate', '')}") \
-            else None
+        refs = f"{getattr(args, 'baseline', '')} {getattr(args, 'candidate', '')}"
+        db = open_db(args.db) if (args.db or os.environ.get("EDGEPROBE_FARM_DB") or "run:" in refs
+                                  or getattr(args, "baseline", "") == "history") else None
         if args.command == "compare":
             return _write(args, _cells(args, db), console)
         return _gate(args, db, console, err_console)
@@ -151,7 +156,7 @@ def _gate(args: argparse.Namespace, db, console, err_console) -> int:
                    warmup=args.warmup, threads=args.threads, timeout_s=args.timeout_s, cooldown_s=args.cooldown_s,
                    min_battery_percent=args.min_battery_percent, max_thermal_status=args.max_thermal_status,
                    min_launches=args.min_launches, max_launches=args.max_launches, floor=args.floor,
-                   force=args.force, db=db,
+                   force=args.force, db=db, history_k=args.history_k, history_min=args.history_min,
                    progress=lambda m: err_console.print(f"[dim]{escape(m)}[/dim]", highlight=False))
     err_console.print(f"[dim]{len(run.order)} launches in {run.rounds} rounds ("
                       + ("decided" if run.decided else f"cap of {args.max_launches} reached") + ")[/dim]")

@@ -46,19 +46,20 @@ def _open(comparison: Optional[CellComparison]) -> bool:
 
 
 def run_gate(measure: Callable[[str], BenchResult], *, stored_baseline: Sequence[BenchResult] = (),
-             min_launches: int = 10, max_launches: int = 35, floor: float = 0.05, gating: Sequence[str] = GATING,
+             candidate_done: Sequence[BenchResult] = (), min_launches: int = 10, max_launches: int = 35, floor: float = 0.05, gating: Sequence[str] = GATING,
              force: bool = False, labels: tuple[str, str] = ("baseline", "candidate"),
              log: Optional[Log] = None) -> GateRun:
     """Run the gate. ``measure("A")`` / ``measure("B")`` launches the baseline / the candidate once
-    (one fresh runner process) and returns its record. With ``stored_baseline`` only B is launched."""
+    (one fresh runner process) and returns its record. With ``stored_baseline`` only B is launched;
+    ``candidate_done`` are candidate launches already made, counted as the first ones."""
     if not 2 <= min_launches <= max_launches:
         raise UsageError(f"need 2 <= min_launches <= max_launches, got {min_launches} and {max_launches}")
     say = log or (lambda _m: None)
     pattern = ("B", "B") if stored_baseline else ("A", "B", "B", "A")
     per_round = 2  # launches of each measured side per round
     base: list[BenchResult] = list(stored_baseline)
-    cand: list[BenchResult] = []
-    order: list[str] = []
+    cand: list[BenchResult] = list(candidate_done)  # launches already made (a history baseline's probe)
+    order: list[str] = ["B"] * len(cand)
     failed, rounds, comparison = 0, 0, None
     first_rounds = math.ceil(min_launches / per_round)
     while True:

@@ -7,6 +7,9 @@
 - ``run:ID`` (or an ID the database has) with ``--db``: a farm run's measured jobs, one launch per
   job, by cell.
 
+``history_baseline`` is the gate's ``--baseline history``: the launches of the last k good farm
+runs of the candidate's own cell, on the same OS and runner version.
+
 Anything else is a UsageError that says what was expected. An artifact directory (one that has a
 ``manifest.json``) is not a source of records: the gate measures it (``api.gate``).
 """
@@ -68,3 +71,28 @@ def load(ref: str, db: Optional[Any] = None) -> dict[Cell, list[BenchResult]]:
     if db is None:
         raise UsageError(f"{ref}: no such file; a farm run needs --db (or $EDGEPROBE_FARM_DB)")
     return _farm_run(run_id, db)
+
+
+def history_baseline(db: Any, candidate: BenchResult, *, k: int = 5, min_count: int = 3) -> tuple[list[BenchResult], list]:
+    """The launches of the last ``k`` farm runs that measured ``candidate``'s cell (model, recipe,
+    backend, format, device) on the same OS and runner version, and those runs' history points.
+    Fewer than ``min_count`` such runs: a UsageError (the gate cannot run without a baseline)."""
+    from edgeprobe.gate.history import history
+
+    if db is None:
+        raise UsageError("--baseline history needs the farm database (--db or $EDGEPROBE_FARM_DB)")
+    m, env, runner = candidate.manifest, candidate.run.environment, candidate.run.runner
+    os_name, version = (env.os if env else None), (runner.version if runner else None)
+    points = history(db, model=m.model_ref, recipe=m.recipe, device_id=candidate.device.id, os=os_name,
+                     runner_version=version, backend=m.backend, format=m.format)[-k:]
+    cell = cell_of(candidate)
+    if len(points) < min_count:
+        raise UsageError(f"baseline missing from history: {len(points)} good farm run(s) of {'/'.join(cell)} "
+                         f"(os {os_name}, runner {version}) in {db.url}; need at least {min_count}")
+    records = []
+    for point in points:
+        for r in _farm_run(point.run_id, db).get(cell, []):
+            r_env, r_runner = r.run.environment, r.run.runner
+            if (r_env.os if r_env else None) == os_name and (r_runner.version if r_runner else None) == version:
+                records.append(r)
+    return records, points
