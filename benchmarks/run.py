@@ -18,6 +18,8 @@
 9. The device farm (issue 13): scheduler overhead per job on 1000 mock-transport jobs, and a farm
    run vs the same 18 cells one by one with ``api.bench`` on local, a test adbd and a TCP runner,
    interleaved (benchmarks/farm.py), ``--only farm``.
+10. Regression-gate cost (issue 14): launches ``api.gate`` needs for a verdict on local, identical
+    artifacts vs a real 10 % slowdown (benchmarks/gate.py), ``--only gate``.
 
 Prints a Markdown report (paste into docs/benchmarks.md with the command line).
 """
@@ -86,7 +88,7 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--only", choices=["overhead", "push", "sweep", "split", "split-e2e", "startup", "session",
-                                       "farm"],
+                                       "farm", "gate"],
                     help="run one section only (overhead: sections 1 and 2)")
     ap.add_argument("--push-size-mb", type=float, default=50)
     ap.add_argument("--push-repeats", type=int, default=3)
@@ -96,7 +98,7 @@ def main() -> int:
               f"{platform.platform()}\n")
         return {"push": push_section, "sweep": sweep_section, "split": split_section,
                 "split-e2e": split_e2e_section, "startup": startup_section,
-                "session": session_section, "farm": farm_section}[args.only](args)
+                "session": session_section, "farm": farm_section, "gate": gate_section}[args.only](args)
     threads_list = [int(t) for t in args.threads.split(",")]
     models = args.models.split(",")
     say = lambda m: print(f"  .. {m}", file=sys.stderr, flush=True)  # noqa: E731
@@ -157,7 +159,9 @@ def main() -> int:
     # 8. the shared measurement session
     session_section(args)
     # 9. the device farm
-    return farm_section(args)
+    farm_section(args)
+    # 10. the regression gate's cost
+    return gate_section(args)
 
 
 def split_e2e_section(args) -> int:
@@ -202,6 +206,17 @@ def farm_section(args) -> int:
     print_overhead_table(run_overhead_bench(1000, (1, 4), repeats=3, say=say))
     print("\n### Farm vs one by one with api.bench (local, test adbd, TCP runner)\n")
     print_vs_table(run_vs_bench(repeats=2, iterations=5, warmup=1, say=say))
+    return 0
+
+
+def gate_section(args) -> int:
+    """Launches the regression gate needs for a verdict: identical vs a real 10 % slowdown (benchmarks/gate.py)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from gate import print_tables, run_gate_bench
+
+    print("\n## Regression gate cost on local (identical artifacts vs a real 10 % slowdown)\n")
+    print_tables(run_gate_bench(repeats=5, iterations=20, warmup=3,
+                                say=lambda m: print(f"  .. {m}", file=sys.stderr, flush=True)))
     return 0
 
 
