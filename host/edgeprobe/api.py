@@ -189,7 +189,8 @@ def gate(baseline, candidate, *, device: str = "local", token: Optional[str] = N
          iterations: int = 20, warmup: int = 3, min_seconds: float = 0.0, threads: int = 0, timeout_s: float = 300.0,
          cooldown_s: float = 0.0, min_battery_percent: Optional[float] = None,
          max_thermal_status: Optional[int] = None, min_launches: int = 10, max_launches: int = 35,
-         floor: float = 0.05, force: bool = False, db=None, history_k: int = 5, history_min: int = 3,
+         floor: float = 0.05, floor_rules: Sequence[str] = (), force: bool = False, db=None, history_k: int = 5,
+         history_min: int = 3,
          progress: Optional[Progress] = None):
     """The regression gate (``edgeprobe.gate.abba``): ``candidate`` against ``baseline`` on one device.
 
@@ -231,5 +232,6 @@ def gate(baseline, candidate, *, device: str = "local", token: Optional[str] = N
                              f".{cand.manifest.format}: a gate compares one format on one runner")
         labels = (_label(baseline), _label(candidate))
         return run_gate(measure_with(session, base, cand, config), stored_baseline=stored, candidate_done=done,
-                        min_launches=min_launches, max_launches=max_launches, floor=floor, force=force,
+                        min_launches=min_launches, max_launches=max_launches, floor=floor, floor_rules=floor_rules,
+                        force=force,
                         labels=labels, log=progress)

@@ -24,6 +24,9 @@ EXIT_COULD_NOT_RUN = 3
 def _outputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--floor", type=float, default=0.05,
                    help="practical floor: a shift smaller than this fraction is SAME (default 0.05)")
+    p.add_argument("--floor-rule", action="append", default=[], metavar="PATTERN=FRACTION",
+                   help="a floor per model and/or device, e.g. mobilenet_v2=0.08, *@adb:*=0.1, "
+                        "resnet18@local=0.03 (repeatable; the last match wins)")
     p.add_argument("--force", action="store_true", help="compare records of different models or devices")
     p.add_argument("--json", metavar="PATH", help="write the comparisons as JSON")
     p.add_argument("--junit", metavar="PATH", help="write JUnit XML (one testcase per cell)")
@@ -75,7 +78,7 @@ def _cells(args: argparse.Namespace, db) -> list:
                              f"{', '.join('/'.join(k) for k in b)}")
         pairs = [(a[k], b[k]) for k in common]
     return [compare_launches(x, y, baseline_label=args.baseline, candidate_label=args.candidate, floor=args.floor,
-                             force=args.force) for x, y in pairs]
+                             floor_rules=args.floor_rule, force=args.force) for x, y in pairs]
 
 
 def _write(args: argparse.Namespace, cells: Sequence, console, time_s: float = 0.0) -> int:
@@ -156,6 +159,7 @@ def _gate(args: argparse.Namespace, db, console, err_console) -> int:
                    warmup=args.warmup, threads=args.threads, timeout_s=args.timeout_s, cooldown_s=args.cooldown_s,
                    min_battery_percent=args.min_battery_percent, max_thermal_status=args.max_thermal_status,
                    min_launches=args.min_launches, max_launches=args.max_launches, floor=args.floor,
+                   floor_rules=args.floor_rule,
                    force=args.force, db=db, history_k=args.history_k, history_min=args.history_min,
                    progress=lambda m: err_console.print(f"[dim]{escape(m)}[/dim]", highlight=False))
     err_console.print(f"[dim]{len(run.order)} launches in {run.rounds} rounds ("

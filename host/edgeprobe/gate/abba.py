@@ -5,7 +5,7 @@ ABBA (as FAI-PEP runs control and treatment interleaved) spreads slow drift, a d
 over the run, evenly over both sides: a linear drift adds the same to A+A as to B+B in each round.
 The gate starts with ``min_launches`` launches per side (rounded up to whole rounds). It then
 compares after every round and stops as soon as no gating metric is UNKNOWN or unstable, or when
-each side has ``max_launches``. The run hygiene of ``MeasureConfig`` (cooldown, thermal and
+another whole round would take a side past ``max_launches``. The run hygiene of ``MeasureConfig`` (cooldown, thermal and
 battery gates) applies before every launch. A baseline given as stored records (a record file, a
 farm run) is not measured again: only the candidate is launched, until decided.
 """
@@ -46,7 +46,8 @@ def _open(comparison: Optional[CellComparison]) -> bool:
 
 
 def run_gate(measure: Callable[[str], BenchResult], *, stored_baseline: Sequence[BenchResult] = (),
-             candidate_done: Sequence[BenchResult] = (), min_launches: int = 10, max_launches: int = 35, floor: float = 0.05, gating: Sequence[str] = GATING,
+             candidate_done: Sequence[BenchResult] = (), min_launches: int = 10, max_launches: int = 35,
+             floor: float = 0.05, floor_rules: Sequence[str] = (), gating: Sequence[str] = GATING,
              force: bool = False, labels: tuple[str, str] = ("baseline", "candidate"),
              log: Optional[Log] = None) -> GateRun:
     """Run the gate. ``measure("A")`` / ``measure("B")`` launches the baseline / the candidate once
@@ -79,13 +80,13 @@ def run_gate(measure: Callable[[str], BenchResult], *, stored_baseline: Sequence
         if rounds < first_rounds or not n_cand or not n_base:
             continue
         comparison = compare_launches(base, cand, baseline_label=labels[0], candidate_label=labels[1],
-                                      floor=floor, gating=gating, force=force)
+                                      floor=floor, floor_rules=floor_rules, gating=gating, force=force)
         p50 = comparison.metric("latency_p50_ms")
         say(f"round {rounds}: {n_base} + {n_cand} launches, {comparison.outcome}"
             + (f", p50 {p50.verdict} ({p50.reason})" if p50.comparison else ""))
         if not _open(comparison):
             return GateRun(comparison, tuple(order), rounds, True, tuple(base), tuple(cand))
-        if len([s for s in order if s == "B"]) >= max_launches:
+        if sum(s == "B" for s in order) + per_round > max_launches:  # another round would pass the cap
             return GateRun(comparison, tuple(order), rounds, False, tuple(base), tuple(cand))
 
 

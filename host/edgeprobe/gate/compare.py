@@ -120,6 +120,28 @@ class CellComparison:
         return f"{self.model}/{self.recipe} on {self.device}"
 
 
+def floor_for(model: str, device: str, default: float, rules: Sequence[str] = ()) -> float:
+    """The practical floor of a cell: the last of ``rules`` that matches it, else ``default``. A rule
+    is ``PATTERN=FRACTION`` with PATTERN ``model``, ``model@device`` or ``@device`` (shell
+    wildcards allowed): ``mobilenet_v2=0.08``, ``*@adb:*=0.10``."""
+    import fnmatch
+
+    floor = default
+    for rule in rules:
+        pattern, eq, value = rule.rpartition("=")
+        try:
+            fraction = float(value)
+        except ValueError:
+            fraction = -1.0
+        if not eq or not pattern or not 0 <= fraction < 1:
+            raise UsageError(f"floor rule {rule!r}: expected PATTERN=FRACTION (0 <= FRACTION < 1), e.g. "
+                             "mobilenet_v2=0.08 or *@adb:*=0.1")
+        want_model, at, want_device = pattern.partition("@")
+        if fnmatch.fnmatchcase(model, want_model or "*") and fnmatch.fnmatchcase(device, want_device if at else "*"):
+            floor = fraction
+    return floor
+
+
 def differences(baseline: Sequence[BenchResult], candidate: Sequence[BenchResult]) -> list[str]:
     """What makes these launches not one cell: another model or another device (recipes may differ:
     that is what a gate compares)."""
@@ -156,8 +178,10 @@ def _metric(metric: Metric, base: Sequence[BenchResult], cand: Sequence[BenchRes
 
 def compare_launches(baseline: Sequence[BenchResult], candidate: Sequence[BenchResult], *,
                      baseline_label: str = "baseline", candidate_label: str = "candidate", floor: float = 0.05,
-                     gating: Sequence[str] = GATING, min_n: int = 5, force: bool = False) -> CellComparison:
-    """One cell's comparison, from the records of its launches (failed launches are counted, not used)."""
+                     floor_rules: Sequence[str] = (), gating: Sequence[str] = GATING, min_n: int = 5,
+                     force: bool = False) -> CellComparison:
+    """One cell's comparison, from the records of its launches (failed launches are counted, not used).
+    ``floor`` is the practical floor unless one of ``floor_rules`` (see ``floor_for``) matches the cell."""
     unknown = [g for g in gating if g not in METRICS]
     if unknown:
         raise UsageError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
@@ -170,6 +194,7 @@ def compare_launches(baseline: Sequence[BenchResult], candidate: Sequence[BenchR
     diff = differences(base, cand)
     if diff and not force:
         raise UsageError("these are not the same cell (" + "; ".join(diff) + "); pass --force to compare anyway")
+    floor = floor_for(cand[0].manifest.model_ref, cand[0].device.id, floor, floor_rules)
     verdicts = tuple(_metric(METRICS[name], base, cand, name in gating, floor, min_n) for name in METRICS)
     gates = [m for m in verdicts if m.gating and m.verdict != UNAVAILABLE]
     worse = [m for m in gates if m.regression]
