@@ -245,3 +245,16 @@ def test_two_concurrent_benches_on_one_tcp_runner_keep_their_records(tiny_pte, t
     (tmp_path / "silent").write_text("")
     c = bench(9)
     assert not c.ok and c.run.error.code == "bad_record", c.run
+
+
+def test_bench_on_an_open_session_measures_there_and_refuses_another_device(tiny_pte, native_runner):
+    from edgeprobe.errors import UsageError
+    from edgeprobe.session import open_session
+
+    with open_session("local") as s:
+        a = edgeprobe.bench(tiny_pte, session=s, iterations=2, warmup=0)
+        b = edgeprobe.bench(tiny_pte, session=s, iterations=2, warmup=0)
+        assert a.ok and b.ok and s.stats.measurements == 2 and s.stats.deploys == 1  # one deploy for both
+        with pytest.raises(UsageError, match="the session is open on local"):
+            edgeprobe.bench(tiny_pte, session=s, device="adb:127.0.0.1:5555")
+    assert a.request is not None and "session" not in a.request.args and a.request.reproducible

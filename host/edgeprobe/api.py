@@ -13,7 +13,7 @@ from edgeprobe.lower import Artifact, capabilities, load_artifact, lower
 from edgeprobe.profiling import OperatorRow, ProfileReport, operator_table, profile_on  # noqa: F401 - re-exported
 from edgeprobe.results import BenchResult
 from edgeprobe.request import Request, records_request, rerun_arguments
-from edgeprobe.session import MeasureConfig, open_session
+from edgeprobe.session import MeasureConfig, MeasureSession, open_session
 
 Progress = Callable[[str], None]
 
@@ -88,6 +88,7 @@ def bench(
     fixed_performance: bool = False,
     idle_s: float = 1.0,
     retries: int = 1,
+    session: Optional[MeasureSession] = None,
 ) -> BenchResult:
     """Lower (or reuse) ``model`` and measure it on ``device``; returns the result record.
 
@@ -95,7 +96,9 @@ def bench(
     runner raises before anything is pushed (``measure`` resolves the runner first). The run
     hygiene arguments (battery/thermal thresholds, cooldown, core affinity, Android's
     fixed-performance mode) are checked or applied before the run and recorded in
-    ``result.device_state``; a failed check raises DeviceNotReadyError.
+    ``result.device_state``; a failed check raises DeviceNotReadyError. ``session``: measure on this
+    open session (its device and runner; kept open) instead of opening ``device`` for this call,
+    as the pytest plugin does for a whole test session.
     """
     config = MeasureConfig(warmup=warmup, iterations=iterations, min_seconds=min_seconds, max_iterations=max_iterations,
                            threads=threads, timeout_s=timeout_s, min_battery_percent=min_battery_percent,
@@ -105,16 +108,24 @@ def bench(
     given = _given_artifact(model)
     fmt = given.manifest.format if given else format
     runner = runner or default_runner(fmt)
-    # one session for the whole command: a bad id, a closed port, a wrong token or a runner that cannot
-    # run this format fail here, before lowering (a connection dropped while lowering is re-opened)
-    with open_session(device, runner=runner, token=token, log=progress) as session:
-        session.check(fmt)
+    def on(s: MeasureSession) -> BenchResult:
+        s.check(fmt)
         artifact = given or _artifact_for(model, format, backend, input_shape, example_inputs, weights, use_cache,
                                           progress)
         if progress:
-            progress(f"measuring on {session.id} ({runner} runner): {warmup} warm-up + {iterations} iterations"
+            progress(f"measuring on {s.id} ({s.runner} runner): {warmup} warm-up + {iterations} iterations"
                      + (f", at least {min_seconds:g} s" if min_seconds else ""))
-        return session.measure(artifact, config)
+        return s.measure(artifact, config)
+
+    if session is not None:
+        if session.id != device or session.runner != runner:
+            raise UsageError(f"bench: the session is open on {session.id} ({session.runner} runner), but "
+                             f"device={device!r} runner={runner!r}: pass the session's own")
+        return on(session)
+    # one session for the whole command: a bad id, a closed port, a wrong token or a runner that cannot
+    # run this format fail here, before lowering (a connection dropped while lowering is re-opened)
+    with open_session(device, runner=runner, token=token, log=progress) as opened:
+        return on(opened)
 
 
 @records_request("profile")

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
-import inspect
 import os
 import uuid
 from typing import TYPE_CHECKING, Any, Optional
@@ -42,10 +41,6 @@ MARKER = "edgeprobe_budget"
 MIB = 1 << 20
 JOB_LEASE_S = 600.0
 
-# bench's parameters by where they go; every other one is a MeasureConfig field of the same name
-SESSION_ARGS = ("device", "runner", "token")
-ARTIFACT_ARGS = ("format", "backend", "input_shape", "example_inputs", "weights", "use_cache", "progress")
-CONFIG_RENAMED = {"idle_s": "energy_idle_s"}
 
 
 # ------------------------------------------------------------------------------------------ budgets
@@ -146,43 +141,31 @@ class Measurer:
         return self.sessions[key]
 
     def measure(self, model: Any, **kwargs: Any) -> "BenchResult":
-        """What ``bench(model, **kwargs)`` does (its parameters, defaults and recorded request), on the
-        device session kept open for the whole pytest session."""
+        """``bench(model, **kwargs)`` on the device session kept open for the whole pytest session
+        (bench's own parameters, defaults and recorded request)."""
+        from pathlib import Path
+
         from edgeprobe import api
         from edgeprobe.devices import default_runner
         from edgeprobe.errors import TransportError
-        from edgeprobe.lower import capabilities
-        from edgeprobe.request import attach, capture
-        from edgeprobe.session import MeasureConfig
+        from edgeprobe.lower import Artifact, load_artifact
 
         call = {**self.defaults, **kwargs}
-        bound = inspect.signature(api.bench).bind(model, **call)  # a wrong keyword fails as bench's would
-        bound.apply_defaults()
-        a = dict(bound.arguments)
-        fields = {f.name for f in dataclasses.fields(MeasureConfig)}
-        config_args = {CONFIG_RENAMED.get(k, k): v for k, v in a.items()
-                       if k not in ("model", *SESSION_ARGS, *ARTIFACT_ARGS)}
-        unknown = set(config_args) - fields
-        if unknown:  # bench grew a parameter this plugin does not know where to put: refuse, never drop it
-            raise TypeError(f"edgeprobe_measure does not support bench's {', '.join(sorted(unknown))} yet")
-        config = MeasureConfig(**config_args)
-        capabilities.resolve(a["format"], a["backend"])
-        given = api._given_artifact(model)
-        fmt = given.manifest.format if given else a["format"]
-        runner = a["runner"] or default_runner(fmt)
-        session = self._session(a["device"], runner, a["token"])
+        if isinstance(model, Artifact):
+            fmt = model.manifest.format
+        elif isinstance(model, (str, Path)) and Path(model).is_dir():
+            fmt = load_artifact(Path(model)).manifest.format
+        else:
+            fmt = call.get("format", "pte")
+        call["runner"] = call.get("runner") or default_runner(fmt)
+        session = self._session(call["device"], call["runner"], call.get("token"))
         try:
-            session.check(fmt)
-            artifact = given or api.export(model, format=a["format"], backend=a["backend"],
-                                           input_shape=a["input_shape"], example_inputs=a["example_inputs"],
-                                           weights=a["weights"], use_cache=a["use_cache"], progress=a["progress"])
-            result = session.measure(artifact, config)
+            return api.bench(model, session=session, **call)
         except TransportError:
             # the connection is lost (and could not be re-opened): the next measurement opens a fresh session
-            self.sessions.pop((a["device"], runner, a["token"]), None)
+            self.sessions.pop((call["device"], call["runner"], call.get("token")), None)
             session.close()
             raise
-        return attach(result, capture("bench", api.bench, (model,), call))
 
     def close(self) -> None:
         for s in self.sessions.values():

@@ -21,7 +21,7 @@ from edgeprobe.errors import ResultError, UsageError
 
 REQUEST_SCHEMA_VERSION = 1
 # arguments that are about how the work is shown or where secrets live, not what is measured
-NOT_STORED = frozenset({"progress", "log"})
+NOT_STORED = frozenset({"progress", "log", "session"})
 SECRETS = frozenset({"token", "device_token"})
 
 F = TypeVar("F", bound=Callable[..., Any])
