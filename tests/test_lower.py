@@ -18,7 +18,7 @@ def test_capability_table_rejects_before_work():
     with pytest.raises(UnsupportedCombinationError, match="QNN SDK"):
         export("model-that-would-fail-later", backend="qnn")
     with pytest.raises(UnsupportedCombinationError, match="unknown format"):
-        capabilities.resolve("onnx")
+        capabilities.resolve("no-such-format")
     assert capabilities.resolve("pte").backend == "xnnpack"
 
 

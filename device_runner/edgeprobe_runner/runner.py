@@ -1,7 +1,7 @@
 """The Python runner: the native runner's contract (../PROTOCOL.md) for runtimes that need Python.
 
-`.ptl` runs on the TorchScript lite interpreter; `.pte` runs through ``executorch.runtime`` (a
-fallback where the native runner is not built). The runtime is imported before the memory
+`.ptl` runs on the TorchScript lite interpreter; `.onnx` on ONNX Runtime (``onnx_session``); `.pte`
+runs through ``executorch.runtime`` (a fallback where the native runner is not built). The runtime is imported before the memory
 baseline is read, so the baseline is this runner's own (interpreter + runtime), not the model's.
 """
 
@@ -141,6 +141,13 @@ def _import_runtime(path: str) -> tuple[str, str]:
         import torch.jit.mobile  # noqa: F401
 
         return "torchscript_lite", metadata.version("torch")
+    if path.endswith(".onnx"):
+        from edgeprobe_runner import onnx_session
+
+        try:
+            return onnx_session.RUNTIME, onnx_session.import_runtime()
+        except ImportError as exc:
+            raise RunError("unsupported", f"a .onnx needs onnxruntime ({exc}): pip install edgeprobe[onnx]")
     if _OWN_PROCESS:
         # the runtime bindings without the EXIR compiler (about 3.5 s of a 4.5 s start-up on 2 cores);
         # only in the runner's own process, which never imports exir afterwards (split_client._portable_lib)
@@ -168,8 +175,19 @@ def _executorch_version() -> Optional[str]:
             return None
 
 
-def _load(path: str, method: str, threads: int) -> tuple[_Program, int]:
+def _load(path: str, method: str, threads: int) -> tuple[_Program, Optional[int]]:
     import torch
+
+    if path.endswith(".onnx"):
+        from edgeprobe_runner import onnx_session
+
+        if method != "forward":
+            raise RunError("unsupported", f"a .onnx has one graph; --method {method!r} is for .pte/.ptl")
+        try:
+            run_onnx, specs, used = onnx_session.load(path, threads)
+        except onnx_session.OnnxLoadError as exc:
+            raise RunError("load_failed", str(exc))
+        return _Program(run_onnx, specs), used
 
     if path.endswith(".ptl"):
         if threads:
@@ -260,13 +278,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         prog, threads_used = _load(args.model, args.method, args.threads)
         load_ms = (time.monotonic_ns() - t0) / 1e6
         record["config"]["threads_used"] = threads_used
+        if threads_used is None and runtime == "onnxruntime":
+            from edgeprobe_runner.onnx_session import THREADS_UNKNOWN
+
+            record["config"]["threads_note"] = THREADS_UNKNOWN
 
         if testsets:
             inputs = [_to_tensor(t) for t in testsets[0].inputs]
         elif prog.input_specs:
             inputs = [torch.ones(shape, dtype=getattr(torch, dt)) for dt, shape in prog.input_specs]
         else:
-            raise RunError("bad_vectors", "a .ptl has no input metadata: pass --vectors")
+            raise RunError("bad_vectors", "this model has no static input metadata (a .ptl never has): pass --vectors")
 
         with torch.no_grad():
             t0 = time.monotonic_ns()
@@ -353,11 +375,12 @@ def _et_dtype(dtype: Any) -> str:
 def _usage_record(argv: Sequence[str], message: str) -> dict[str, Any]:
     """The record of a run refused for its arguments (code ``usage``): nothing was measured."""
     model = _flag_value(argv, "--model")
-    runtime = "torchscript_lite" if model and model.endswith(".ptl") else "executorch"
+    runtime = {".ptl": "torchscript_lite", ".onnx": "onnxruntime"}.get(os.path.splitext(model or "")[1], "executorch")
     try:
         from importlib import metadata
 
-        version = metadata.version("torch") if runtime == "torchscript_lite" else _executorch_version()
+        version = (metadata.version({"torchscript_lite": "torch"}.get(runtime, runtime))
+                   if runtime != "executorch" else _executorch_version())
     except Exception:  # noqa: BLE001  (not installed: the record says so with a null)
         version = None
     return {"schema_version": SCHEMA_VERSION, "status": "error", "error": {"code": "usage", "message": _one_line(message)},

@@ -45,7 +45,7 @@ def _given_artifact(model) -> Optional[Artifact]:
         return model
     if isinstance(model, (str, Path)) and Path(model).is_dir():
         return load_artifact(Path(model))
-    if isinstance(model, (str, Path)) and str(model).endswith((".pte", ".ptl")):
+    if isinstance(model, (str, Path)) and str(model).endswith((".pte", ".ptl", ".onnx")):
         raise UsageError(
             f"{model}: bench an artifact directory from `edgeprobe export` (it carries the manifest "
             "and test vectors), or pass the model itself"

@@ -91,6 +91,7 @@ class RunConfig:
     loader: str
     etdump: bool
     max_iterations: Optional[int] = None  # the timed loop's cap (None: none, or an older runner)
+    threads_note: Optional[str] = None  # why threads_used is null (a runtime that does not report its pool)
 
 
 @dataclass(frozen=True)

@@ -18,3 +18,19 @@ def tool_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[dist] = "not installed"
     return out
+
+
+# The packages a lowering target adds to the record beyond the common ones (its exporter and runtime):
+# they key its artifacts in the cache, so an upgrade of the exporter lowers again.
+TARGET_DISTS: dict[str, tuple[str, ...]] = {"onnxruntime": ("onnx", "onnxscript", "onnxruntime")}
+
+
+def target_versions(target: str) -> dict[str, str]:
+    """The versions of ``target``'s own packages (empty for targets that need none beyond torch)."""
+    out = {}
+    for dist in TARGET_DISTS.get(target, ()):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out

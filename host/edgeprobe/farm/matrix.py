@@ -118,7 +118,7 @@ def artifact_groups(farm: FarmFile) -> list[Group]:
     pairs = _pairs(m.backends, m.formats)
     if not pairs:
         raise UsageError(f"{farm.path}:{m.line}: no backend of {list(m.backends)} applies to the formats "
-                         f"{list(m.formats)} (pte: xnnpack, portable, vulkan, qnn, coreml; ptl: cpu)")
+                         f"{list(m.formats)} (pte: xnnpack, portable, vulkan, qnn, coreml; ptl: cpu; onnx: cpu)")
     return [(model, recipe, backend, format) for model in m.models for recipe in m.recipes for backend, format in pairs]
 
 

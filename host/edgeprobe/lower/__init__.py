@@ -110,6 +110,9 @@ def cache_key(spec: ModelSpec, cap: capabilities.Capability, recipe: str) -> str
         "lowering_version": LOWERING_VERSION,
         "versions": versions.tool_versions(),
     }
+    extra = versions.target_versions(cap.target)
+    if extra:  # only where there are some, so the keys of existing pte/ptl artifacts stay as they were
+        payload["target_versions"] = extra
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -247,6 +250,8 @@ def _lower_into(spec: ModelSpec, cap: capabilities.Capability, recipe: str, key:
         notes: list[str] = []
         if cap.target == "executorch":
             from edgeprobe.lower import executorch as target
+        elif cap.target == "onnxruntime":
+            from edgeprobe.lower import onnx as target  # type: ignore[no-redef]
         else:
             from edgeprobe.lower import torchscript_lite as target  # type: ignore[no-redef]
         say(f"lowering {spec.ref} to {cap.format} ({cap.backend})")
@@ -285,7 +290,7 @@ def _lower_into(spec: ModelSpec, cap: capabilities.Capability, recipe: str, key:
             rtol=rtol,
             atol=atol,
             planned_memory_bytes=lowered.planned_memory_bytes,
-            tool_versions=versions.tool_versions(),
+            tool_versions={**versions.tool_versions(), **versions.target_versions(cap.target)},
             cache_key=key,
             created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             etrecord_file=lowered.etrecord_file,

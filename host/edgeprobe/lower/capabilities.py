@@ -1,11 +1,14 @@
 """Which lowering target supports which backend and format: a table, failures as rows.
 
-Checked before any work, so an unsupported combination is a clear error, not a late crash.
+Checked before any work, so an unsupported combination is a clear error, not a late crash. A row
+whose runtime is an optional extra (``requires``) is decided when it is read (``table``, ``resolve``),
+so the table imports without those packages and says how to install them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib.util
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from edgeprobe.errors import UnsupportedCombinationError
@@ -18,6 +21,8 @@ class Capability:
     backend: str
     supported: bool
     reason: Optional[str] = None
+    requires: tuple[str, ...] = ()  # modules that must be importable, else the row is unsupported
+    install: Optional[str] = None  # what to run when one is missing
 
 
 TABLE: tuple[Capability, ...] = (
@@ -30,10 +35,32 @@ TABLE: tuple[Capability, ...] = (
     Capability("executorch", "pte", "coreml", False,
                "Core ML runs on Apple devices only; the Linux runtime has no Core ML delegate"),
     Capability("torchscript_lite", "ptl", "cpu", True),
+    Capability("onnxruntime", "onnx", "cpu", True, requires=("onnxruntime", "onnxscript", "onnx"),
+               install="pip install edgeprobe[onnx]"),
 )
 
-DEFAULT_BACKEND = {"pte": "xnnpack", "ptl": "cpu"}
+DEFAULT_BACKEND = {"pte": "xnnpack", "ptl": "cpu", "onnx": "cpu"}
 FORMATS = tuple(sorted(DEFAULT_BACKEND))
+
+
+def _missing(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):
+        return True
+
+
+def checked(cap: Capability) -> Capability:
+    """``cap`` as it stands here: unsupported, with the install hint, when a required module is missing."""
+    missing = [m for m in cap.requires if _missing(m)]
+    if not cap.supported or not missing:
+        return cap
+    return replace(cap, supported=False, reason=f"{', '.join(missing)} not installed: {cap.install}")
+
+
+def table() -> tuple[Capability, ...]:
+    """Every row, optional runtimes decided now."""
+    return tuple(checked(c) for c in TABLE)
 
 
 def resolve(format: str = "pte", backend: Optional[str] = None) -> Capability:
@@ -43,6 +70,7 @@ def resolve(format: str = "pte", backend: Optional[str] = None) -> Capability:
     backend = backend or DEFAULT_BACKEND[format]
     for cap in TABLE:
         if cap.format == format and cap.backend == backend:
+            cap = checked(cap)
             if not cap.supported:
                 raise UnsupportedCombinationError(f"--format {format} --backend {backend} is not available: {cap.reason}")
             return cap

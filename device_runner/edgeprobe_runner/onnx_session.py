@@ -1,0 +1,66 @@
+"""ONNX Runtime for the Python runner: a `.onnx` on ``onnxruntime.InferenceSession`` (CPU provider).
+
+Threads: ``--threads N`` sets ``intra_op_num_threads = N`` (the session's pool is N - 1 workers plus
+the calling thread, so N threads run an operator) and ``inter_op_num_threads = 1`` (operators run
+one after another, as in the other runtimes). ``--threads 0`` leaves onnxruntime its default, the
+number of physical cores as it counts them, which its API does not report: ``threads_used`` is then
+null, with the reason in ``THREADS_UNKNOWN``. Inputs and outputs cross as torch tensors (numpy views,
+no copies), so the runner's vectors and output check are the ones of every other format.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+RUNTIME = "onnxruntime"
+THREADS_UNKNOWN = ("--threads 0: onnxruntime chose its default intra-op pool (physical cores as it counts "
+                   "them), which its API does not report")
+
+# ONNX tensor type -> torch dtype name (what the runner makes inputs of ones from)
+_ONNX_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+                "tensor(bfloat16)": "bfloat16", "tensor(int64)": "int64", "tensor(int32)": "int32",
+                "tensor(int16)": "int16", "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+
+
+class OnnxLoadError(Exception):
+    """The file is not a model onnxruntime can load (the runner's ``load_failed``)."""
+
+
+def import_runtime() -> str:
+    """Import onnxruntime (before the runner's memory baseline); its version."""
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
+
+
+def load(path: str, threads: int) -> tuple[Callable[[list], list], list[tuple[str, tuple[int, ...]]], Optional[int]]:
+    """(run(inputs) -> outputs, input specs for inputs of ones (empty when a dimension is symbolic),
+    threads used or None when onnxruntime chose)."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    try:
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001  (InvalidProtobuf, Fail, ...: onnxruntime's own classes)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OnnxLoadError(f"cannot load {path} with onnxruntime: {first}") from None
+    names = [i.name for i in session.get_inputs()]
+    specs = []
+    for i in session.get_inputs():
+        if i.type not in _ONNX_DTYPES or not all(isinstance(d, int) for d in i.shape):
+            specs = []
+            break
+        specs.append((_ONNX_DTYPES[i.type], tuple(i.shape)))
+
+    def run(inputs: list) -> list:
+        if len(inputs) != len(names):
+            raise ValueError(f"the model takes {len(names)} inputs, {len(inputs)} were given")
+        feed = {n: t.detach().contiguous().numpy() for n, t in zip(names, inputs)}
+        return [torch.from_numpy(np.ascontiguousarray(y)) for y in session.run(None, feed)]
+
+    return run, specs, (threads or None)
