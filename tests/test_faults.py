@@ -37,7 +37,7 @@ RUNNER_POINTS = [("runner:installed", "exchange"), ("runner-manifest:temp-writte
                  ("runner:manifest-written", "exchange"), ("runner:swapped", "exchange"),
                  ("runner:old-aside", "no-exchange")]
 SWEEP_POINTS = [("sweep-save:temp-written", "json"), ("sweep-csv:temp-written", "csv")]
-WRITE_FAULTS = ["plan-save", "write"]
+WRITE_FAULTS = ["plan-save", "report-save", "write"]
 KEY_POINTS = ["adbkey-public:temp-written", "adbkey-private:temp-written"]
 KILL_TESTED = {*(p for p, _ in LOWER_CACHE_POINTS), *(p for p, _, _ in LOWER_REPLACE_POINTS), *(p for p, _ in RUNNER_POINTS),
                *(p for p, _ in SWEEP_POINTS), *(f"{f}:temp-written" for f in WRITE_FAULTS), *KEY_POINTS,
@@ -234,7 +234,8 @@ WRITE_TEXT = """
 
 @pytest.mark.parametrize("fault", WRITE_FAULTS)
 def test_killed_atomic_write_keeps_the_previous_file(tmp_path, fault):
-    """`edgeprobe split --json` (plan-save) and any other caller of atomic_write_text (default name)."""
+    """`edgeprobe split --json` (plan-save), `edgeprobe report` (report-save) and any other caller of
+    atomic_write_text (default name)."""
     target = tmp_path / "plan.json"
     target.write_text("previous\n")
     _killed_at(f"{fault}:temp-written", WRITE_TEXT, str(target), fault)
