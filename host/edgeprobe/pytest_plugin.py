@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 DEVICE_ENV = "EDGEPROBE_DEVICE"
 DB_ENV = "EDGEPROBE_FARM_DB"  # edgeprobe.farm.db.engine.ENV_VAR (not imported here: SQLAlchemy)
 MARKER = "edgeprobe_budget"
-MIB = 1 << 20
 JOB_LEASE_S = 600.0
 
 
@@ -52,18 +51,13 @@ METRICS = {"p50_ms": ("p50", "ms"), "p90_ms": ("p90", "ms"), "p99_ms": ("p99", "
 
 def read_metric(result: "BenchResult", key: str) -> Reading:
     """The metric ``key`` (of METRICS) of ``result``, or None and why the run did not measure it."""
+    from edgeprobe import metrics
+
     if not result.ok:
         e = result.run.error
         return None, f"the run failed ({e.code}: {e.message})" if e else "the run failed"
-    if key != "peak_mib":
-        stats = result.stats
-        return (getattr(stats, key), "") if stats else (None, "the runner reported no latency samples")
-    mem = result.run.memory
-    if mem is None:
-        return None, "the runner reported no memory"
-    if mem.peak_rss_delta_bytes is None:
-        return None, f"the runner reported no peak RSS or no baseline ({mem.source})"
-    return mem.peak_rss_delta_bytes / MIB, ""
+    value, why = metrics.peak_memory_mib(result) if key == "peak_mib" else metrics.latency_ms(result, key)
+    return value, why or ""
 
 
 def _num(value: float) -> str:

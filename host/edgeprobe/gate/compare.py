@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+from edgeprobe import metrics
 from edgeprobe.errors import UsageError
 from edgeprobe.gate import stats
 from edgeprobe.results import BenchResult
@@ -41,33 +42,7 @@ class Metric:
 
 
 def _latency(which: str) -> Callable[[BenchResult], tuple[Optional[float], Optional[str]]]:
-    def get(r: BenchResult) -> tuple[Optional[float], Optional[str]]:
-        s = r.stats
-        return (getattr(s, which), None) if s is not None else (None, "the record has no timing")
-    return get
-
-
-def _peak_mib(r: BenchResult) -> tuple[Optional[float], Optional[str]]:
-    m = r.run.memory
-    if m is None:
-        return None, "the runner measured no memory"
-    delta = m.peak_rss_delta_bytes
-    return (delta / 2**20, None) if delta is not None else (None, "no peak RSS in the record")
-
-
-def _energy_mj(r: BenchResult) -> tuple[Optional[float], Optional[str]]:
-    from edgeprobe import energy
-
-    reading = r.run.energy
-    if reading is None:
-        return None, "the record has no energy reading"
-    n = len(r.run.timing.iteration_ns) if r.run.timing else 0
-    est = energy.estimate(reading, n) if n else None
-    if est is None:
-        return None, reading.reason or "no energy meter on this device"
-    if not est.reliable or est.per_inference_j is None:
-        return None, f"{est.meter or 'meter'} unreliable: {est.reason or 'no idle baseline'}"
-    return est.per_inference_j * 1e3, None
+    return lambda r: metrics.latency_ms(r, which)
 
 
 def _size(r: BenchResult) -> tuple[Optional[float], Optional[str]]:
@@ -77,8 +52,8 @@ def _size(r: BenchResult) -> tuple[Optional[float], Optional[str]]:
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("latency_p50_ms", "ms", ("FASTER", "SLOWER"), _latency("p50_ms")),
     Metric("latency_p90_ms", "ms", ("FASTER", "SLOWER"), _latency("p90_ms")),
-    Metric("peak_memory_mib", "MiB", ("SMALLER", "LARGER"), _peak_mib),
-    Metric("energy_mj_per_inference", "mJ", ("SMALLER", "LARGER"), _energy_mj),
+    Metric("peak_memory_mib", "MiB", ("SMALLER", "LARGER"), metrics.peak_memory_mib),
+    Metric("energy_mj_per_inference", "mJ", ("SMALLER", "LARGER"), metrics.energy_mj_per_inference),
     Metric("artifact_size_bytes", "B", ("SMALLER", "LARGER"), _size),
 )}
 GATING = ("latency_p50_ms", "peak_memory_mib", "artifact_size_bytes")  # p90 and energy are reported
