@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import edgeprobe
+import framing  # tests/ is on sys.path (rootdir conftest)
 from edgeprobe.devices import open_device
 from edgeprobe.session import MeasureConfig, measure
 from edgeprobe.lower import Artifact
@@ -316,24 +317,7 @@ def test_sha256_and_hmac_match_python(tmp_path):
 # -- split mode: the v2 handshake (auth protocol v2) against a tiny server that speaks the spec itself
 
 
-def _send(sock, header: dict, payload: bytes = b"") -> None:
-    data = json.dumps(header).encode()
-    sock.sendall(struct.pack(">I", len(data)) + data + payload)
-
-
-def _recv_exact(sock, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return buf
-
-
-def _recv(sock) -> dict:
-    (n,) = struct.unpack(">I", _recv_exact(sock, 4))
-    return json.loads(_recv_exact(sock, n))
+_send, _recv_exact, _recv = framing.send, framing.recv_exact, framing.recv
 
 
 def _mac(token: str, role: str, sn: str, cn: str, service: str = "split") -> str:

@@ -26,6 +26,8 @@ from typing import Any, Callable, Optional
 
 import pytest
 
+import framing  # tests/ is on sys.path (rootdir conftest)
+
 from .conftest import RUNNERS, _native_binary, clean_env, require_native
 from .test_runner_records import _kind, structure_diff
 
@@ -198,24 +200,7 @@ def test_same_device_only_split(split_files, tmp_path):
 # ------------------------------------------------------------------------------- bad server replies
 
 
-def _send(sock, header: Any, payload: bytes = b"") -> None:
-    data = header if isinstance(header, bytes) else json.dumps(header).encode()
-    sock.sendall(struct.pack(">I", len(data)) + data + payload)
-
-
-def _recv_exact(sock, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return buf
-
-
-def _recv(sock) -> dict:
-    (n,) = struct.unpack(">I", _recv_exact(sock, 4))
-    return json.loads(_recv_exact(sock, n))
+_send, _recv_exact, _recv = framing.send, framing.recv_exact, framing.recv
 
 
 def _mac(token: str, role: str, sn: str, cn: str, service: str) -> str:
