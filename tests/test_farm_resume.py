@@ -100,11 +100,15 @@ def test_kill_9_at_random_points_then_resume_measures_every_job_exactly_once(tmp
 
 
 def test_two_farm_processes_never_hold_one_device_at_once(tmp_path, native_runner, db_url):
-    farm = _farm(tmp_path, launches=4)
-    procs = [_start(farm, db_url, run, tmp_path / f"{run}.log") for run in ("ra", "rb")]
+    farm = _farm(tmp_path, launches=4, min_seconds=2.5)  # the first holds the device ~10 s, past the second's start-up
+    db = open_db(db_url)
+    first = _start(farm, db_url, "ra", tmp_path / "ra.log")
+    # the second starts once the first holds the device, so it must find it leased (started together,
+    # the first could finish before the second had lowered, and nobody would have waited)
+    _wait_for(lambda: leases.holder_of(db, "local") is not None, 180, "the first process to lease the device")
+    procs = [first, _start(farm, db_url, "rb", tmp_path / "rb.log")]
     for p in procs:
         p.communicate(timeout=300)
-    db = open_db(db_url)
     for run, p in zip(("ra", "rb"), procs):
         assert p.returncode == 0, (tmp_path / f"{run}.log").read_text()[-3000:]
         assert jobs.counts(db, run)["done"] == 4
