@@ -1,8 +1,9 @@
 """The Python runner: the native runner's contract (../PROTOCOL.md) for runtimes that need Python.
 
-`.ptl` runs on the TorchScript lite interpreter; `.onnx` on ONNX Runtime (``onnx_session``); `.pte`
-runs through ``executorch.runtime`` (a fallback where the native runner is not built). The runtime is imported before the memory
-baseline is read, so the baseline is this runner's own (interpreter + runtime), not the model's.
+Each runtime is a module of ``backends``, chosen by the model file's suffix (`.ptl` TorchScript lite,
+`.onnx` ONNX Runtime, `.pte` ``executorch.runtime`` where the native runner is not built, and the
+peer runtimes). The runtime is imported before the memory baseline is read, so the baseline is this
+runner's own (interpreter + runtime), not the model's.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, Optional, Sequence
+from types import ModuleType
+from typing import Any, Optional, Sequence
 
-from edgeprobe_runner import __version__, meters
+from edgeprobe_runner import __version__, backends, meters
 from edgeprobe_runner import vectors as epv
 
 SCHEMA_VERSION = 1
@@ -120,114 +122,23 @@ def _finite(x: float) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
-class _Program:
-    """A loaded model: ``run(inputs) -> list of output tensors``."""
-
-    def __init__(self, run: Callable[[list], list], input_specs: list[tuple[str, tuple[int, ...]]]) -> None:
-        self.run = run
-        self.input_specs = input_specs
-
-
-# Set by main(): this process is the runner itself (``python -m edgeprobe_runner``), not a library caller.
-_OWN_PROCESS = False
-
-
-def _import_runtime(path: str) -> tuple[str, str]:
-    """Import the runtime for this file kind before the baseline; return (runtime, version)."""
-    from importlib import metadata
-
-    if path.endswith(".ptl"):
-        import torch  # noqa: F401
-        import torch.jit.mobile  # noqa: F401
-
-        return "torchscript_lite", metadata.version("torch")
-    if path.endswith(".onnx"):
-        from edgeprobe_runner import onnx_session
-
-        try:
-            return onnx_session.RUNTIME, onnx_session.import_runtime()
-        except ImportError as exc:
-            raise RunError("unsupported", f"a .onnx needs onnxruntime ({exc}): pip install edgeprobe[onnx]")
-    if _OWN_PROCESS:
-        # the runtime bindings without the EXIR compiler (about 3.5 s of a 4.5 s start-up on 2 cores);
-        # only in the runner's own process, which never imports exir afterwards (split_client._portable_lib)
-        from edgeprobe_runner.split_client import _portable_lib
-
-        _portable_lib()
-    import executorch.runtime  # noqa: F401
-
-    return "executorch", _executorch_version()
-
-
-def _executorch_version() -> Optional[str]:
-    """The wheel's own version string (``executorch.version``, with its local tag such as ``+cpu``): the
-    one the native runner is built with (EDGEPROBE_EXECUTORCH_VERSION), so both flavors name a runtime alike."""
-    from importlib import metadata
-
+def _import_runtime(path: str) -> tuple[backends.Backend, ModuleType, str]:
+    """The backend for this file kind, its runtime imported before the baseline, and its version."""
+    backend = backends.for_path(path)
+    mod = backends.module(backend)
     try:
-        from executorch.version import __version__ as version
-
-        return str(version)
-    except ImportError:
-        try:
-            return metadata.version("executorch")
-        except metadata.PackageNotFoundError:
-            return None
+        return backend, mod, mod.import_runtime()
+    except ImportError as exc:
+        raise RunError("unsupported", f"a {backend.suffix} needs {backend.runtime} ({exc}): {backend.install}")
 
 
-def _load(path: str, method: str, threads: int) -> tuple[_Program, Optional[int]]:
-    import torch
-
-    if path.endswith(".onnx"):
-        from edgeprobe_runner import onnx_session
-
-        if method != "forward":
-            raise RunError("unsupported", f"a .onnx has one graph; --method {method!r} is for .pte/.ptl")
-        try:
-            run_onnx, specs, used = onnx_session.load(path, threads)
-        except onnx_session.OnnxLoadError as exc:
-            raise RunError("load_failed", str(exc))
-        return _Program(run_onnx, specs), used
-
-    if path.endswith(".ptl"):
-        if threads:
-            torch.set_num_threads(threads)
-        try:
-            m = torch.jit.mobile._load_for_lite_interpreter(path)
-        except Exception as exc:  # noqa: BLE001
-            raise RunError("load_failed", f"cannot load {path} as TorchScript-Lite: {str(exc).splitlines()[0]}")
-        fn = getattr(m, method) if method != "forward" else m
-
-        def run_ptl(inputs: list) -> list:
-            out = fn(*inputs)
-            if isinstance(out, torch.Tensor):
-                return [out]
-            return list(out)
-
-        return _Program(run_ptl, []), torch.get_num_threads()
-
-    from executorch.extension.pybindings import portable_lib
-    from executorch.runtime import Runtime
-
-    if threads:
-        portable_lib._unsafe_reset_threadpool(threads)
+def _load(mod: ModuleType, path: str, method: str, threads: int) -> backends.Loaded:
     try:
-        program = Runtime.get().load_program(path)
-        loaded = program.load_method(method)
-    except Exception as exc:  # noqa: BLE001
-        raise RunError("load_failed", f"cannot load {path} method {method!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-    if loaded is None:
-        raise RunError("load_failed", f"{path} has no method {method!r}")
-    meta = loaded.metadata
-    specs = []
-    for i in range(meta.num_inputs()):
-        tm = meta.input_tensor_meta(i)
-        specs.append((_et_dtype(tm.dtype()), tuple(tm.sizes())))
-
-    def run_pte(inputs: list) -> list:
-        return list(loaded.execute(inputs))
-
-    return _Program(run_pte, specs), int(portable_lib._threadpool_get_thread_count())
+        return mod.load(path, method, threads)
+    except backends.LoadError as exc:
+        raise RunError("load_failed", str(exc))
+    except backends.Unsupported as exc:
+        raise RunError("unsupported", str(exc))
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -245,14 +156,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
     thermal_before: dict[str, float] = {}
     try:
-        runtime, version = _import_runtime(args.model)
-        record["runner"].update(runtime=runtime, runtime_version=version)
+        backend, mod, version = _import_runtime(args.model)
+        record["runner"].update(runtime=backend.runtime, runtime_version=version)
         import torch
 
-        if runtime == "executorch":  # the runtime's default pool, as the native runner reports it before a load
-            from executorch.extension.pybindings import portable_lib
-
-            record["config"]["threads_used"] = int(portable_lib._threadpool_get_thread_count())
+        if hasattr(mod, "default_threads"):  # the runtime's default pool, as the native runner reports it before a load
+            record["config"]["threads_used"] = mod.default_threads()
 
         # the high-water mark reset to the current RSS first: the baseline HWM is this runner's own
         # (interpreter + runtime), not a transient of the imports above
@@ -275,13 +184,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             raise RunError("bad_vectors", f"cannot read vectors {args.vectors}: {exc}")
 
         t0 = time.monotonic_ns()
-        prog, threads_used = _load(args.model, args.method, args.threads)
+        prog = _load(mod, args.model, args.method, args.threads)
         load_ms = (time.monotonic_ns() - t0) / 1e6
-        record["config"]["threads_used"] = threads_used
-        if threads_used is None and runtime == "onnxruntime":
-            from edgeprobe_runner.onnx_session import THREADS_UNKNOWN
-
-            record["config"]["threads_note"] = THREADS_UNKNOWN
+        record["config"]["threads_used"] = prog.threads_used
+        if prog.threads_note:
+            record["config"]["threads_note"] = prog.threads_note
 
         if testsets:
             inputs = [_to_tensor(t) for t in testsets[0].inputs]
@@ -357,34 +264,23 @@ def _one_line(message: str) -> str:
     return " ".join(message.split()) or "(no message)"
 
 
-def _et_dtype(dtype: Any) -> str:
-    """An ExecuTorch ScalarType (its code, as the bindings give it, or its name: Float, Long, ...) -> the
-    torch dtype name."""
-    code = dtype if isinstance(dtype, int) else getattr(dtype, "value", None)
-    if isinstance(code, int):
-        if code not in epv.CODE_DTYPES:
-            raise RunError("unsupported", f"input dtype code {code} is not one the runner can make inputs of ones for")
-        return epv.CODE_DTYPES[code]
-    name = str(dtype).removeprefix("ScalarType.")
-    if name.isdigit():
-        return _et_dtype(int(name))
-    return {"Float": "float32", "Double": "float64", "Half": "float16", "BFloat16": "bfloat16", "Long": "int64",
-            "Int": "int32", "Short": "int16", "Char": "int8", "Byte": "uint8", "Bool": "bool"}.get(name, name.lower())
-
-
 def _usage_record(argv: Sequence[str], message: str) -> dict[str, Any]:
     """The record of a run refused for its arguments (code ``usage``): nothing was measured."""
     model = _flag_value(argv, "--model")
-    runtime = {".ptl": "torchscript_lite", ".onnx": "onnxruntime"}.get(os.path.splitext(model or "")[1], "executorch")
+    backend = backends.for_path(model or "")
     try:
         from importlib import metadata
 
-        version = (metadata.version({"torchscript_lite": "torch"}.get(runtime, runtime))
-                   if runtime != "executorch" else _executorch_version())
+        if backend.runtime == "executorch":
+            from edgeprobe_runner.backends import executorch
+
+            version = executorch.version()
+        else:
+            version = metadata.version(backend.distribution)
     except Exception:  # noqa: BLE001  (not installed: the record says so with a null)
         version = None
     return {"schema_version": SCHEMA_VERSION, "status": "error", "error": {"code": "usage", "message": _one_line(message)},
-            "runner": {"flavor": "python", "version": __version__, "runtime": runtime, "runtime_version": version},
+            "runner": {"flavor": "python", "version": __version__, "runtime": backend.runtime, "runtime_version": version},
             "artifact": {"path": None, "size_bytes": None}, "config": None, "verification": None, "timing": None,
             "memory": None, "energy": None, "thermal": None, "environment": None}
 
@@ -436,9 +332,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Exit codes as in PROTOCOL.md: 0 a record was written (also an error record of a failed
     measurement), 1 an internal error (its record still written), 2 bad arguments (a usage record when
     --output was given), 3 the record could not be written."""
-    global _OWN_PROCESS
     argv = list(sys.argv[1:] if argv is None else argv)
-    _OWN_PROCESS = True
+    from edgeprobe_runner.backends import executorch
+
+    executorch.own_process = True
     try:
         args = parse_args(argv)
     except UsageError as exc:

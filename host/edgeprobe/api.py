@@ -14,6 +14,9 @@ from edgeprobe.profiling import OperatorRow, ProfileReport, operator_table, prof
 from edgeprobe.results import BenchResult
 from edgeprobe.request import Request, records_request, rerun_arguments
 from edgeprobe.session import MeasureConfig, MeasureSession, open_session
+from edgeprobe_runner.backends import BACKENDS
+
+MODEL_SUFFIXES = tuple(b.suffix for b in BACKENDS)  # a bare model file, which is not an artifact
 
 Progress = Callable[[str], None]
 
@@ -45,7 +48,7 @@ def _given_artifact(model) -> Optional[Artifact]:
         return model
     if isinstance(model, (str, Path)) and Path(model).is_dir():
         return load_artifact(Path(model))
-    if isinstance(model, (str, Path)) and str(model).endswith((".pte", ".ptl", ".onnx")):
+    if isinstance(model, (str, Path)) and str(model).endswith(MODEL_SUFFIXES):
         raise UsageError(
             f"{model}: bench an artifact directory from `edgeprobe export` (it carries the manifest "
             "and test vectors), or pass the model itself"

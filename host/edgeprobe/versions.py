@@ -22,7 +22,9 @@ def tool_versions() -> dict[str, str]:
 
 # The packages a lowering target adds to the record beyond the common ones (its exporter and runtime):
 # they key its artifacts in the cache, so an upgrade of the exporter lowers again.
-TARGET_DISTS: dict[str, tuple[str, ...]] = {"onnxruntime": ("onnx", "onnxscript", "onnxruntime")}
+TARGET_DISTS: dict[str, tuple[str, ...]] = {"onnxruntime": ("onnx", "onnxscript", "onnxruntime"),
+                                            "openvino": ("openvino", "nncf"), "ncnn": ("ncnn", "pnnx"),
+                                            "litert": ("ai-edge-litert",)}
 
 
 def target_versions(target: str) -> dict[str, str]:

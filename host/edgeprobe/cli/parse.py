@@ -6,6 +6,10 @@ import argparse
 import os
 from typing import Callable, Optional
 
+# lower.capabilities.FORMATS, spelled out: importing edgeprobe.lower imports torch, and parsing
+# arguments must not (tests/test_runtimes.py checks the two agree)
+FORMATS = ("ncnn", "onnx", "openvino", "pte", "ptl", "tflite")
+
 DEFAULT_MIN_SECONDS = 2.0  # bench and sweep: a minimum timed duration as well as a count (TFLite's min_secs)
 API_COMMANDS = ("bench", "export", "profile", "sweep", "split")  # the commands that are one call of edgeprobe.api
 
@@ -49,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="lower a model and measure it on a device")
     _add_model_args(b)
     _add_measure_args(b, iterations=20, warmup=3)
-    b.add_argument("--format", default="pte", choices=["pte", "ptl", "onnx"])
+    b.add_argument("--format", default="pte", choices=list(FORMATS))
     b.add_argument("--runner", choices=["native", "python"], help="default: native for pte, python for ptl")
     _add_min_seconds(b)
     b.add_argument("--no-cache", action="store_true", help="lower again even if a cached artifact exists")
@@ -71,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="lower a model to an artifact directory")
     _add_model_args(e)
-    e.add_argument("--format", default="pte", choices=["pte", "ptl", "onnx"])
+    e.add_argument("--format", default="pte", choices=list(FORMATS))
     e.add_argument("--backend")
     e.add_argument("--out", help="artifact directory (default: the cache)")
 

@@ -7,6 +7,11 @@ copy of the fp32 model; a quantization step (at most one) must come last: it tur
 PT2E-quantized graph that is lowered like any other. Every step returns a :class:`Step` that records
 what it did; the steps go into the artifact's manifest (``compression``).
 
+A lowering target may carry out the last step itself, in its own toolchain (its module's ``RECIPES``:
+NNCF int8 for OpenVINO, XNNPACK fp16 for ExecuTorch): ``apply_and_lower`` then applies the module steps
+here and hands that step, with the calibration data, to the lowering (``lower.TargetRecipe``). A
+recipe of kind ``target`` exists only that way.
+
 Each recipe module registers its recipes in :data:`RECIPES` through :func:`recipe`; :data:`CATALOG`
 describes the same recipes without importing them (or torch), for ``edgeprobe recipes``.
 """
@@ -19,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
-from edgeprobe.errors import UsageError
+from edgeprobe.errors import UnsupportedCombinationError, UsageError
 
 if TYPE_CHECKING:  # torch is imported where a recipe runs, not to list or parse recipes
     import torch
@@ -50,6 +55,7 @@ class Param:
 class RecipeDef:
     name: str
     kind: str  # "module" (eager nn.Module -> nn.Module) | "quant" (-> PT2E graph, must be last)
+    #           | "target" (carried out by the lowering target, must be last)
     help: str
     params: tuple[Param, ...]
     fn: Callable[..., tuple[Any, "Step"]]
@@ -210,9 +216,9 @@ def parse(text: str) -> list[ParsedStep]:
                 raise UsageError(f"recipe {raw!r}: unknown parameter {key!r}; {r.usage()}")
             params[key] = _convert(by_name[key], value, raw)
         steps.append(ParsedStep(name, params))
-    quant = [i for i, s in enumerate(steps) if RECIPES[s.name].kind == "quant"]
+    quant = [i for i, s in enumerate(steps) if RECIPES[s.name].kind in ("quant", "target")]
     if len(quant) > 1 or (quant and quant[0] != len(steps) - 1):
-        raise UsageError(f"recipe {text!r}: at most one quantization step, and it must come last "
+        raise UsageError(f"recipe {text!r}: at most one quantization step (or precision step), and it must come last "
                          "(e.g. channel:0.3+int8)")
     return steps
 
@@ -234,6 +240,8 @@ class Compressed:
     quantized: bool = False
     params: int = 0  # parameters of the eager model after the module steps (before quantization)
     nonzero_params: int = 0
+    target_step: Optional[str] = None  # the last step, carried out by the lowering target (then ``forward``
+    #                                    is the model before it: score the artifact itself)
 
     def forward(self, *inputs: torch.Tensor) -> Any:
         import torch
@@ -276,15 +284,45 @@ def apply_and_lower(spec: Any, recipe: str, ctx: Context, *, module: Any = None,
     (format, backend); the steps are recorded, JSON-safe, in the artifact's manifest. Returns
     ``(compressed, steps, artifact)``: what the sweep and the farm both do with a recipe (``steps``
     are this run's, even when the artifact came from the cache)."""
-    from edgeprobe.lower import lower
+    from edgeprobe.lower import TargetRecipe, lower, target_recipes
     from edgeprobe.models import ModelSpec
 
-    comp = apply(module if module is not None else spec.module, recipe, ctx)
+    parsed = parse(recipe)
+    last = parsed[-1] if parsed else None
+    own = target_recipes(format, backend) if last is not None else frozenset()
+    target_step = None
+    if last is not None and last.name in own:
+        target_step = last
+        comp = apply(module if module is not None else spec.module, "+".join(str(s) for s in parsed[:-1]), ctx)
+        done = Step(last.name, dict(last.params), notes=(f"carried out by the {format} lowering target",))
+        comp = dataclasses.replace(comp, recipe="+".join(str(s) for s in parsed), steps=comp.steps + (done,),
+                                   quantized=True, target_step=last.name)
+    elif last is not None and RECIPES[last.name].kind == "target":
+        raise UnsupportedCombinationError(f"recipe {last.name!r} is carried out by the lowering target, and "
+                                          f"--format {format} does not have it; {_formats_with(last.name)}")
+    else:
+        comp = apply(module if module is not None else spec.module, recipe, ctx)
     steps = tuple(json_safe(dataclasses.asdict(s)) for s in comp.steps)
     art = lower(ModelSpec(ref=spec.ref, example_inputs=spec.example_inputs, module=comp.module, exported=comp.exported),
                 format=format, backend=backend, recipe=comp.recipe, compression=steps, quantized=comp.quantized,
-                progress=progress)
+                progress=progress,
+                target_recipe=None if target_step is None else TargetRecipe(
+                    target_step.name, dict(target_step.params), ctx.calibration, ctx.log))
     return comp, steps, art
+
+
+def _formats_with(name: str) -> str:
+    """Which formats' targets carry out recipe ``name``, for an error message."""
+    from edgeprobe.lower import capabilities, target_recipes
+
+    have = []
+    for fmt in capabilities.FORMATS:
+        try:
+            if name in target_recipes(fmt):
+                have.append(fmt)
+        except Exception:  # noqa: BLE001  (a format not available here has no say)
+            continue
+    return f"formats that have it: {', '.join(have)}" if have else "no format here has it"
 
 
 def json_safe(x: Any) -> Any:

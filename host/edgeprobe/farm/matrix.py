@@ -112,13 +112,23 @@ def _pairs(backends: Sequence[str], formats: Sequence[str]) -> list[tuple[str, s
     return [(b, f) for b in backends for f in formats if (b, f) in known]
 
 
+def _backends_by_format() -> str:
+    """``pte: xnnpack, portable, ...; ptl: cpu; ...`` from the capability table."""
+    from edgeprobe.lower.capabilities import TABLE
+
+    formats: dict[str, list[str]] = {}
+    for c in TABLE:
+        formats.setdefault(c.format, []).append(c.backend)
+    return "; ".join(f"{f}: {', '.join(b)}" for f, b in formats.items())
+
+
 def artifact_groups(farm: FarmFile) -> list[Group]:
     """The distinct lowering units, in matrix order (models, then recipes, backends, formats)."""
     m = farm.matrix
     pairs = _pairs(m.backends, m.formats)
     if not pairs:
         raise UsageError(f"{farm.path}:{m.line}: no backend of {list(m.backends)} applies to the formats "
-                         f"{list(m.formats)} (pte: xnnpack, portable, vulkan, qnn, coreml; ptl: cpu; onnx: cpu)")
+                         f"{list(m.formats)} ({_backends_by_format()})")
     return [(model, recipe, backend, format) for model in m.models for recipe in m.recipes for backend, format in pairs]
 
 

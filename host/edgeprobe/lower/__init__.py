@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -51,6 +52,11 @@ def scaled_atol(expected: tuple[torch.Tensor, ...]) -> float:
     return FP32_ATOL_OF_MAX * max(peaks, default=0.0)
 
 Progress = Callable[[str], None]
+
+# capabilities target -> the module under edgeprobe.lower that lowers for it (``lower(spec, backend,
+# out_dir, notes) -> Lowered``)
+TARGET_MODULES = {"executorch": "executorch", "torchscript_lite": "torchscript_lite", "onnxruntime": "onnx",
+                  "openvino": "openvino", "ncnn": "ncnn", "litert": "litert"}
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,8 @@ def _specs(tensors: tuple[torch.Tensor, ...], prefix: str) -> tuple[TensorSpec, 
     return tuple(TensorSpec(f"{prefix}{i}", _dtype_name(t.dtype), tuple(t.shape)) for i, t in enumerate(tensors))
 
 
-def cache_key(spec: ModelSpec, cap: capabilities.Capability, recipe: str) -> str:
+def cache_key(spec: ModelSpec, cap: capabilities.Capability, recipe: str,
+              target_recipe: Optional["TargetRecipe"] = None) -> str:
     payload = {
         "model": spec.fingerprint(),
         "target": cap.target,
@@ -113,6 +120,8 @@ def cache_key(spec: ModelSpec, cap: capabilities.Capability, recipe: str) -> str
     extra = versions.target_versions(cap.target)
     if extra:  # only where there are some, so the keys of existing pte/ptl artifacts stay as they were
         payload["target_versions"] = extra
+    if target_recipe is not None:
+        payload["target_recipe"] = target_recipe.key()
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -216,16 +225,18 @@ def lower(
     progress: Optional[Progress] = None,
     compression: Sequence[dict] = (),
     quantized: bool = False,
+    target_recipe: Optional[TargetRecipe] = None,
 ) -> Artifact:
     """Lower ``spec`` for (format, backend); reuse the cached artifact when one exists.
 
     ``compression``: what the recipe's steps did (recorded in the manifest). ``quantized``: the
     runner's check of the artifact against the reference graph gets a looser tolerance, because
-    int8 kernels round differently from the fp32-simulated q/dq reference."""
+    int8 kernels round differently from the fp32-simulated q/dq reference. ``target_recipe``: a
+    recipe step the target carries out itself while lowering (``target_recipes``); implies ``quantized``."""
     cap = capabilities.resolve(format, backend)
     say = progress or (lambda _msg: None)
     checked_out = _out_path(Path(out_dir)) if out_dir else None  # refused before any work
-    key = cache_key(spec, cap, recipe)
+    key = cache_key(spec, cap, recipe, target_recipe)
     final = checked_out or cache_dir() / key
     with locked(_lock_path(final)):
         remove_leftovers(final, ".tmp-", ".old-")  # from killed writers: under the lock no live one owns them
@@ -236,30 +247,37 @@ def lower(
                 return cached
         if checked_out is not None:
             _out_path(checked_out)  # still new, empty or an artifact now that the lock is held
-        manifest = _lower_into(spec, cap, recipe, key, final, say, compression, quantized)
+        manifest = _lower_into(spec, cap, recipe, key, final, say, compression,
+                               quantized or target_recipe is not None, target_recipe)
     say(f"artifact {final}")
     return Artifact(final, manifest)
 
 
 def _lower_into(spec: ModelSpec, cap: capabilities.Capability, recipe: str, key: str, final: Path, say: Progress,
-                compression: Sequence[dict], quantized: bool) -> Manifest:
+                compression: Sequence[dict], quantized: bool, target_recipe: Optional[TargetRecipe]) -> Manifest:
     """Write the artifact into a temporary directory beside ``final``, then swap it in."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(final, ".tmp-")
     try:
         notes: list[str] = []
-        if cap.target == "executorch":
-            from edgeprobe.lower import executorch as target
-        elif cap.target == "onnxruntime":
-            from edgeprobe.lower import onnx as target  # type: ignore[no-redef]
-        else:
-            from edgeprobe.lower import torchscript_lite as target  # type: ignore[no-redef]
+        target = importlib.import_module(f"edgeprobe.lower.{TARGET_MODULES[cap.target]}")
         say(f"lowering {spec.ref} to {cap.format} ({cap.backend})")
-        lowered = target.lower(spec, cap.backend, tmp, notes)
+        if target_recipe is not None:
+            lowered = target.lower(spec, cap.backend, tmp, notes, target_recipe=target_recipe)
+        else:
+            lowered = target.lower(spec, cap.backend, tmp, notes)
 
         expected = spec.eager_outputs(spec.example_inputs)
         rtol, atol = FP32_RTOL, scaled_atol(expected)
-        if quantized and cap.target == "executorch":
+        if quantized and lowered.host_outputs is not None:
+            # the target ran its own artifact on this host (the runtime the device runs): the check catches
+            # a broken deployment, fidelity to fp32 is scored separately
+            expected = tuple(lowered.host_outputs)
+            rtol, atol = QUANT_RTOL, max(scaled_atol(expected), QUANT_ATOL_OF_MAX * max(
+                (t.abs().max().item() for t in expected if t.is_floating_point() and t.numel()), default=0.0))
+            notes.append(f"reduced precision: the device's outputs are checked against this artifact run by "
+                         f"{cap.target} on the host, within rtol {rtol:g}, atol {atol:.3g}")
+        elif quantized and cap.target == "executorch":
             # The q/dq reference graph simulates int8 in fp32; XNNPACK's int8 kernels requantize with
             # their own rounding, and on deep models (MobileNetV2) the difference grows past any fixed
             # share of the output range. The device check exists to catch a broken deployment, so the
@@ -317,11 +335,42 @@ def _run_pte(path: Path, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor
 
 @dataclass(frozen=True)
 class Lowered:
-    """What a target module returns after writing its files into the artifact directory."""
+    """What a target module returns after writing its files into the artifact directory.
+    ``host_outputs``: the artifact's own outputs on the example inputs, run by its runtime on this
+    host (reduced-precision targets return them: the device's outputs are checked against them)."""
 
     file_name: str
     planned_memory_bytes: tuple[int, ...] = ()
     etrecord_file: Optional[str] = None
+    host_outputs: Optional[tuple[torch.Tensor, ...]] = None
+
+
+@dataclass(frozen=True)
+class TargetRecipe:
+    """A recipe step that a lowering target carries out itself, in its own toolchain: NNCF int8 for
+    OpenVINO, XNNPACK fp16 for ExecuTorch. The target module lists them in ``RECIPES``; the step's
+    parameters and the calibration data (a ``compress.Dataset`` or None) come with it."""
+
+    name: str
+    params: dict
+    calibration: Optional[object] = None
+    log: Callable[[str], None] = lambda _m: None
+
+    def key(self) -> dict:
+        """What enters the cache key: the step and the calibration data's digest."""
+        cal = getattr(self.calibration, "x", None)
+        digest = None
+        if cal is not None:
+            t = cal.detach().contiguous().cpu()
+            digest = hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()[:32]
+        return {"name": self.name, "params": {k: self.params[k] for k in sorted(self.params)}, "calibration": digest}
+
+
+def target_recipes(format: str, backend: Optional[str] = None) -> frozenset[str]:
+    """The recipe steps the target of (format, backend) carries out itself (its module's ``RECIPES``)."""
+    cap = capabilities.resolve(format, backend)
+    mod = importlib.import_module(f"edgeprobe.lower.{TARGET_MODULES[cap.target]}")
+    return frozenset(getattr(mod, "RECIPES", ()))
 
 
 def translate_export_error(spec: ModelSpec, exc: Exception) -> LoweringError:

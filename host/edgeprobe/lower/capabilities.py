@@ -37,9 +37,13 @@ TABLE: tuple[Capability, ...] = (
     Capability("torchscript_lite", "ptl", "cpu", True),
     Capability("onnxruntime", "onnx", "cpu", True, requires=("onnxruntime", "onnxscript", "onnx"),
                install="pip install edgeprobe[onnx]"),
+    Capability("openvino", "openvino", "cpu", True, requires=("openvino", "nncf"),
+               install="pip install edgeprobe[openvino]"),
+    Capability("ncnn", "ncnn", "cpu", True, requires=("ncnn", "pnnx"), install="pip install edgeprobe[ncnn]"),
+    Capability("litert", "tflite", "xnnpack", True, requires=("ai_edge_litert",), install="pip install edgeprobe[litert]"),
 )
 
-DEFAULT_BACKEND = {"pte": "xnnpack", "ptl": "cpu", "onnx": "cpu"}
+DEFAULT_BACKEND = {"pte": "xnnpack", "ptl": "cpu", "onnx": "cpu", "openvino": "cpu", "ncnn": "cpu", "tflite": "xnnpack"}
 FORMATS = tuple(sorted(DEFAULT_BACKEND))
 
 

@@ -10,7 +10,7 @@ no copies), so the runner's vectors and output check are the ones of every other
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from edgeprobe_runner.backends import Loaded, LoadError, Unsupported
 
 RUNTIME = "onnxruntime"
 THREADS_UNKNOWN = ("--threads 0: onnxruntime chose its default intra-op pool (physical cores as it counts "
@@ -22,10 +22,6 @@ _ONNX_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor
                 "tensor(int16)": "int16", "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
 
 
-class OnnxLoadError(Exception):
-    """The file is not a model onnxruntime can load (the runner's ``load_failed``)."""
-
-
 def import_runtime() -> str:
     """Import onnxruntime (before the runner's memory baseline); its version."""
     import onnxruntime
@@ -33,13 +29,14 @@ def import_runtime() -> str:
     return str(onnxruntime.__version__)
 
 
-def load(path: str, threads: int) -> tuple[Callable[[list], list], list[tuple[str, tuple[int, ...]]], Optional[int]]:
-    """(run(inputs) -> outputs, input specs for inputs of ones (empty when a dimension is symbolic),
-    threads used or None when onnxruntime chose)."""
+def load(path: str, method: str, threads: int) -> Loaded:
+    """The session; input specs empty when a dimension is symbolic; threads None when onnxruntime chose."""
     import numpy as np
     import onnxruntime as ort
     import torch
 
+    if method != "forward":
+        raise Unsupported(f"a .onnx has one graph; --method {method!r} is for .pte/.ptl")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -48,7 +45,7 @@ def load(path: str, threads: int) -> tuple[Callable[[list], list], list[tuple[st
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001  (InvalidProtobuf, Fail, ...: onnxruntime's own classes)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OnnxLoadError(f"cannot load {path} with onnxruntime: {first}") from None
+        raise LoadError(f"cannot load {path} with onnxruntime: {first}") from None
     names = [i.name for i in session.get_inputs()]
     specs = []
     for i in session.get_inputs():
@@ -63,4 +60,4 @@ def load(path: str, threads: int) -> tuple[Callable[[list], list], list[tuple[st
         feed = {n: t.detach().contiguous().numpy() for n, t in zip(names, inputs)}
         return [torch.from_numpy(np.ascontiguousarray(y)) for y in session.run(None, feed)]
 
-    return run, specs, (threads or None)
+    return Loaded(run, specs, threads or None, None if threads else THREADS_UNKNOWN)
