@@ -1,10 +1,11 @@
 """Fidelity of a lowered artifact against the fp32 model, from real outputs.
 
-The artifact itself (the .pte the device runs) is executed in-process on this host with
-ExecuTorch's runtime (XNNPACK and quantized kernels, the same libraries the native runner links),
-one example-sized batch at a time, and compared with the fp32 eager model on the same inputs.
-Kernels on an ARM phone may round differently in the last bits; these numbers describe the
-artifact's arithmetic, measured on the host CPU.
+The artifact itself (the file the device runs) is executed in-process on this host by its own
+runtime, through the Python runner's backend for its format (a .pte on ExecuTorch's runtime with the
+XNNPACK and quantized kernels the native runner links; a .onnx on ONNX Runtime; an OpenVINO, ncnn or
+LiteRT file on theirs), one example-sized batch at a time, and compared with the fp32 eager model on
+the same inputs. Kernels on an ARM phone may round differently in the last bits; these numbers
+describe the artifact's arithmetic, measured on the host CPU.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class Fidelity:
     top1_agreement: Optional[float]  # fraction of samples whose argmax matches fp32's (classifier outputs)
     accuracy: Optional[float]  # top-1 accuracy against labels, when given
     reference_accuracy: Optional[float]  # the fp32 model's, on the same samples
-    method: str = "artifact executed in-process by the ExecuTorch runtime on the host; fp32 eager reference"
+    method: str = "artifact executed in-process by its own runtime on the host; fp32 eager reference"
 
 
 def sqnr_db(reference: torch.Tensor, test: torch.Tensor) -> float:
@@ -40,18 +41,23 @@ def sqnr_db(reference: torch.Tensor, test: torch.Tensor) -> float:
     return 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf
 
 
-def _pte_method(path: Path) -> Callable[..., tuple[torch.Tensor, ...]]:
-    import executorch.kernels.quantized  # noqa: F401 - registers the quantized kernels in the runtime
-    from executorch.runtime import Runtime
+def _artifact_method(path: Path) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """The artifact loaded by its format's runner backend (the runtime the device runs)."""
+    from edgeprobe_runner import backends
 
-    method = Runtime.get().load_program(str(path)).load_method("forward")
-    return lambda *xs: tuple(method.execute(list(xs)))
+    backend = backends.for_path(str(path))
+    if backend.runtime == "executorch":
+        import executorch.kernels.quantized  # noqa: F401 - registers the quantized kernels in the runtime
+    mod = backends.module(backend)
+    mod.import_runtime()
+    loaded = mod.load(str(path), "forward", 0)
+    return lambda *xs: tuple(loaded.run(list(xs)))
 
 
 def evaluate(artifact_path: Path, reference: torch.nn.Module, data: Dataset, example_inputs: tuple[torch.Tensor, ...],
              max_samples: int = 512) -> Fidelity:
     """Run the artifact and the fp32 ``reference`` on ``data`` (single-input models) and compare."""
-    run = _pte_method(Path(artifact_path))
+    run = _artifact_method(Path(artifact_path))
     batch = int(example_inputs[0].shape[0])
     n = min(len(data), max_samples) // batch * batch
     if n == 0:
