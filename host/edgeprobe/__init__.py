@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["__version__", "bench", "export", "profile", "sweep", "rerun", "list_devices", "BenchResult",
+__all__ = ["__version__", "bench", "export", "profile", "sweep", "recommend", "rerun", "list_devices", "BenchResult",
            "LatencyStats", "SCHEMA_VERSION"]
 
-_API = ("bench", "export", "profile", "sweep", "rerun")
+_API = ("bench", "export", "profile", "sweep", "recommend", "rerun")
 _RESULTS = ("BenchResult", "LatencyStats", "SCHEMA_VERSION")
 
 

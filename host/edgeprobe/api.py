@@ -176,6 +176,13 @@ def sweep(model, recipes, **kwargs):
     return _sweep_fn()(model, recipes, **kwargs)
 
 
+def recommend(model, **kwargs):
+    """The fastest artifact within an accuracy budget, from measured candidates (``edgeprobe.recommendation``)."""
+    from edgeprobe.recommendation import recommend as _recommend
+
+    return _recommend(model, **kwargs)
+
+
 @records_request("split", _split_fn)
 def split(model, **kwargs):
     """Plan (and optionally confirm and verify) an edge/cloud split (``edgeprobe.split.plan_split``)."""

@@ -180,6 +180,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         from edgeprobe.cli import report as report_cli
 
         return report_cli.run(args, console, err_console)
+    if args.command == "recommend":
+        from edgeprobe.cli import recommend as recommend_cli
+
+        return recommend_cli.run(args, console, err_console)
     if args.command in ("compare", "gate"):
         from edgeprobe.cli import gate as gate_cli
 

@@ -163,8 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     from edgeprobe.cli import farm as farm_cli
     from edgeprobe.cli import report as report_cli
     from edgeprobe.cli import gate as gate_cli
+    from edgeprobe.cli import recommend as recommend_cli
 
     farm_cli.add_parser(sub)
+    recommend_cli.add_parser(sub)
     report_cli.add_parser(sub)
     gate_cli.add_parser(sub)
     r = sub.add_parser("runner", help="manage the device runners")
