@@ -138,7 +138,7 @@ class ParsedStep:
 
 
 def _load_all() -> None:
-    from edgeprobe.compress import distill, factorize, prune, quantize  # noqa: F401 - registration
+    from edgeprobe.compress import distill, factorize, precision, prune, quantize  # noqa: F401 - registration
 
 
 def _no_fn(*_a: Any, **_k: Any) -> Any:
@@ -157,6 +157,8 @@ CATALOG: dict[str, RecipeDef] = {r.name: r for r in (
               (Param("rank", 0.5, ""), Param("min_saving", 0.0, "")), _no_fn, "rank"),
     RecipeDef("cluster", "module", "k-means weight sharing: each Conv/Linear weight snapped to k shared values per "
               "layer (the .pte stays fp32; storage_bytes_if_packed is computed)", (Param("k", 16, "", int),), _no_fn, "k"),
+    RecipeDef("fp16", "target", "XNNPACK fp16 (fp32 inputs/outputs; fp32 accumulation on x86, native fp16 on "
+              "ARMv8.2+), carried out by the ExecuTorch lowering (--format pte --backend xnnpack)", (), _no_fn),
     RecipeDef("magnitude", "module", "unstructured global magnitude pruning of Conv/Linear weights (target sparsity "
               "or |w| threshold)", (Param("sparsity", 0.5, ""), Param("threshold", 0.0, ""), _FINETUNE), _no_fn,
               "sparsity"),
