@@ -35,4 +35,8 @@ def target_versions(target: str) -> dict[str, str]:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             out[dist] = "not installed"
+    if target == "litert":  # its converter runs in an environment of its own: that one's versions too
+        from edgeprobe.lower.litert import converter_versions
+
+        out.update(converter_versions())
     return out

@@ -23,6 +23,7 @@ class Capability:
     reason: Optional[str] = None
     requires: tuple[str, ...] = ()  # modules that must be importable, else the row is unsupported
     install: Optional[str] = None  # what to run when one is missing
+    probe: Optional[str] = None  # "module:function" -> why the row is unavailable here, or None (beyond modules)
 
 
 TABLE: tuple[Capability, ...] = (
@@ -40,7 +41,8 @@ TABLE: tuple[Capability, ...] = (
     Capability("openvino", "openvino", "cpu", True, requires=("openvino", "nncf"),
                install="pip install edgeprobe[openvino]"),
     Capability("ncnn", "ncnn", "cpu", True, requires=("ncnn", "pnnx"), install="pip install edgeprobe[ncnn]"),
-    Capability("litert", "tflite", "xnnpack", True, requires=("ai_edge_litert",), install="pip install edgeprobe[litert]"),
+    Capability("litert", "tflite", "xnnpack", True, requires=("ai_edge_litert",), install="pip install edgeprobe[litert]",
+               probe="edgeprobe.lower.litert:converter_missing"),
 )
 
 DEFAULT_BACKEND = {"pte": "xnnpack", "ptl": "cpu", "onnx": "cpu", "openvino": "cpu", "ncnn": "cpu", "tflite": "xnnpack"}
@@ -55,11 +57,17 @@ def _missing(module: str) -> bool:
 
 
 def checked(cap: Capability) -> Capability:
-    """``cap`` as it stands here: unsupported, with the install hint, when a required module is missing."""
+    """``cap`` as it stands here: unsupported, with the install hint, when a required module is missing
+    or its probe says why not."""
     missing = [m for m in cap.requires if _missing(m)]
-    if not cap.supported or not missing:
-        return cap
-    return replace(cap, supported=False, reason=f"{', '.join(missing)} not installed: {cap.install}")
+    if cap.supported and missing:
+        return replace(cap, supported=False, reason=f"{', '.join(missing)} not installed: {cap.install}")
+    if cap.supported and cap.probe:
+        module, function = cap.probe.split(":")
+        why = getattr(importlib.import_module(module), function)()
+        if why:
+            return replace(cap, supported=False, reason=why)
+    return cap
 
 
 def table() -> tuple[Capability, ...]:
