@@ -37,6 +37,7 @@ BIN_NAME = "model.ncnn.bin"
 IO_NAME = "io.json"
 INSTALL_HINT = "pip install edgeprobe[ncnn]"
 PNNX_TIMEOUT_S = 900
+_WORRYING = ("warn", "error", "not supported", "unsupported", "fallback", "ignore")
 
 
 def _tensor_io(names: list[str], tensors: tuple) -> list[dict]:
@@ -140,9 +141,10 @@ def lower(spec: ModelSpec, backend: str, out_dir: Path, notes: list[str]) -> Low
                 _add(tar, name, (work / name).read_bytes())
             _add(tar, IO_NAME, (json.dumps(meta, indent=1) + "\n").encode())
         bin_bytes = os.path.getsize(work / BIN_NAME)
-    lines = [ln.strip() for ln in said.splitlines() if ln.strip() and not ln.startswith("#")]
+    # pnnx echoes its arguments and passes; only what sounds like a warning is worth a note
+    warned = [ln.strip() for ln in said.splitlines() if any(w in ln.lower() for w in _WORRYING)]
     notes.append(f"torch.jit.trace -> pnnx {version} (optlevel 2, fp16=0: fp32 weights, {bin_bytes} bytes of .bin) -> "
                  f"ncnn .param/.bin in {FILE_NAME} with {IO_NAME}"
-                 + (f"; pnnx said: {lines[-1][:200]}" if lines else ""))
+                 + (f"; pnnx said: {warned[-1][:200]}" if warned else ""))
     _fault_point("lower:model-written")
     return Lowered(FILE_NAME)
