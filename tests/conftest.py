@@ -39,6 +39,7 @@ REAL_PEERS = {
     "libfuzzer": "clang's libFuzzer (apt-get install clang libclang-rt-14-dev)",
     "postgresql": "a PostgreSQL cluster of its own: initdb and pg_ctl (apt-get install postgresql)",
     "chromium": "Debian's chromium, driven by Playwright (apt-get install chromium)",
+    "litert-converter": "the LiteRT converter environment (bash .ci/litert-env.sh; EDGEPROBE_LITERT_PYTHON)",
 }
 _ALIASES = {"clang": "libfuzzer", "cross": "cross-compiler"}
 _STATS = pytest.StashKey[dict]()  # nodeid -> [kinds, outcome]
