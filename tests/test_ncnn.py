@@ -211,3 +211,13 @@ def test_cli_accepts_format_ncnn(tiny_ncnn):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "model.ncnn.tar" in p.stdout and "ncnn/cpu" in p.stdout and "(cached)" in p.stdout
+
+
+def test_feature_map_output_keeps_its_shape_and_values(isolated_cache):
+    """A (1, 4, 5, 5) output: ncnn pads each channel of its Mat to 16 bytes (25 -> 28 floats); the runner
+    gives the output back unpadded in the model's full shape, so the vectors' strict check passes."""
+    conv = nn.Conv2d(3, 4, 3).eval()
+    art = edgeprobe.export(conv, format="ncnn", example_inputs=(torch.randn(1, 3, 7, 7),))
+    r = edgeprobe.bench(art, device="local", threads=1, iterations=2, warmup=0, min_seconds=0)
+    assert r.ok, r.run.error
+    assert art.manifest.outputs[0].shape == (1, 4, 5, 5) and r.run.verification.passed

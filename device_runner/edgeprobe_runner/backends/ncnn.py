@@ -4,8 +4,8 @@ wrote) on ``ncnn.Net``, CPU, fp32.
 fp32 is forced: ncnn's options default to fp16 packed/storage/arithmetic (used on CPUs with F16C or
 ARMv8.2 fp16) and the artifact is fp32, so every reduced-precision option is switched off and Vulkan
 too. Threads: ``--threads N`` sets ``opt.num_threads = N``; ``--threads 0`` keeps ncnn's default
-(``get_physical_big_cpu_count()``, what a fresh ``ncnn.Option`` holds); ``threads_used`` is what the
-net's options say after loading, the count its OpenMP loops are run with. One extractor per inference
+(what a fresh ``ncnn.Option`` holds: its count of the CPU's cores, big cores on big.LITTLE);
+``threads_used`` is what the net's options say after loading, the count its OpenMP loops run with. One extractor per inference
 (ncnn's extractor caches intermediate blobs, so reusing one would return a cached output). ncnn's Mat
 has no batch dimension: inputs go in without it (batch 1 only) and each output gets its full shape
 back from io.json, so the runner's shape check stays strict.
@@ -25,7 +25,7 @@ RUNTIME = "ncnn"
 PARAM_NAME, BIN_NAME, IO_NAME = "model.ncnn.param", "model.ncnn.bin", "io.json"  # as lower/ncnn.py writes them
 # options that would make ncnn store or compute in 16 bits (those this version has are switched off)
 _REDUCED_PRECISION = ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic", "use_bf16_packed",
-                      "use_bf16_storage")
+                      "use_bf16_storage", "use_weight_fp16_storage")
 
 
 def import_runtime() -> str:
@@ -112,10 +112,10 @@ def load(path: str, method: str, threads: int) -> Loaded:
             ret, mat = ex.extract(name)
             if ret != 0:
                 raise RuntimeError(f"ncnn could not compute output {name} (extract returned {ret})")
-            y = np.array(mat, dtype=np.float32)
-            if y.size != int(np.prod(shape)):
-                raise RuntimeError(f"ncnn's output {name} has {y.size} values, the model's has shape {shape}")
-            outs.append(torch.from_numpy(y.reshape(shape)))
+            y = np.asarray(mat)  # a view of the Mat (extract returns its own clone); copied only where strided
+            if y.dtype != np.float32 or y.size != int(np.prod(shape)):
+                raise RuntimeError(f"ncnn's output {name} is {y.dtype} {y.shape}, the model's is float32 {shape}")
+            outs.append(torch.from_numpy(np.ascontiguousarray(y).reshape(shape)))
         return outs
 
     specs = [(t["dtype"], t["shape"]) for t in inputs_meta]
