@@ -20,6 +20,9 @@
    interleaved (benchmarks/farm.py), ``--only farm``.
 10. Regression-gate cost (issue 14): launches ``api.gate`` needs for a verdict on local, identical
     artifacts vs a real 10 % slowdown (benchmarks/gate.py), ``--only gate``.
+11. Peer runtimes (issue 15): every runtime edgeprobe lowers to, MobileNetV2/ResNet18/EfficientNet-B0 at
+    1 and 2 threads, interleaved, each p50 checked against the sgemm peak measured in the same run
+    (benchmarks/peers.py), and the hottest XNNPACK loop of ResNet18 (benchmarks/hot_loop.py), ``--only peers``.
 
 Prints a Markdown report (paste into docs/benchmarks.md with the command line).
 """
@@ -27,6 +30,7 @@ Prints a Markdown report (paste into docs/benchmarks.md with the command line).
 from __future__ import annotations
 
 import argparse
+import subprocess
 import logging
 import os
 import platform
@@ -88,7 +92,7 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--only", choices=["overhead", "push", "sweep", "split", "split-e2e", "startup", "session",
-                                       "farm", "gate"],
+                                       "farm", "gate", "peers"],
                     help="run one section only (overhead: sections 1 and 2)")
     ap.add_argument("--push-size-mb", type=float, default=50)
     ap.add_argument("--push-repeats", type=int, default=3)
@@ -98,7 +102,8 @@ def main() -> int:
               f"{platform.platform()}\n")
         return {"push": push_section, "sweep": sweep_section, "split": split_section,
                 "split-e2e": split_e2e_section, "startup": startup_section,
-                "session": session_section, "farm": farm_section, "gate": gate_section}[args.only](args)
+                "session": session_section, "farm": farm_section, "gate": gate_section,
+                "peers": peers_section}[args.only](args)
     threads_list = [int(t) for t in args.threads.split(",")]
     models = args.models.split(",")
     say = lambda m: print(f"  .. {m}", file=sys.stderr, flush=True)  # noqa: E731
@@ -161,7 +166,20 @@ def main() -> int:
     # 9. the device farm
     farm_section(args)
     # 10. the regression gate's cost
-    return gate_section(args)
+    gate_section(args)
+    # 11. peer runtimes
+    return peers_section(args)
+
+
+def peers_section(args) -> int:
+    """The peer-runtime table and the hottest XNNPACK loop (benchmarks/peers.py, benchmarks/hot_loop.py),
+    each in its own process (the runtimes' thread pools must not share one with this one's torch)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.stdout.flush()
+    rc = subprocess.run([sys.executable, os.path.join(here, "peers.py")]).returncode
+    sys.stdout.flush()
+    subprocess.run([sys.executable, os.path.join(here, "hot_loop.py")])
+    return rc
 
 
 def split_e2e_section(args) -> int:
