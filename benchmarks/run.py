@@ -30,12 +30,12 @@ Prints a Markdown report (paste into docs/benchmarks.md with the command line).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import logging
 import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 import warnings
