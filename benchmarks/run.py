@@ -1,7 +1,7 @@
 """`make bench`: speed measurements as ratios against baselines measured in the same run.
 
-1. Runner overhead: the native runner's p50 vs a raw in-process ``Method.execute`` loop
-   (executorch.runtime, same .pte, same inputs, same thread count). Goal: within +-2 %.
+1. Runner overhead: the native runner's p50 vs the smallest C++ ``Method::execute`` loop in a process
+   of its own (benchmarks/overhead.py; same .pte, same thread count, launches interleaved). Goal: within +-2 %.
 2. MobileNetV2, ResNet18, EfficientNet-B0 on this CPU: edgeprobe's .pte (XNNPACK, native runner)
    vs torch eager (in-process) vs TorchScript-Lite (.ptl, Python runner), at 1 and 2 threads.
 3. ADB push throughput: edgeprobe's ADB transport vs Debian's `adb push` to the same test adbd
@@ -67,24 +67,6 @@ def eager_p50(spec, threads: int, warmup: int, iterations: int) -> float:
     return p50_ms(samples)
 
 
-def inprocess_execute_p50(pte_path: str, inputs, threads: int, warmup: int, iterations: int) -> float:
-    """A raw executorch.runtime Method.execute loop in this process: the no-runner baseline."""
-    from executorch.extension.pybindings import portable_lib
-    from executorch.runtime import Runtime
-
-    portable_lib._unsafe_reset_threadpool(threads)
-    method = Runtime.get().load_program(pte_path).load_method("forward")
-    inputs = list(inputs)
-    for _ in range(warmup):
-        method.execute(inputs)
-    samples = []
-    for _ in range(iterations):
-        t0 = time.monotonic_ns()
-        method.execute(inputs)
-        samples.append(time.monotonic_ns() - t0)
-    return p50_ms(samples)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="mobilenet_v2,resnet18,efficientnet_b0")
@@ -112,23 +94,15 @@ def main() -> int:
           f"{platform.platform()}\n\nversions: {tool_versions()}\n")
     print(f"iterations {args.iterations}, warm-up {args.warmup}; every number is a p50 of that run.\n")
 
-    # 1. runner overhead
-    print("## Runner overhead (native runner vs in-process Method.execute, same .pte)\n")
-    print("| model | threads | native runner p50 ms | in-process execute p50 ms | ratio native/in-process |")
-    print("|---|---|---|---|---|")
-    rows = []
-    for name in models:
-        spec = load_model(name)
-        art = edgeprobe.export(name, progress=say)
-        for th in threads_list:
-            r = edgeprobe.bench(art, iterations=args.iterations, warmup=args.warmup, threads=th)
-            if not r.ok:
-                print(f"| {name} | {th} | error: {r.run.error.code} | | |")
-                continue
-            native = r.stats.p50_ms
-            inproc = inprocess_execute_p50(str(art.model_path), spec.example_inputs, th, args.warmup, args.iterations)
-            rows.append((name, th, native, inproc))
-            print(f"| {name} | {th} | {native:.3f} | {inproc:.3f} | {native / inproc:.3f} |", flush=True)
+    # 1. runner overhead, against the smallest C++ Method::execute loop (benchmarks/overhead.py)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from overhead import print_table as print_overhead
+    from overhead import run_overhead
+
+    print("## Runner overhead (native runner vs a C++ Method::execute loop, same .pte, own processes)\n")
+    rows = run_overhead(models, threads_list, 5, args.iterations, args.warmup, say)
+    print_overhead(rows)
+    rows = [(r["model"], r["threads"], r["native_p50_ms"], r["loop_p50_ms"]) for r in rows]
 
     # 2. edgeprobe .pte vs eager vs TorchScript-Lite
     print("\n## .pte (XNNPACK, native runner) vs torch eager vs TorchScript-Lite (.ptl, Python runner)\n")
