@@ -195,6 +195,22 @@ def test_a_model_the_converter_cannot_take_is_a_lowering_error_with_its_message(
         edgeprobe.export(_Bessel().eval(), format="tflite", example_inputs=(torch.randn(1, 8),))
 
 
+class _Cumsum(nn.Module):
+    """Converts to one CUMSUM, an operator XNNPACK does not take."""
+
+    def forward(self, x):
+        return torch.cumsum(x, 1)
+
+
+@converter
+def test_a_model_xnnpack_takes_none_of_is_unsupported_not_measured_on_other_kernels(isolated_cache):
+    _need_converter()
+    art = edgeprobe.export(_Cumsum().eval(), format="tflite", example_inputs=(torch.randn(1, 8),))
+    r = edgeprobe.bench(art, device="local", threads=1, iterations=2, warmup=0)
+    assert not r.ok and r.run.error.code == "unsupported" and "no XNNPACK delegate" in r.run.error.message
+    assert r.run.timing is None
+
+
 def test_a_converter_that_dies_is_a_lowering_error(isolated_cache, monkeypatch, tmp_path):
     """A converter python that exits without a result: its last words are in the error."""
     fake = tmp_path / "python"
