@@ -300,3 +300,16 @@ def test_int8_calibration_of_the_wrong_shape_is_refused(tiny_spec):
     with pytest.raises(edgeprobe.errors.UsageError, match="shape"):
         compress.apply_and_lower(tiny_spec, "int8", compress.Context(tiny_spec.example_inputs, calibration=bad),
                                  format="openvino")
+
+
+def test_int8_all_zero_outputs_are_said(tiny_int8):
+    """A check against all-zero outputs passes for any device that also gives zeros: the manifest says so."""
+    conv = torch.nn.Conv2d(3, 4, 3)
+    with torch.no_grad():
+        conv.bias.fill_(-1e3)  # ReLU of a very negative pre-activation: zero for any input in [0, 1]
+    spec = load_model(torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.Flatten()),
+                      example_inputs=(torch.rand(1, 3, 8, 8),))
+    ctx = compress.Context(spec.example_inputs, calibration=compress.Dataset(torch.rand(8, 3, 8, 8)))
+    art = compress.apply_and_lower(spec, "int8", ctx, format="openvino")[2]
+    assert any("outputs on the example inputs are all zero" in n for n in art.manifest.notes)
+    assert not any("all zero" in n for n in tiny_int8.manifest.notes)
