@@ -10,26 +10,25 @@
 # (nvidia-*, triton), so the converter env links the project venv's torch, its CUDA libraries and
 # triton into its own site-packages (the project's python, `python` on PATH or $PROJECT_PYTHON,
 # must have torch 2.14.1). Everything else comes pinned from .ci/litert-constraints.txt.
-# Idempotent: an env whose python already imports litert_torch at the pinned version is kept.
+# Idempotent: an env made from the same pins and the same project venv is kept; any other is made anew.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 env_dir="${1:-${EDGEPROBE_LITERT_ENV:-${XDG_CACHE_HOME:-$HOME/.cache}/edgeprobe/litert-env}}"
 project_py="${PROJECT_PYTHON:-python}"
 litert_torch_version=0.10.0
 
-if [ -x "$env_dir/bin/python" ] && "$env_dir/bin/python" - "$litert_torch_version" <<'EOF' 2>/dev/null
+read -r base_py site <<<"$("$project_py" -c '
 import importlib.metadata as md, sys
-sys.exit(0 if md.version("litert-torch") == sys.argv[1] and md.version("torch") == "2.14.1" else 1)
-EOF
-then
-  echo "litert-env: $env_dir is ready (litert-torch $litert_torch_version)"
+v = md.version("torch")
+assert v.split("+")[0] == "2.14.1", f"the project python ({sys.executable}) has torch {v}, not 2.14.1"
+print(sys._base_executable, md.distribution("torch").locate_file(""))')"
+# what the env was made from: its pins, the litert-torch version and the venv its torch is linked from
+stamp="$(cat "$here/litert-constraints.txt" | sha256sum | cut -c1-16) litert-torch==$litert_torch_version $site"
+if [ -x "$env_dir/bin/python" ] && [ "$(cat "$env_dir/.edgeprobe-litert-env" 2>/dev/null)" = "$stamp" ] \
+   && "$env_dir/bin/python" -I -c 'import importlib.metadata as md; md.version("torch"); md.version("litert-torch")' 2>/dev/null; then
+  echo "litert-env: $env_dir is ready (litert-torch $litert_torch_version, torch from $site)"
   exit 0
 fi
-
-read -r base_py site <<<"$("$project_py" -c '
-import os, sys, torch
-assert torch.__version__.split("+")[0] == "2.14.1", f"the project venv has torch {torch.__version__}, not 2.14.1"
-print(sys._base_executable, os.path.dirname(os.path.dirname(torch.__file__)))')"
 
 if [ -e "$env_dir" ]; then  # replaced only when it is a venv (a stale converter env), never another directory
   if [ ! -f "$env_dir/pyvenv.cfg" ]; then
@@ -50,4 +49,5 @@ for p in "$site"/torch "$site"/torch-2.14.1*.dist-info "$site"/torchgen "$site"/
 done
 "$env_dir/bin/pip" install -q --disable-pip-version-check -c "$here/litert-constraints.txt" \
   "litert-torch==$litert_torch_version"
-"$env_dir/bin/python" -c 'import litert_torch, torch; print("litert-env: litert-torch", __import__("importlib.metadata").metadata.version("litert-torch"), "torch", torch.__version__)'
+"$env_dir/bin/python" -I -c 'import litert_torch, torch; print("litert-env: litert-torch", __import__("importlib.metadata").metadata.version("litert-torch"), "torch", torch.__version__)' 2>/dev/null
+echo "$stamp" > "$env_dir/.edgeprobe-litert-env"  # last: marks it complete
