@@ -1114,3 +1114,62 @@ def test_parse_cores_round_trip(cores):
     assert probe.parse_cores(",".join(map(str, cores))) == tuple(sorted(cores))
     lo, hi = min(cores), max(cores)
     assert probe.parse_cores(f"{lo}-{hi}") == tuple(range(lo, hi + 1))
+
+
+# ---------------------------------------------------------------- ELF .comment (runner build record)
+
+
+def _elf_corpus() -> list[bytes]:
+    """Real shared libraries of the installed wheels (small ones: the whole file is copied per case)."""
+    import executorch
+
+    libs = sorted((Path(list(executorch.__path__)[0]) / "lib").glob("libexecutorch*.so"), key=lambda p: p.stat().st_size)
+    return [p.read_bytes() for p in libs[:2]]
+
+
+def _mutate_elf(rng: random.Random, data: bytes) -> bytes:
+    """``mutate_bytes`` on the ELF header, the section header table, the name table or the whole file."""
+    from edgeprobe_runner import build_info
+
+    shoff, = struct.unpack("<Q", data[0x28:0x30])
+    shentsize, shnum, shstrndx = struct.unpack("<HHH", data[0x3A:0x40])
+    names = build_info._sections(io.BytesIO(data))[0][shstrndx]
+    lo, hi = rng.choice([(0, 64), (shoff, shoff + shentsize * shnum), (names[2], names[2] + names[3]), (0, len(data))])
+    return data[:lo] + mutate_bytes(rng, data[lo:hi]) + data[hi:]
+
+
+def _check_elf(data: bytes) -> Optional[str]:
+    from edgeprobe_runner import build_info
+
+    try:
+        out = build_info.read_comment(io.BytesIO(data))
+    except build_info.ElfError as exc:
+        one_line(exc, 300)
+        return "refused"
+    assert isinstance(out, list) and all(isinstance(s, str) and s.isprintable() for s in out), out
+    return None
+
+
+def test_elf_comment_fuzz():
+    corpus = _elf_corpus()
+    out = fuzz(lambda rng: _mutate_elf(rng, rng.choice(corpus)), _check_elf, seed=15)
+    assert out.get("refused", 0) > N_CASES // 10 and out.get("ok", 0) > 0, out
+
+
+def test_elf_comment_refusals(tmp_path):
+    """Cut short anywhere, or claiming sizes it does not have: null with a one-line reason, never a crash."""
+    from edgeprobe_runner import build_info
+
+    data = _elf_corpus()[0]
+    assert build_info.read_comment(io.BytesIO(data))  # the intact file names its compiler
+    shoff, = struct.unpack("<Q", data[0x28:0x30])
+    cases = {"empty": b"", "magic only": data[:4], "header cut": data[:0x30], "table cut": data[:shoff + 100],
+             "garbage": bytes(range(256)) * 4, "class 3": data[:4] + b"\x03" + data[5:],
+             "2^16-1 sections": data[:0x3C] + struct.pack("<H", 0xFFFF) + data[0x3E:],
+             "table at 2^63": data[:0x28] + struct.pack("<Q", 2 ** 63) + data[0x30:],
+             "entries of 4 bytes": data[:0x3A] + struct.pack("<H", 4) + data[0x3C:]}
+    for name, bad in cases.items():
+        path = tmp_path / name.replace(" ", "_")
+        path.write_bytes(bad)
+        build, reason = build_info.build(str(path))
+        assert build is None and reason.startswith(path.name + ": ") and "\n" not in reason, (name, reason)
