@@ -1,9 +1,10 @@
 """libFuzzer on the native runner's parsers (device_runner/native/parsers.h: .epv vectors, the split
-server's reply headers and challenge, codec frames), built with clang -fsanitize=fuzzer,address,undefined
-by device_runner/native/fuzz/build.sh. Each target runs 20,000 inputs from the committed seed corpus,
-bounded to 60 s; any crash, sanitizer report, leak, timeout, a rejection that is not a one-line Failure,
-or an allocation over 512 MiB fails the test. Needs clang + libclang-rt-14-dev: under CI=true a
-missing clang is a failure (conftest's real_peer gate), elsewhere a skip with the reason."""
+server's reply headers and challenge, codec frames; elf.h: the .comment reader of runner.build), built
+with clang -fsanitize=fuzzer,address,undefined by device_runner/native/fuzz/build.sh. Each target runs
+20,000 inputs from the committed seed corpus, bounded to 60 s; any crash, sanitizer report, leak, timeout,
+a rejection that is not a one-line Failure, or an allocation over 512 MiB fails the test. Needs clang +
+libclang-rt-14-dev: under CI=true a missing clang is a failure (conftest's real_peer gate), elsewhere a
+skip with the reason."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 FUZZ = Path(__file__).resolve().parents[1] / "device_runner" / "native" / "fuzz"
-TARGETS = ("epv", "reply", "frame")
+TARGETS = ("epv", "reply", "frame", "elf")
 RUNS = 20_000
 
 pytestmark = pytest.mark.real_peer("libfuzzer")

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <fstream>
 
+#include "build_info.h"
 #include "util.h"
 
 #ifndef EDGEPROBE_EXECUTORCH_VERSION
@@ -17,8 +18,10 @@ namespace edgeprobe {
 std::string dump(const Json& j) { return j.dump(-1, ' ', false, nlohmann::detail::error_handler_t::replace); }
 
 Json runner_block() {
-  return Json{{"flavor", "native"}, {"version", kVersion}, {"runtime", "executorch"},
+  Json runner{{"flavor", "native"}, {"version", kVersion}, {"runtime", "executorch"},
               {"runtime_version", EDGEPROBE_EXECUTORCH_VERSION}};
+  add_build(runner);
+  return runner;
 }
 
 Json error_record(const std::string& model, const std::string& code, const std::string& message) {

@@ -23,7 +23,7 @@ Json opt(const std::optional<T>& v) {
   return v ? Json(*v) : Json(nullptr);
 }
 
-// {"flavor": "native", "version", "runtime", "runtime_version"}
+// {"flavor": "native", "version", "runtime", "runtime_version", "build", "build_reason"}
 Json runner_block();
 
 // A record for a run that ended before the measurement could say more (bad arguments, an internal

@@ -9,7 +9,7 @@ out=${1:?usage: build.sh OUTDIR}
 cxx=${CXX:-clang++}
 mkdir -p "$out"
 pids=""
-for t in epv reply frame; do
+for t in epv reply frame elf; do
   "$cxx" -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -I"$here/.." "$here/fuzz_$t.cpp" -o "$out/fuzz_$t" &
   pids="$pids $!"
