@@ -133,24 +133,29 @@ def build(library: Optional[str], missing_reason: str = "the runtime names no na
 
 
 def loaded_library(prefixes: Iterable[str], fallback_dirs: Iterable[str] = ()) -> Optional[str]:
-    """The path of the first shared library mapped into this process whose file name starts with
-    one of ``prefixes`` (``/proc/self/maps``: the file that really runs, wherever the loader found
-    it); else the first such file in ``fallback_dirs``; None when there is none."""
+    """The path of a shared library mapped into this process whose file name starts with one of
+    ``prefixes`` (earlier prefixes first; ``/proc/self/maps``: the file that really runs, wherever the
+    loader found it); else such a file in ``fallback_dirs``; None when there is none."""
     prefixes = tuple(prefixes)
+    mapped: list[str] = []
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
             for line in maps:
-                path = line.split(None, 5)[5].strip() if len(line.split(None, 5)) == 6 else ""
-                if path.startswith("/") and os.path.basename(path).startswith(prefixes) and ".so" in path:
-                    return path
+                fields = line.split(None, 5)
+                if len(fields) == 6 and fields[5].startswith("/") and ".so" in fields[5]:
+                    mapped.append(fields[5].strip())
     except OSError:
         pass  # not Linux/Android: look in the package's own directories
+    listed: list[str] = []
     for d in fallback_dirs:
         try:
-            names = sorted(os.listdir(d))
+            listed += [os.path.join(d, n) for n in sorted(os.listdir(d))]
         except OSError:
             continue
-        for n in names:
-            if n.startswith(prefixes) and ".so" in n:
-                return os.path.join(d, n)
+    for paths in (mapped, listed):
+        for prefix in prefixes:
+            for path in paths:
+                name = os.path.basename(path)
+                if name.startswith(prefix) and ".so" in name:
+                    return path
     return None

@@ -17,7 +17,7 @@ import time
 from types import ModuleType
 from typing import Any, Optional, Sequence
 
-from edgeprobe_runner import __version__, backends, meters
+from edgeprobe_runner import __version__, backends, build_info, meters
 from edgeprobe_runner import vectors as epv
 
 SCHEMA_VERSION = 1
@@ -132,6 +132,21 @@ def _import_runtime(path: str) -> tuple[backends.Backend, ModuleType, str]:
         raise RunError("unsupported", f"a {backend.suffix} needs {backend.runtime} ({exc}): {backend.install}")
 
 
+def _build(mod: ModuleType) -> dict[str, Any]:
+    """``runner.build``: the compilers in the ``.comment`` of the runtime's main native library (the one
+    loaded in this process), or null with ``build_reason`` (a backend without ``library_path``, a stripped
+    or unreadable library)."""
+    library_path = getattr(mod, "library_path", None)
+    if library_path is None:
+        return {"build": None, "build_reason": f"the {mod.RUNTIME} backend does not name its native library"}
+    try:
+        path = library_path()
+    except Exception as exc:  # noqa: BLE001 - the record says why; the measurement goes on
+        return {"build": None, "build_reason": _one_line(f"finding the {mod.RUNTIME} library failed: {exc}")}
+    build, reason = build_info.build(path, f"no {mod.RUNTIME} native library found in this process")
+    return {"build": build, "build_reason": reason}
+
+
 def _load(mod: ModuleType, path: str, method: str, threads: int) -> backends.Loaded:
     try:
         return mod.load(path, method, threads)
@@ -144,7 +159,8 @@ def _load(mod: ModuleType, path: str, method: str, threads: int) -> backends.Loa
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "status": "ok", "error": None,
-        "runner": {"flavor": "python", "version": __version__, "runtime": None, "runtime_version": None},
+        "runner": {"flavor": "python", "version": __version__, "runtime": None, "runtime_version": None,
+                   "build": None, "build_reason": "the runtime could not be imported"},
         "artifact": {"path": args.model, "size_bytes": os.path.getsize(args.model) if os.path.exists(args.model) else None},
         "config": {"method": args.method, "warmup": args.warmup, "iterations": args.iterations,
                    "min_seconds": args.min_seconds,
@@ -157,7 +173,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     thermal_before: dict[str, float] = {}
     try:
         backend, mod, version = _import_runtime(args.model)
-        record["runner"].update(runtime=backend.runtime, runtime_version=version)
+        record["runner"].update(runtime=backend.runtime, runtime_version=version, **_build(mod))
         import torch
 
         if hasattr(mod, "default_threads"):  # the runtime's default pool, as the native runner reports it before a load
@@ -279,8 +295,13 @@ def _usage_record(argv: Sequence[str], message: str) -> dict[str, Any]:
             version = metadata.version(backend.distribution)
     except Exception:  # noqa: BLE001  (not installed: the record says so with a null)
         version = None
+    try:  # the library the runtime would load (as the native runner, which has it linked, names it)
+        build = _build(backends.module(backend))
+    except Exception as exc:  # noqa: BLE001
+        build = {"build": None, "build_reason": _one_line(f"the {backend.runtime} backend cannot be imported: {exc}")}
     return {"schema_version": SCHEMA_VERSION, "status": "error", "error": {"code": "usage", "message": _one_line(message)},
-            "runner": {"flavor": "python", "version": __version__, "runtime": backend.runtime, "runtime_version": version},
+            "runner": {"flavor": "python", "version": __version__, "runtime": backend.runtime, "runtime_version": version,
+                       **build},
             "artifact": {"path": None, "size_bytes": None}, "config": None, "verification": None, "timing": None,
             "memory": None, "energy": None, "thermal": None, "environment": None}
 

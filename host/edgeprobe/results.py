@@ -73,11 +73,23 @@ class ErrorInfo:
 
 
 @dataclass(frozen=True)
+class RuntimeBuild:
+    """Which build of the runtime ran: its main native library and the compilers named in its ELF
+    ``.comment`` (two wheels of one version can differ by the compiler of their micro-kernels)."""
+
+    library: str  # file name, e.g. libexecutorch_backend_xnnpack.so
+    compilers: tuple[str, ...]  # distinct strings, e.g. "GCC: (GNU) 13.3.1 20240611 (Red Hat 13.3.1-2)"
+    source: str = ".comment"
+
+
+@dataclass(frozen=True)
 class RunnerInfo:
     flavor: str  # native | python
     version: str
     runtime: str
     runtime_version: str
+    build: Optional[RuntimeBuild] = None  # None: unknown (build_reason says why) or a runner older than the field
+    build_reason: Optional[str] = None
 
 
 @dataclass(frozen=True)

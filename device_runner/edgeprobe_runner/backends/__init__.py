@@ -7,7 +7,9 @@ Each backend module has the same small interface:
   baseline is the runner's own: interpreter + runtime) and return its version; ``ImportError`` when
   it is not installed;
 - ``load(path, method, threads) -> Loaded``: the model ready to run; ``LoadError`` when the file is
-  not one this runtime can load, ``Unsupported`` for a request it cannot honour (another method).
+  not one this runtime can load, ``Unsupported`` for a request it cannot honour (another method);
+- ``library_path() -> Optional[str]`` (optional): the runtime's main native library, whose ``.comment``
+  compilers the record's ``runner.build`` names (``build_info``; a backend without it: null, with the reason).
 
 Inputs and outputs cross as torch tensors, so the vectors and the output check are the runner's,
 the same for every runtime.

@@ -4,8 +4,10 @@ the bindings report."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
+from edgeprobe_runner import build_info
 from edgeprobe_runner import vectors as epv
 from edgeprobe_runner.backends import Loaded, LoadError, Unsupported
 
@@ -42,6 +44,15 @@ def version() -> Optional[str]:
             return metadata.version("executorch")
         except metadata.PackageNotFoundError:
             return None
+
+
+def library_path() -> Optional[str]:
+    """The XNNPACK delegate's library (``libexecutorch_backend_xnnpack.so``, which the bindings' ``_C`` links):
+    the micro-kernels of every .pte lowered for XNNPACK run there, so its compilers are the build's that matters."""
+    import executorch
+
+    return build_info.loaded_library(("libexecutorch_backend_xnnpack",),
+                                     [os.path.join(d, "lib") for d in executorch.__path__])
 
 
 def default_threads() -> int:

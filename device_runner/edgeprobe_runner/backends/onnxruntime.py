@@ -10,6 +10,10 @@ no copies), so the runner's vectors and output check are the ones of every other
 
 from __future__ import annotations
 
+import os
+from typing import Optional
+
+from edgeprobe_runner import build_info
 from edgeprobe_runner.backends import Loaded, LoadError, Unsupported
 
 RUNTIME = "onnxruntime"
@@ -27,6 +31,15 @@ def import_runtime() -> str:
     import onnxruntime
 
     return str(onnxruntime.__version__)
+
+
+def library_path() -> Optional[str]:
+    """The Python extension that holds the CPU provider's kernels (``onnxruntime_pybind11_state*.so``; a
+    build that links them from a separate ``libonnxruntime`` names that one)."""
+    import onnxruntime
+
+    capi = [os.path.join(d, "capi") for d in onnxruntime.__path__]
+    return build_info.loaded_library(("onnxruntime_pybind11_state", "libonnxruntime.so"), capi)
 
 
 def load(path: str, method: str, threads: int) -> Loaded:

@@ -3,6 +3,10 @@ metadata, so a run without vectors is refused by the runner; ``--threads N`` set
 
 from __future__ import annotations
 
+import os
+from typing import Optional
+
+from edgeprobe_runner import build_info
 from edgeprobe_runner.backends import Loaded, LoadError
 
 RUNTIME = "torchscript_lite"
@@ -15,6 +19,13 @@ def import_runtime() -> str:
     import torch.jit.mobile  # noqa: F401
 
     return metadata.version("torch")
+
+
+def library_path() -> Optional[str]:
+    """torch's ``libtorch_cpu.so``: the lite interpreter and its CPU kernels live there."""
+    import torch
+
+    return build_info.loaded_library(("libtorch_cpu",), [os.path.join(d, "lib") for d in torch.__path__])
 
 
 def load(path: str, method: str, threads: int) -> Loaded:
