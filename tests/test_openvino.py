@@ -316,3 +316,13 @@ def test_int8_all_zero_outputs_are_said(tiny_int8):
     art = compress.apply_and_lower(spec, "int8", ctx, format="openvino")[2]
     assert any("outputs on the example inputs are all zero" in n for n in art.manifest.notes)
     assert not any("all zero" in n for n in tiny_int8.manifest.notes)
+
+
+def test_a_model_the_converter_cannot_take_says_which_operator():
+    class Bessel(torch.nn.Module):
+        def forward(self, x):
+            return torch.special.bessel_j0(x)  # no OpenVINO conversion rule
+
+    with pytest.raises(edgeprobe.errors.LoweringError,
+                       match=r"lowering Bessel failed in OpConversionFailure: .*aten\.special_bessel_j0"):
+        edgeprobe.export(Bessel(), format="openvino", example_inputs=(torch.rand(1, 4, 4),))

@@ -55,12 +55,12 @@ def lower(spec: ModelSpec, backend: str, out_dir: Path, notes: list[str],
     except Exception as exc:  # noqa: BLE001
         raise translate_export_error(spec, exc) from exc
     chatter = io.StringIO()
-    shapes = [(list(x.shape), ov.Type(x.detach().numpy().dtype)) for x in spec.example_inputs]
+    shapes = [list(x.shape) for x in spec.example_inputs]  # static; the element types are the program's
     try:
         with torch.no_grad(), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
             model = ov.convert_model(program, input=shapes)
     except Exception as exc:  # noqa: BLE001  (OpConversionFailure, RuntimeError, ...: the converter's own)
-        raise translate_export_error(spec, exc) from exc
+        raise _converter_error(spec, exc) from exc
     said = [line.strip() for line in chatter.getvalue().splitlines() if line.strip()]
     notes.append("openvino.convert_model from the ExportedProgram, static input shapes, fp32 weights "
                  "(compress_to_fp16=False); run on CPU with INFERENCE_PRECISION_HINT f32"
@@ -78,6 +78,18 @@ def lower(spec: ModelSpec, backend: str, out_dir: Path, notes: list[str],
         notes.append("this int8 artifact's outputs on the example inputs are all zero: the device check can "
                      "only catch a crash or non-zero garbage, not a wrong result")
     return Lowered(FILE_NAME, host_outputs=outputs)
+
+
+def _converter_error(spec: ModelSpec, exc: Exception) -> LoweringError:
+    """``translate_export_error`` with the converter's summary instead of its first line, which is
+    OpenVINO's source location ("Check 'false' failed at ...cpp:151:"); the summary names the
+    operators it has no conversion rule for."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    summary = [ln.lstrip("- ").strip() for ln in lines if ln.startswith("--")]
+    why = "; ".join(summary) or (lines[-1] if lines else "")
+    if not why:
+        return translate_export_error(spec, exc)
+    return LoweringError(f"lowering {spec.ref} failed in {type(exc).__name__}: {why[:500]}")
 
 
 def _write_tar(model: Any, path: Path) -> None:
