@@ -85,6 +85,8 @@ def load(path: str, method: str, threads: int) -> Loaded:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LoadError(f"cannot load {path} with LiteRT: {first}") from None
     after = _thread_count()
+    # no public API says which delegate took which node; the node list (private, but stable since TF 2.x)
+    # ends in a DELEGATE node for each delegated partition
     if not any(op.get("op_name") == "DELEGATE" for op in interp._get_ops_details()):
         raise Unsupported(f"LiteRT applied no XNNPACK delegate to {path}: its operators would run on builtin "
                           "kernels, not the artifact's backend (xnnpack)")

@@ -34,8 +34,16 @@ CONVERT_TIMEOUT_S = 900.0
 VERSIONS_TIMEOUT_S = 60.0
 SCRIPT = Path(__file__).with_name("litert_convert.py")
 RECIPES: frozenset[str] = frozenset()
-MAKE_ENV = (f"bash .ci/litert-env.sh (in an edgeprobe checkout; or: python -m venv ENV && ENV/bin/pip install "
-            f"litert-torch==0.10.0 torch==2.14.1), then export {ENV_VAR}=ENV/bin/python")
+MAKE_ENV = ("bash .ci/litert-env.sh [ENV] from an edgeprobe checkout with its venv active (torch linked from it, "
+            "1.4 GB; ENV defaults to the place edgeprobe looks), or python -m venv ENV && ENV/bin/pip install "
+            "litert-torch==0.10.0 torch=={torch}; then export " + ENV_VAR + "=ENV/bin/python")
+
+
+def _make_env() -> str:
+    """What to run to make a converter environment: its torch must be this one (the .pt2 crosses over)."""
+    from importlib import metadata
+
+    return MAKE_ENV.format(torch=metadata.version("torch").split("+")[0])
 
 
 def default_python() -> Path:
@@ -57,10 +65,10 @@ def converter_missing() -> Optional[str]:
     """Why --format tflite cannot be lowered here (the capability row's reason), or None."""
     given = os.environ.get(ENV_VAR)
     if given and not (os.path.isfile(given) and os.access(given, os.X_OK)):
-        return f"{ENV_VAR}={given} is not an executable python; make the LiteRT converter environment: {MAKE_ENV}"
+        return f"{ENV_VAR}={given} is not an executable python; make the LiteRT converter environment: {_make_env()}"
     if converter_python() is None:
         return (f"no LiteRT converter environment ({ENV_VAR} is unset and {default_python()} does not exist); "
-                f"make one: {MAKE_ENV}")
+                f"make one: {_make_env()}")
     return None
 
 
@@ -81,6 +89,15 @@ def converter_versions() -> dict[str, str]:
     if python is None:
         return {"converter:litert-torch": "no converter environment"}
     return {f"converter:{k}": v for k, v in _versions_of(python)}
+
+
+def _torch_differs() -> str:
+    """A hint for a failed conversion: the .pt2 is written by this torch and read by the converter's."""
+    from importlib import metadata
+
+    here = metadata.version("torch").split("+")[0]
+    there = converter_versions().get("converter:torch", "?").split("+")[0]
+    return "" if there == here else f" (the converter environment has torch {there}, this one {here})"
 
 
 def lower(spec: ModelSpec, backend: str, out_dir: Path, notes: list[str]) -> Lowered:
@@ -107,7 +124,7 @@ def lower(spec: ModelSpec, backend: str, out_dir: Path, notes: list[str]) -> Low
             raise LoweringError(f"lowering {spec.ref} to tflite: the LiteRT converter ({python}) did not finish "
                                 f"within {CONVERT_TIMEOUT_S:.0f} s") from None
         except OSError as exc:
-            raise LoweringError(f"cannot start the LiteRT converter {python}: {exc}; {MAKE_ENV}") from None
+            raise LoweringError(f"cannot start the LiteRT converter {python}: {exc}; {_make_env()}") from None
         try:
             result = json.loads((work / "result.json").read_text())
         except (OSError, ValueError):
@@ -117,7 +134,7 @@ def lower(spec: ModelSpec, backend: str, out_dir: Path, notes: list[str]) -> Low
                                 ) from None
     if not result.get("ok"):
         raise LoweringError(f"lowering {spec.ref} failed in litert_torch.convert "
-                            f"({result.get('error_type')}): {result.get('error')}")
+                            f"({result.get('error_type')}): {result.get('error')}{_torch_differs()}")
     if not (out_dir / FILE_NAME).is_file():
         raise LoweringError(f"lowering {spec.ref}: the LiteRT converter reported success but wrote no {FILE_NAME}")
     v = result.get("versions", {})
