@@ -57,7 +57,7 @@ def test_fp32_at_the_edges_fp16_in_the_numbers(fp16_art, tiny_pte, spec):
     m = fp16_art.manifest
     assert m.inputs == tiny_pte.manifest.inputs and m.outputs == tiny_pte.manifest.outputs  # float32 in and out
     assert m.recipe == "fp16" and m.cache_key != tiny_pte.manifest.cache_key
-    assert any("half precision" in n for n in m.notes)
+    assert any("half precision" in n for n in m.notes) and not any("fp16's smallest" in n for n in m.notes)
     x = torch.randn(4, *spec.example_inputs[0].shape[1:], generator=torch.Generator().manual_seed(1))
     outs = {}
     for name, art in (("fp16", fp16_art), ("fp32", tiny_pte)):
@@ -104,3 +104,22 @@ def test_sweep_fp32_fp16(tmp_path):
     # scored on the artifact itself: fp16 rounding shows up against fp32's (a score of the eager model would be ~inf)
     assert 30 < rows["fp16"]["sqnr_db"] < rows["fp32"]["sqnr_db"] - 20, (rows["fp16"]["sqnr_db"], rows["fp32"]["sqnr_db"])
     assert rows["fp16"]["cosine"] > 0.999
+
+
+def test_outputs_below_the_fp16_range_are_flagged(isolated_cache):
+    """A randomly initialised torchvision model's logits can be ~1e-9 (MobileNetV2's are): fp16 flushes them to
+    zero, so the artifact says why its fidelity is nil instead of leaving a bare SQNR of 0 dB."""
+    from edgeprobe.models import ModelSpec
+
+    tiny = torch.nn.Sequential(torch.nn.Linear(8, 4)).eval()
+    with torch.no_grad():
+        tiny[0].weight.fill_(1e-9)
+        tiny[0].bias.zero_()
+    spec = ModelSpec(ref="tiny-logits", example_inputs=(torch.ones(1, 8),), module=tiny)
+    _, _, art = compress.apply_and_lower(spec, "fp16", compress.Context(example_inputs=spec.example_inputs))
+    assert any("below fp16's smallest normal number" in n and "8e-09" in n for n in art.manifest.notes), \
+        art.manifest.notes
+    from edgeprobe_runner import vectors as epv
+
+    expected = epv.read(str(art.vectors_path))[0].expected[0]
+    assert set(expected.data) == {0}  # the fp16 artifact's own outputs, as the device check expects them: zeros

@@ -117,5 +117,28 @@ def lower(spec: ModelSpec, backend: str, out_dir: Path, notes: list[str],
     notes.append("fp16: XNNPACK runs the model in half precision (inputs and outputs stay fp32, cast by the "
                  "portable kernels)" + (f"; left outside the delegate, in fp16 portable kernels: {', '.join(outside)}"
                                         if outside else ""))
+    range_note = _fp16_range_note(spec)
+    if range_note:
+        notes.append(range_note)
+        target_recipe.log(range_note)
     target_recipe.log("fp16: running the .pte on this host for the device check's expected outputs")
     return Lowered(FILE_NAME, planned, etrecord_file, host_outputs=_run_pte(out_dir / FILE_NAME, spec.example_inputs))
+
+
+FP16_MIN_NORMAL, FP16_MAX = 2.0 ** -14, 65504.0
+
+
+def _fp16_range_note(spec: ModelSpec) -> str:
+    """Why fp16 may score badly, when the fp32 outputs say so: all below fp16's smallest normal number
+    (a randomly initialised torchvision model's logits are ~1e-9 and become 0), or beyond its largest."""
+    peaks = [t.detach().abs().max().item() for t in spec.eager_outputs(spec.example_inputs)
+             if t.is_floating_point() and t.numel()]
+    if not peaks:
+        return ""
+    peak = max(peaks)
+    if 0 < peak < FP16_MIN_NORMAL:
+        return (f"fp16: the fp32 model's outputs peak at |y| = {peak:.3g}, below fp16's smallest normal number "
+                f"{FP16_MIN_NORMAL:.3g}: in fp16 they lose their precision or flush to zero (untrained weights?)")
+    if peak > FP16_MAX:
+        return f"fp16: the fp32 model's outputs reach |y| = {peak:.3g}, beyond fp16's largest number {FP16_MAX:g}"
+    return ""
