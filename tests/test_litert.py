@@ -181,6 +181,25 @@ def test_library_path_is_the_native_library():
         assert f.read(4) == b"\x7fELF"
 
 
+class _TwoInTwoOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, a, b):
+        return self.fc(a) * 2 + b[:, :4], b.sum(1, keepdim=True) - a.mean(1, keepdim=True)
+
+
+@converter
+def test_inputs_and_outputs_keep_the_torch_signature_order(isolated_cache):
+    """Two inputs of different shapes and two outputs: fed and read back in the torch order (vectors pass)."""
+    _need_converter()
+    art = edgeprobe.export(_TwoInTwoOut().eval(), format="tflite", example_inputs=(torch.randn(2, 8), torch.randn(2, 6)))
+    r = edgeprobe.bench(art, device="local", threads=1, iterations=2, warmup=0)
+    _check_ok(r, 1)
+    assert [o.shape for o in art.manifest.outputs] == [(2, 4), (2, 1)]
+
+
 class _Bessel(nn.Module):
     """torch.export takes it; litert_torch has no lowering for aten.special_bessel_j0."""
 

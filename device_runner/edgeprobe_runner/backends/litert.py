@@ -14,7 +14,6 @@ cannot be read it is the number given, or null with ``threads_note`` for 0.
 from __future__ import annotations
 
 import os
-import re
 from typing import Optional
 
 from edgeprobe_runner.backends import Loaded, LoadError, Unsupported
@@ -55,20 +54,6 @@ def _thread_count() -> Optional[int]:
         return None
 
 
-def _in_order(details: list, interp, side: str, prefix: str) -> list:
-    """Tensor details in the torch signature's order: litert_torch names a signature's tensors
-    ``args_<i>`` and ``output_<i>``; a .tflite from elsewhere keeps the interpreter's order."""
-    sigs = interp._get_full_signature_list()
-    if len(sigs) != 1:
-        return details
-    names = next(iter(sigs.values()))[side]
-    if not names or not all(re.fullmatch(rf"{prefix}\d+", n) for n in names):
-        return details
-    by_index = {d["index"]: d for d in details}
-    ordered = [by_index.get(names[n]) for n in sorted(names, key=lambda n: int(n[len(prefix):]))]
-    return details if None in ordered or len(ordered) != len(details) else ordered
-
-
 def load(path: str, method: str, threads: int) -> Loaded:
     """The interpreter with tensors allocated; input specs from its input details."""
     import numpy as np
@@ -90,8 +75,8 @@ def load(path: str, method: str, threads: int) -> Loaded:
     if not any(op.get("op_name") == "DELEGATE" for op in interp._get_ops_details()):
         raise Unsupported(f"LiteRT applied no XNNPACK delegate to {path}: its operators would run on builtin "
                           "kernels, not the artifact's backend (xnnpack)")
-    inputs = _in_order(interp.get_input_details(), interp, "inputs", "args_")
-    outputs = _in_order(interp.get_output_details(), interp, "outputs", "output_")
+    inputs = interp.get_input_details()  # the subgraph's order: litert_torch writes the torch signature's
+    outputs = interp.get_output_details()
     specs = []
     for d in inputs:
         dtype = np.dtype(d["dtype"]).name
