@@ -221,3 +221,17 @@ def test_feature_map_output_keeps_its_shape_and_values(isolated_cache):
     r = edgeprobe.bench(art, device="local", threads=1, iterations=2, warmup=0, min_seconds=0)
     assert r.ok, r.run.error
     assert art.manifest.outputs[0].shape == (1, 4, 5, 5) and r.run.verification.passed
+
+
+@pytest.mark.parametrize("env, used, note", [({"OMP_DYNAMIC": "true"}, None, "OMP_DYNAMIC"),
+                                             ({"OMP_THREAD_LIMIT": "1"}, 1, "OMP_THREAD_LIMIT=1")])
+def test_threads_used_follows_openmp(tiny_ncnn, env, used, note):
+    """ncnn's loops run on OpenMP: where OpenMP may shrink the team, threads_used says so, not the request."""
+    import os
+
+    p = subprocess.run([sys.executable, "-m", "edgeprobe_runner", "--model", str(tiny_ncnn.model_path),
+                        "--iterations", "1", "--warmup", "0", "--threads", "2"],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert p.returncode == 0, p.stderr
+    config = json.loads(p.stdout)["config"]
+    assert config["threads_used"] == used and note in config["threads_note"]

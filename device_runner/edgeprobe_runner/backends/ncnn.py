@@ -119,4 +119,11 @@ def load(path: str, method: str, threads: int) -> Loaded:
         return outs
 
     specs = [(t["dtype"], t["shape"]) for t in inputs_meta]
-    return Loaded(run, specs, int(net.opt.num_threads), None)
+    used = int(net.opt.num_threads)
+    if ncnn.get_omp_dynamic():  # OMP_DYNAMIC: OpenMP may give ncnn's loops fewer threads, and does not say
+        return Loaded(run, specs, None, f"OpenMP dynamic adjustment is on (OMP_DYNAMIC): ncnn asks for {used} "
+                                        "threads a loop, OpenMP may run it on fewer and does not report how many")
+    limit = os.environ.get("OMP_THREAD_LIMIT", "")
+    if limit.isdigit() and 0 < int(limit) < used:  # OpenMP caps every team at the limit
+        return Loaded(run, specs, int(limit), f"OMP_THREAD_LIMIT={limit} caps ncnn's {used} threads")
+    return Loaded(run, specs, used, None)
