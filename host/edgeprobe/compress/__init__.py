@@ -138,7 +138,7 @@ class ParsedStep:
 
 
 def _load_all() -> None:
-    from edgeprobe.compress import distill, factorize, precision, prune, quantize  # noqa: F401 - registration
+    from edgeprobe.compress import distill, factorize, precision, prune, quantize, mixed  # noqa: F401 - registration
 
 
 def _no_fn(*_a: Any, **_k: Any) -> Any:
@@ -176,6 +176,10 @@ CATALOG: dict[str, RecipeDef] = {r.name: r for r in (
               (Param("epochs", 3, "", int), Param("lr", 1e-3, "")), _no_fn),
     RecipeDef("pow2", "quant", "static int8 with power-of-two scales (Q(x) = round(x/2^k)*2^k), symmetric",
               (Param("samples", 256, "", int),), _no_fn),
+    RecipeDef("int8-mixed", "quant", "int8 with ReLU6 fused and histogram calibration; the most sensitive layers stay "
+              "fp32 until top-1 agreement with fp32 on held-out calibration data reaches target (checked on the .pte)",
+              (Param("target", 0.97, ""), Param("samples", 512, "", int), Param("holdout", 0.25, ""),
+               Param("probe", 8, "", int)), _no_fn, "target"),
 )}
 
 

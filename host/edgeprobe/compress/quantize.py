@@ -37,6 +37,10 @@ RANDOM_CALIBRATION_WARNING = ("CALIBRATED ON RANDOM INPUTS: no calibration data 
                               "calibration data (tensors, .npz or a dataset callable)")
 
 
+# TFLite's post-training quantization guide asks for a representative dataset of "around 100-500 samples".
+MIN_CALIBRATION_SAMPLES = 100
+
+
 def _quantized_ops_registered() -> None:
     """The out-variants of quantized_decomposed ops (dequantize_per_channel ...) for EXIR."""
     import executorch.kernels.quantized  # noqa: F401
@@ -88,14 +92,58 @@ def _samples(ctx: Context, samples: int, notes: list[str], dynamic: bool = False
         n = n // batch * batch
     if n == 0:
         raise UsageError(f"calibration data has {len(data)} samples; need at least {batch}")
+    if n < MIN_CALIBRATION_SAMPLES:
+        warning = (f"FEW CALIBRATION SAMPLES: {n} (fewer than {MIN_CALIBRATION_SAMPLES}); activation ranges may "
+                   "miss what real inputs reach. Pass more calibration data")
+        ctx.log(f"WARNING: {warning}")
+        notes.append(warning)
     for i in range(0, n, batch):
         yield (data.x[i:i + batch].to(ctx.example_inputs[0].dtype),)
 
 
-def _xnnpack(config) -> Any:
+def _xnnpack(config, fuse_relu6: bool = False) -> Any:
+    """ExecuTorch's XNNPACK quantizer over ``config``; ``fuse_relu6``: also fuse ReLU6 into its conv/linear."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
 
-    return XNNPACKQuantizer().set_global(config)
+    if not fuse_relu6:
+        return XNNPACKQuantizer().set_global(config)
+
+    class ReLU6FusingQuantizer(XNNPACKQuantizer):
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            return fuse_relu6_annotations(super().annotate(model))
+
+    return ReLU6FusingQuantizer().set_global(config)
+
+
+def fuse_relu6_annotations(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Quantize conv/linear -> ReLU6 (hardtanh 0..6) at the ReLU6's output, not between the two.
+
+    The XNNPACK quantizer fuses conv+ReLU but not conv+ReLU6: it quantizes the conv's raw output and
+    lets the ReLU6 share that observer, so the clamped [0, 6] activation gets the pre-activation's int8
+    grid (often tens of units wide): on EfficientNet-Lite (ReLU6 after 33 of its 49 convs) that alone
+    cut the output SQNR from 17.9 to 5.6 dB. XNNPACK itself runs conv -> hardtanh -> quantize as one
+    operator with a fused output clamp (its partitioner's ``fused_acts``), so the annotation is the only
+    missing piece; no quantizer in executorch 1.5 / torchao 0.18 annotates it, hence this function."""
+    hardtanh = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
+    producers = (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)
+    key = "quantization_annotation"
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target not in hardtanh or key not in node.meta:
+            continue
+        lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+        hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+        prev = node.args[0]
+        if (float(lo), float(hi)) != (0.0, 6.0) or not isinstance(prev, torch.fx.Node) or len(prev.users) != 1:
+            continue
+        if prev.op != "call_function" or prev.target not in producers or key not in prev.meta:
+            continue
+        out_spec = prev.meta[key].output_qspec
+        if out_spec is None:
+            continue
+        prev.meta[key].output_qspec = None
+        node.meta[key].input_qspec_map = {}
+        node.meta[key].output_qspec = out_spec
+    return gm
 
 
 def _ptq(model: nn.Module, ctx: Context, quantizer, samples: int, calibrate: bool = True) -> tuple[Any, Step]:
