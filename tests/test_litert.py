@@ -47,6 +47,9 @@ def _check_ok(r: BenchResult, threads: int) -> None:
     assert r.ok, r.run.error
     assert r.run.runner.flavor == "python" and r.run.runner.runtime == "litert"
     assert r.run.runner.runtime_version == ai_edge_litert.__version__
+    # the library that holds the interpreter and XNNPACK, as the runner process mapped it, with its compilers
+    assert r.run.runner.build is not None and r.run.runner.build.library == "libpywrap_litert_common.so"
+    assert r.run.runner.build.compilers and r.run.runner.build_reason is None
     assert r.run.verification.checked and r.run.verification.passed
     assert r.run.config.threads_requested == threads
     # counted from the threads the interpreter started: N - 1 XNNPACK workers plus the caller; with

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from edgeprobe_runner import build_info
 from edgeprobe_runner.backends import Loaded, LoadError, Unsupported
 
 RUNTIME = "litert"
@@ -38,13 +39,11 @@ def import_runtime() -> str:
 
 
 def library_path() -> Optional[str]:
-    """The native library that runs the model: the interpreter wrapper's stub links it."""
-    try:
-        import ai_edge_litert
-    except ImportError:
-        return None
-    path = os.path.join(os.path.dirname(ai_edge_litert.__file__), LIBRARY)
-    return path if os.path.isfile(path) else None
+    """The native library that runs the model, as this process mapped it: the interpreter wrapper's
+    stub links ``libpywrap_litert_common.so`` (the interpreter and XNNPACK)."""
+    import ai_edge_litert
+
+    return build_info.loaded_library((LIBRARY.removesuffix(".so"),), list(ai_edge_litert.__path__))
 
 
 def _thread_count() -> Optional[int]:
