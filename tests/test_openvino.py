@@ -326,3 +326,28 @@ def test_a_model_the_converter_cannot_take_says_which_operator():
     with pytest.raises(edgeprobe.errors.LoweringError,
                        match=r"lowering Bessel failed in OpConversionFailure: .*aten\.special_bessel_j0"):
         edgeprobe.export(Bessel(), format="openvino", example_inputs=(torch.rand(1, 4, 4),))
+
+
+def _weight_scale_shapes(art: Artifact) -> list[tuple[int, ...]]:
+    """The shapes of the scales that dequantize the int8 weights (Convert(i8 constant) * scale) in the IR."""
+    import numpy as np
+    import openvino as ov
+
+    xml, weights = ov_backend.read_members(str(art.model_path))
+    model = ov.Core().read_model(xml.decode(), ov.Tensor(np.frombuffer(weights, dtype=np.uint8)))
+    shapes = []
+    for op in model.get_ops():
+        src = op.input_value(0).get_node() if op.get_type_name() == "Multiply" else None
+        if src is not None and src.get_type_name() == "Convert" and \
+                src.input_value(0).get_node().get_element_type().get_type_name() == "i8":
+            shapes.append(tuple(op.input_value(1).get_partial_shape().to_shape()))
+    return shapes
+
+
+def test_int8_per_channel_parameter_reaches_nncf(tiny_spec, tiny_int8):
+    per_channel = _weight_scale_shapes(tiny_int8)
+    assert len(per_channel) == 3 and all(s and s[0] > 1 for s in per_channel)  # one scale per output channel
+    ctx = compress.Context(tiny_spec.example_inputs, calibration=_calibration(0))
+    per_tensor = compress.apply_and_lower(tiny_spec, "int8:per_channel=false", ctx, format="openvino")[2]
+    assert any("per-tensor weights" in n for n in per_tensor.manifest.notes)
+    assert len(_weight_scale_shapes(per_tensor)) == 3 and all(s == () for s in _weight_scale_shapes(per_tensor))
