@@ -79,6 +79,17 @@ def test_row_without_a_converter_env_says_what_to_run(monkeypatch, tmp_path):
     assert not row.supported and "nowhere/python is not an executable python" in row.reason
 
 
+def test_the_default_place_is_found_without_the_variable(monkeypatch, tmp_path):
+    """.ci/litert-env.sh makes the env under the user cache by default; edgeprobe looks there."""
+    monkeypatch.delenv(lower_litert.ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    python = tmp_path / "edgeprobe" / "litert-env" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.symlink_to(sys.executable)
+    assert lower_litert.converter_python() == str(python) and lower_litert.converter_missing() is None
+    assert next(c for c in capabilities.table() if c.format == "tflite").supported
+
+
 def test_capability_row_without_the_runtime(monkeypatch):
     monkeypatch.setattr(capabilities, "_missing", lambda module: module == "ai_edge_litert")
     row = next(c for c in capabilities.table() if c.format == "tflite")
