@@ -7,8 +7,9 @@ artifact's backend is ``xnnpack`` and builtin kernels would be another measureme
 Threads: ``--threads N`` passes ``num_threads = N`` (XNNPACK's pool is N - 1 workers plus the calling
 thread). ``--threads 0`` leaves ``num_threads`` unset, LiteRT's default (-1), with which XNNPACK
 makes no pool. Neither is reported by the interpreter's API, so ``threads_used`` is read from the
-process: 1 + the threads that building the interpreter started (``/proc/self/task``); where that
-cannot be read it is the number given, or null with ``threads_note`` for 0.
+process: 1 + the threads that building the interpreter started (``/proc/self/task``; the runner
+loads one model per process, so the count is that interpreter's own); where that cannot be read it
+is the number given, or null with ``threads_note`` for 0.
 """
 
 from __future__ import annotations
