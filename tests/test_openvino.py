@@ -223,6 +223,8 @@ def test_runner_without_vectors_uses_the_model_input_metadata(tiny_ov):
     rec = json.loads(p.stdout)
     assert rec["status"] == "ok" and rec["verification"]["checked"] is False
     assert rec["runner"]["runtime"] == "openvino" and rec["config"]["threads_used"] == 1
+    build = rec["runner"]["build"]  # the compiler of the libopenvino.so this runner mapped
+    assert build["library"].startswith("libopenvino.so") and build["compilers"], rec["runner"]
 
 
 def test_usage_record_names_openvino(tmp_path):

@@ -21,6 +21,7 @@ import os
 import tarfile
 from typing import Any, Optional
 
+from edgeprobe_runner import build_info
 from edgeprobe_runner.backends import Loaded, LoadError, Unsupported
 
 RUNTIME = "openvino"
@@ -47,23 +48,13 @@ def import_runtime() -> str:
 
 
 def library_path() -> Optional[str]:
-    """The path of OpenVINO's core library (libopenvino.so) as this process mapped it; else the
-    wheel's copy; None when neither is found."""
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                path = line.rstrip("\n").split(maxsplit=5)[-1]
-                if os.path.basename(path).startswith("libopenvino.so"):
-                    return path
-    except OSError:
-        pass
-    try:
-        import openvino
-    except ImportError:
-        return None
-    libs = os.path.join(os.path.dirname(openvino.__file__), "libs")
-    found = sorted(n for n in os.listdir(libs) if n.startswith("libopenvino.so")) if os.path.isdir(libs) else []
-    return os.path.join(libs, found[0]) if found else None
+    """OpenVINO's core library (``libopenvino.so.*``) as this process mapped it (the CPU plugin, which
+    holds the kernels, is mapped only once a model is compiled; in the 2026.4 wheel both name the same
+    compiler in their .comment)."""
+    import openvino
+
+    libs = [os.path.join(d, "libs") for d in openvino.__path__]
+    return build_info.loaded_library(("libopenvino.so",), libs)
 
 
 def compile_config(threads: int) -> dict[str, Any]:
