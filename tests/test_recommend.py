@@ -105,3 +105,18 @@ def test_cli_writes_json_and_exits_0(tmp_path, isolated_cache, native_runner):
     d = json.loads(out.read_text())
     assert d["recommended"]["runtime"] == "executorch" and d["recommended"]["p50_ms"] > 0
     assert "recommended: executorch fp32" in p.stdout
+
+
+def test_eval_photos_calibrates_on_the_other_photos(isolated_cache, native_runner):
+    """--eval photos: evaluation crops of scikit-image's evaluation photos, int8 calibrated on the
+    disjoint calibration photos (not on random inputs: the manifest carries no random-calibration warning)."""
+    from edgeprobe.compress.quantize import RANDOM_CALIBRATION_WARNING
+
+    rec = edgeprobe.recommend("tiny_cnn", formats=["pte"], recipes=["int8"], threads=[1], eval_data="photos",
+                              iterations=3, warmup=0, eval_samples=16)
+    assert "scikit-image photos" in rec.eval_source and "chelsea" in rec.eval_source and rec.eval_samples == 16
+    row = rec.rows[0]
+    assert row.status == "ok" and row.top1_agreement is not None
+    notes = load_artifact(row.artifact).manifest.notes + tuple(
+        n for s in load_artifact(row.artifact).manifest.compression for n in s.get("notes", ()))
+    assert not any(RANDOM_CALIBRATION_WARNING in n for n in notes)

@@ -161,7 +161,7 @@ def recommend(model: Any, *, device: str = "local", formats: Optional[Sequence[s
     spec = load_model(model, input_shape=input_shape, weights=weights)
     if spec.module is None:
         raise UsageError("recommend needs an eager nn.Module (or a model name)")
-    eval_ds, calib_ds, eval_source = _datasets(eval_data, calibration, spec.example_inputs)
+    eval_ds, calib_ds, eval_source = _datasets(spec.ref, eval_data, calibration, spec.example_inputs)
     module = spec.module.eval()
     ctx = compress.Context(example_inputs=spec.example_inputs, calibration=calib_ds, log=say)
     ref_acc = _accuracy(module, eval_ds, eval_samples) if eval_ds.y is not None else None
@@ -191,30 +191,51 @@ def choose(rows: Sequence[CandidateRow], max_accuracy_drop: float) -> tuple[Opti
     return best, peer, reason
 
 
-def _datasets(eval_data: Any, calibration: Any, example_inputs: Any) -> tuple[Any, Any, str]:
+# torchvision's ImageNet normalisation: the preprocessing of a model not in models.zoo.PREPROCESS
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+PHOTO_SAMPLES = {"calibration": 128, "evaluation": 128}
+
+
+def _photos(ref: str, split: str, example_inputs: Any) -> Any:
+    """``compress.photos`` preprocessed as the zoo says for ``ref``, else at the model's input size with
+    torchvision's ImageNet normalisation (a square RGB input is required)."""
+    from edgeprobe.compress import photos
+    from edgeprobe.models.zoo import PREPROCESS
+
+    if ref in PREPROCESS:
+        return photos.for_model(ref, split, PHOTO_SAMPLES[split])
+    shape = tuple(example_inputs[0].shape)
+    if len(example_inputs) != 1 or len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
+        raise UsageError(f"--eval photos needs one square RGB image input (1, 3, S, S); this model takes {shape}")
+    return photos.photos(split, PHOTO_SAMPLES[split], shape[2], IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _datasets(ref: str, eval_data: Any, calibration: Any, example_inputs: Any) -> tuple[Any, Any, str]:
     """(evaluation, calibration, where the evaluation inputs come from). ``photos``: scikit-image's
-    bundled photos, the calibration and evaluation images disjoint (``compress.photos``)."""
+    bundled photos, the calibration and evaluation photos disjoint (``compress.photos``); with
+    ``--eval photos`` and no calibration, the calibration photos."""
     from edgeprobe import compress
 
-    photo_splits = None
-    if (isinstance(eval_data, str) and eval_data == "photos") or (isinstance(calibration, str) and calibration == "photos"):
-        from edgeprobe.compress import photos
-
-        photo_splits = photos.splits(example_inputs)
-    if isinstance(eval_data, str) and eval_data == "photos":
-        eval_ds, source = photo_splits.evaluation, photo_splits.source
+    is_photos = lambda d: isinstance(d, str) and d == "photos"  # noqa: E731
+    if is_photos(eval_data):
+        eval_ds = _photos(ref, "evaluation", example_inputs)
+        source = f"scikit-image photos ({len(eval_ds)} crops of {', '.join(_photo_names('evaluation'))})"
     else:
         eval_ds, source = compress.as_dataset(eval_data), str(eval_data) if isinstance(eval_data, str) else "given"
-    if isinstance(calibration, str) and calibration == "photos":
-        calib_ds = photo_splits.calibration
-    elif calibration is None and photo_splits is not None:
-        calib_ds = photo_splits.calibration  # disjoint from the evaluation photos
+    if is_photos(calibration) or (calibration is None and is_photos(eval_data)):
+        calib_ds = _photos(ref, "calibration", example_inputs)
     else:
         calib_ds = compress.as_dataset(calibration)
     want = tuple(example_inputs[0].shape[1:])
     if tuple(eval_ds.x.shape[1:]) != want:
         raise UsageError(f"evaluation inputs have shape {tuple(eval_ds.x.shape[1:])} per sample; the model takes {want}")
     return eval_ds, calib_ds, source
+
+
+def _photo_names(split: str) -> tuple[str, ...]:
+    from edgeprobe.compress import photos
+
+    return photos.SPLITS[split]
 
 
 def _accuracy(module: Any, ds: Any, n: int) -> float:

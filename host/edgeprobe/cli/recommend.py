@@ -63,6 +63,8 @@ def render(rec) -> Table:
         t.add_column(col, justify="right" if col in ("threads", "p50 ms", "top-1 agr.", "SQNR dB", "drop pts",
                                                      "size MiB") else "left")
     for i, r in enumerate(rec.rows):
+        if r.status == "not_applicable":
+            continue  # counted under the table; every row is in --json
         mark = "★" if i == rec.recommended else ("fp32 best" if i == rec.fastest_fp32_peer else "")
         status = r.status if r.status == "ok" else f"{r.status}: {r.error}"
         if r.status == "ok" and r.within_budget is False:
@@ -84,6 +86,10 @@ def run(args: argparse.Namespace, console, err_console) -> int:
                     eval_samples=args.eval_samples, token=args.token,
                     progress=lambda m: err_console.print(f"[dim]{escape(m)}[/dim]"))
     console.print(render(rec))
+    skipped = [r for r in rec.rows if r.status == "not_applicable"]
+    if skipped:
+        console.print(f"[dim]{len(skipped)} runtime x recipe pairs do not exist (e.g. {escape(skipped[0].runtime)} "
+                      f"{escape(skipped[0].recipe)}: {escape(skipped[0].error or '')}); all rows are in --json[/dim]")
     if rec.recommended is None:
         console.print(f"[yellow]no recommendation:[/yellow] {escape(rec.reason or '')}")
     else:
