@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.edgeprobe-installed
 
-.PHONY: install runner demo test bench clean
+.PHONY: install runner litert-env demo test bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(STAMP) runner
 # Build the native C++ runner against the executorch wheel and install it in the user data dir.
 runner: $(STAMP)
 	$(VENV)/bin/edgeprobe runner build
+
+# The LiteRT converter's own environment (--format tflite), beside the project venv: docs/runtimes.md.
+litert-env: $(STAMP)
+	PROJECT_PYTHON=$(PY) bash .ci/litert-env.sh
 
 demo: install
 	$(VENV)/bin/edgeprobe bench mobilenet_v2 --device local
