@@ -161,18 +161,20 @@ def test_c_again(native_runner):
 
 
 def _ci_tree(tmp_path: Path, *, installed: bool, uid: int = 0, apt_rc: int = 0, make_rc: int = 0) -> tuple[Path, dict]:
-    """A copy of .ci/run in an empty tree, with dpkg-query, id, apt-get and make replaced by
-    scripts that report, fail or record as told (the script's own logic runs for real)."""
+    """A copy of .ci/run in an empty tree, with dpkg-query, id, apt-get, make and .ci/litert-env.sh
+    replaced by scripts that report, fail or record as told (the script's own logic runs for real)."""
     root, fake = tmp_path / "repo", tmp_path / "bin"
     (root / ".ci").mkdir(parents=True)
     shutil.copy2(CI_RUN, root / ".ci" / "run")
+    (root / ".ci" / "litert-env.sh").write_text(
+        f"echo \"litert-env PROJECT_PYTHON=$PROJECT_PYTHON\" >> {tmp_path}/make.log\n")
     fake.mkdir()
     scripts = {
         "dpkg-query": f"echo -n '{'install ok installed' if installed else 'unknown ok not-installed'}'",
         "id": f"echo {uid}",
         "apt-get": f"echo \"apt-get $*\" >> {tmp_path}/apt.log; "
                    + ("exit 0" if apt_rc == 0 else f"echo 'E: Unable to locate package clang' >&2; exit {apt_rc}"),
-        "make": f"echo \"CI=$CI budget=$EDGEPROBE_CI_BUDGET_S $*\" > {tmp_path}/make.log; exit {make_rc}",
+        "make": f"echo \"CI=$CI budget=$EDGEPROBE_CI_BUDGET_S $*\" >> {tmp_path}/make.log; exit {make_rc}",
     }
     for name, body in scripts.items():
         (fake / name).write_text(f"#!/bin/sh\n{body}\n")
@@ -210,7 +212,10 @@ def test_ci_run_installs_then_runs_make_test_with_ci_true(tmp_path):
     assert apt[0].startswith("apt-get update") and apt[1].endswith(
         "install -y -qq adb g++-aarch64-linux-gnu qemu-user-static iproute2 clang libclang-rt-14-dev "
         "nlohmann-json3-dev postgresql chromium")
-    assert (tmp_path / "make.log").read_text().startswith("CI=true budget=1500 test PYTEST_ARGS=--durations=25")
+    steps = (tmp_path / "make.log").read_text().splitlines()
+    assert steps[0] == "CI=true budget=1500 install"  # the project venv first: the converter env borrows its torch
+    assert steps[1] == "litert-env PROJECT_PYTHON=.venv/bin/python"
+    assert steps[2].startswith("CI=true budget=1500 test PYTEST_ARGS=--durations=25") and len(steps) == 3
 
 
 def test_ci_run_passes_a_failing_make_on(tmp_path):
