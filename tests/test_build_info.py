@@ -1,6 +1,6 @@
 """runner.build: which build of the runtime ran, from the ``.comment`` of its native library.
 
-The reader (edgeprobe_runner/build_info.py; the native runner's elf.h) is checked against binutils'
+The reader (edgeprobe_runner/build_info.py; the native runner's elf_comment.h) is checked against binutils'
 ``readelf -p .comment`` on the installed wheels' real libraries, ELF64 and ELF32; the records of real
 native and Python-runner runs name the compilers of the library each really loaded (on this machine's
 pinned executorch 1.5.1 wheel: XNNPACK built by GCC 13.3.1, issue 15); a library without ``.comment``

@@ -1,5 +1,5 @@
 """libFuzzer on the native runner's parsers (device_runner/native/parsers.h: .epv vectors, the split
-server's reply headers and challenge, codec frames; elf.h: the .comment reader of runner.build), built
+server's reply headers and challenge, codec frames; elf_comment.h: the .comment reader of runner.build), built
 with clang -fsanitize=fuzzer,address,undefined by device_runner/native/fuzz/build.sh. Each target runs
 20,000 inputs from the committed seed corpus, bounded to 60 s; any crash, sanitizer report, leak, timeout,
 a rejection that is not a one-line Failure, or an allocation over 512 MiB fails the test. Needs clang +

@@ -11,7 +11,7 @@
 #include <fstream>
 #include <string>
 
-#include "elf.h"
+#include "elf_comment.h"
 #include "util.h"
 
 namespace edgeprobe {

@@ -1,8 +1,8 @@
-// libFuzzer target: the ELF .comment reader (elf.h elf_comment_strings), reading the input as the runner
+// libFuzzer target: the ELF .comment reader (elf_comment.h elf_comment_strings), reading the input as the runner
 // reads a library file: through bounded reads at offsets.
 #include "check.h"
 
-#include "../elf.h"
+#include "../elf_comment.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   edgeprobe::ElfRead read = [&](uint64_t offset, uint64_t n) {
