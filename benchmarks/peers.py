@@ -9,12 +9,14 @@ not installed, a converter that fails) is a row with its reason.
 Cells are interleaved: each round measures every (model, threads, cell) once in a shuffled order
 (seeded), and a cell's p50 is the median of its iterations pooled over the rounds. Beside each p50:
 the FLOPs it implies per second (torch's FlopCounterMode count of the fp32 model: one multiply-add =
-2 FLOPs) against this machine's peak measured in the same run (the best sgemm 2048^3 GFLOP/s of torch
-at that thread count, before and after the cells). A cell whose fp32 arithmetic would run above that
-peak is refused, its number not printed: it is a bug to explain (or an algorithm that does fewer
-multiplications, such as Winograd convolution, which the row then has to show), not a result. The
-int8 and fp16 cells are checked against the same fp32 peak times the lanes they gain (4 for int8
-dot products, 2 for fp16): a bound, not a measurement. The busiest other-process CPU use seen
+2 FLOPs) against this machine's peak measured in the same run, before and after the cells: the fp32
+FMA throughput of this CPU (benchmarks/fma_peak/: independent FMA chains on its widest vectors, at
+that thread count), the bound no kernel doing the model's multiplications can pass, and, for
+reference, torch's best sgemm 2048^3 (MKL, which on AMD CPUs runs well below that bound). A cell
+whose fp32 arithmetic would run above the FMA peak is refused, its number not printed: it is a bug
+to explain (or an algorithm that does fewer multiplications, such as Winograd convolution, which the
+row then has to show), not a result. The int8 and fp16 cells are checked against the same peak times
+the lanes they gain (4 for int8 dot products, 2 for fp16): a bound, not a measurement. The busiest other-process CPU use seen
 during a cell's launches (/proc/stat, in cores) flags results measured under load.
 
     .venv/bin/python benchmarks/peers.py [--models mobilenet_v2,resnet18,efficientnet_b0]
@@ -65,6 +67,21 @@ def sgemm_gflops(threads: int, n: int = 2048, runs: int = 10) -> float:
         best = min(best, time.perf_counter() - t0)
     torch.set_num_threads(before)
     return 2 * n ** 3 / best / 1e9
+
+
+def fma_gflops(threads: int) -> float:
+    """This CPU's fp32 FMA throughput at ``threads`` (benchmarks/fma_peak/fma_peak.cpp, built here)."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parent / "fma_peak" / "fma_peak.cpp"
+    exe = Path(__file__).resolve().parent.parent / "build" / "fma_peak"
+    if not exe.is_file() or exe.stat().st_mtime < src.stat().st_mtime:
+        exe.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["g++", "-O2", "-march=native", "-pthread", "-o", str(exe), str(src)], check=True)
+    return float(json.loads(subprocess.run([str(exe), str(threads)], capture_output=True, text=True,
+                                           check=True).stdout)["gflops"])
 
 
 def model_gflop(spec: Any) -> float:
@@ -125,7 +142,8 @@ def main() -> int:
           f"started {started}, load average {os.getloadavg()[0]:.2f}\n")
     print(f"versions: {tool_versions()} "
           f"{ {k: v for t in ('onnxruntime', 'openvino', 'ncnn', 'litert') for k, v in target_versions(t).items()} }\n")
-    peak_before = {t: sgemm_gflops(t) for t in threads}
+    peak_before = {t: fma_gflops(t) for t in threads}
+    sgemm_before = {t: sgemm_gflops(t) for t in threads}
 
     specs, cells = {}, []
     for model in args.models.split(","):
@@ -162,12 +180,15 @@ def main() -> int:
     finally:
         for s in sessions.values():
             s.close()
-    peak_after = {t: sgemm_gflops(t) for t in threads}
+    peak_after = {t: fma_gflops(t) for t in threads}
+    sgemm_after = {t: sgemm_gflops(t) for t in threads}
     peak = {t: max(peak_before[t], peak_after[t]) for t in threads}
 
-    print("Peak (torch sgemm 2048^3, best of 10, before / after the cells): "
+    print("Peak, before / after the cells: fp32 FMA throughput (benchmarks/fma_peak) "
           + "; ".join(f"{t} thread{'s' if t > 1 else ''}: {peak_before[t]:.0f} / {peak_after[t]:.0f} GFLOP/s"
-                      for t in threads) + "\n")
+                      for t in threads)
+          + "; torch sgemm 2048^3 (best of 10) "
+          + "; ".join(f"{t}: {sgemm_before[t]:.0f} / {sgemm_after[t]:.0f}" for t in threads) + " GFLOP/s\n")
     print(f"{args.rounds} interleaved rounds x {args.iterations} iterations (warm-up {args.warmup}) per cell; "
           f"p50 over the pooled iterations.\n")
     print("| model | GFLOP | threads | cell | p50 ms | GFLOP/s implied | % of peak | threads used | runtime | note |")
