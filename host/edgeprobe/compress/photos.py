@@ -6,11 +6,14 @@ ImageNet itself is not redistributable, so these are the images: unlabelled (fid
 with the fp32 model, not accuracy), several crops and flips of each photo to get enough samples.
 
 Calibration and evaluation come from DISJOINT photos, so an evaluation score is never on pixels the
-calibration saw: calibration from ``CALIBRATION_PHOTOS`` (5 photos), evaluation from
-``EVALUATION_PHOTOS`` (4 photos of 3 scenes: the stereo pair's two views both belong to evaluation).
+calibration saw: calibration from ``CALIBRATION_PHOTOS`` (5 photos of 4 scenes: the stereo pair's two
+views both belong to calibration), evaluation from ``EVALUATION_PHOTOS`` (2 photos). Left out:
+``astronaut`` and ``hubble_deep_field``, on whose crops EfficientNet-Lite0's fp32 top-1 is a near-tie
+(median top-2 probability margin 0.03 and 0.015, against 0.25 on chelsea), so that top-1 agreement
+there measures rounding luck rather than the quantization; and the synthetic colorwheel and logo.
 Each sample is a random-resized crop (area 25-100 % of the photo, aspect 3:4 to 4:3, torchvision's
 ``RandomResizedCrop``) with a random horizontal flip, seeded, so a dataset is the same on every
-machine; photos are taken in turn, so any prefix of a dataset covers all its photos.
+machine; photos are taken in turn, so any prefix (or suffix) of a dataset covers all its photos.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import torch
 from edgeprobe.compress import Dataset
 from edgeprobe.errors import UsageError
 
-CALIBRATION_PHOTOS = ("astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
-EVALUATION_PHOTOS = ("chelsea", "coffee", "stereo_motorcycle:left", "stereo_motorcycle:right")
+CALIBRATION_PHOTOS = ("rocket", "stereo_motorcycle:left", "immunohistochemistry", "stereo_motorcycle:right", "retina")
+EVALUATION_PHOTOS = ("chelsea", "coffee")
 SPLITS = {"calibration": CALIBRATION_PHOTOS, "evaluation": EVALUATION_PHOTOS}
 
 

@@ -75,7 +75,8 @@ class Preprocess(NamedTuple):
 # both give the same top-1 on skimage's chelsea, coffee, astronaut and rocket, [-1, 1] with the higher
 # confidence (coffee 0.94 vs 0.84, astronaut 0.30 vs 0.14), so the checkpoint's own normalisation it is.
 _TF_LITE = ((127 / 255,) * 3, (128 / 255,) * 3)
-PREPROCESS = {f"efficientnet_lite{v}_pretrained": Preprocess(side, *_TF_LITE) for v, side in ((0, 224), (1, 240), (2, 260))}
+PREPROCESS = {f"efficientnet_lite{v}_pretrained": Preprocess(side, *_TF_LITE)
+              for v, side in ((0, 224), (1, 240), (2, 260))}
 
 _BUILDERS = {
     "tiny_cnn": (TinyCNN, (1, 3, 32, 32)),
