@@ -179,7 +179,8 @@ CATALOG: dict[str, RecipeDef] = {r.name: r for r in (
     RecipeDef("int8-mixed", "quant", "int8 with ReLU6 fused and histogram calibration; the most sensitive layers stay "
               "fp32 until top-1 agreement with fp32 on held-out calibration data reaches target (checked on the .pte)",
               (Param("target", 0.97, ""), Param("samples", 512, "", int), Param("holdout", 0.25, ""),
-               Param("probe", 8, "", int), Param("group", "block", "", str)), _no_fn, "target"),
+               Param("probe", 8, "", int), Param("group", "block", "", str), Param("sqnr", 0.0, "")), _no_fn,
+              "target"),
 )}
 
 
