@@ -29,12 +29,12 @@ def test_int8_mixed_keeps_97_percent_top1_agreement_on_photos_it_never_saw(lite0
     spec, cal, ev = lite0
     logs: list[str] = []
     ctx = Context(spec.example_inputs, calibration=cal, log=logs.append)
-    comp, steps, art = apply_and_lower(spec, "int8-mixed:0.97,holdout=0.5,sqnr=25", ctx)
+    comp, steps, art = apply_and_lower(spec, "int8-mixed:0.97,holdout=0.5,sqnr=20", ctx)
     f = evaluate(art.model_path, spec.module, ev, spec.example_inputs)
     s = steps[-1]["summary"]
     assert f.top1_agreement >= 0.97, (f, {k: v for k, v in s.items() if k != "sensitivity"})
     assert s["target_met"] and s["top1_agreement"] >= 0.97 and s["heldout_samples"] == 34
-    assert s["target_sqnr_db"] == 25 and s["sqnr_db"] >= 25  # the second target, on the .pte too
+    assert s["target_sqnr_db"] == 20 and s["sqnr_db"] >= 20  # the second target, on the .pte too
     # the sensitivity table: every conv/linear layer, measured, the kept ones marked, the highest gain first
     table = s["sensitivity"]
     assert len(table) == s["layers"] == 19  # EfficientNet-Lite0: stem, 16 blocks, head conv, classifier
