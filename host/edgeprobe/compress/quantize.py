@@ -122,8 +122,9 @@ def fuse_relu6_annotations(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     lets the ReLU6 share that observer, so the clamped [0, 6] activation gets the pre-activation's int8
     grid (often tens of units wide). On pretrained EfficientNet-Lite0 (ReLU6 after 33 of its 49 convs),
     scored on skimage photos as a .pte (benchmarks/int8_accuracy.py): plain int8 7.6 dB SQNR and 85 %
-    top-1 agreement with fp32, int8-mixed:target=0 (this fusion, all layers int8) 19.7 dB and 94 %. XNNPACK itself runs conv -> hardtanh -> quantize as one
-    operator with a fused output clamp (its partitioner's ``fused_acts``), so the annotation is the only
+    top-1 agreement with fp32, int8-mixed:target=0 (this fusion, all layers int8) 19.7 dB and 94 %.
+    XNNPACK itself runs conv -> hardtanh -> quantize as one operator with a fused output clamp (its
+    partitioner's ``fused_acts``), so the annotation is the only
     missing piece; no quantizer in executorch 1.5 / torchao 0.18 annotates it, hence this function."""
     hardtanh = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
     producers = (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)
