@@ -108,7 +108,10 @@ def test_a_stored_baseline_is_not_measured_again(tmp_path, tiny_pte, native_runn
         api.bench(tiny_pte, device="local", **FAST).save(base_dir / f"launch{i}.json")
     run = api.gate(str(base_dir), tiny_pte, device="local", **FAST)
     assert set(run.order) == {"B"} and len(run.baseline) == 10 and run.comparison.baseline_launches == 10
-    assert run.comparison.outcome != "regression", run.comparison.reason
+    assert run.comparison.candidate_launches == len(run.order) >= 10
+    # No verdict is asserted: a stored baseline is measured before the candidate, not interleaved with it,
+    # so a change of the machine's load between the two phases is a real difference the gate may report
+    # (CI saw +32 % on tiny_cnn's ~12 us iterations); the interleaved gates above test the verdicts.
 
 
 def test_records_of_different_models_or_devices_are_refused_unless_forced(tiny_pte):
