@@ -21,6 +21,7 @@ from edgeprobe.results import BenchResult
 from edgeprobe.session import MeasureConfig, measure
 from edgeprobe_runner import vectors as epv
 from farmkit import TOKEN, runner_server
+from runtimekit import measure_with_tampered_vectors, usage_record
 
 MEMBERS = ["model.ncnn.param", "model.ncnn.bin", "io.json"]
 
@@ -165,15 +166,7 @@ def test_a_model_pnnx_cannot_convert_is_a_lowering_error(isolated_cache):
 
 
 def test_output_mismatch_is_caught(tiny_ncnn, tmp_path):
-    d = tmp_path / "tampered"
-    shutil.copytree(tiny_ncnn.dir, d)
-    sets = epv.read(str(d / "vectors.epv"))
-    out = sets[0].expected[0]
-    flipped = epv.RawTensor(out.dtype, out.shape, bytes(b ^ 0x40 for b in out.data))
-    with open(d / "vectors.epv", "wb") as f:
-        epv.write(f, [epv.TestSet(sets[0].inputs, (flipped,))])
-    with open_device("local", runner="python") as dev:
-        r = measure(dev, Artifact(d, tiny_ncnn.manifest), MeasureConfig(iterations=2))
+    r = measure_with_tampered_vectors(tiny_ncnn, tmp_path)
     assert not r.ok and r.run.error.code == "output_mismatch" and r.run.timing is None
 
 
@@ -189,11 +182,8 @@ def test_runner_without_vectors_uses_the_model_input_metadata(tiny_ncnn):
 
 
 def test_usage_record_names_ncnn(tmp_path):
-    out = tmp_path / "rec.json"
-    p = subprocess.run([sys.executable, "-m", "edgeprobe_runner", "--model", "m.ncnn.tar", "--threads", "-1",
-                        "--output", str(out)], capture_output=True, text=True, timeout=60)
-    assert p.returncode == 2
-    rec = json.loads(out.read_text())
+    code, rec = usage_record(tmp_path, "m.ncnn.tar")
+    assert code == 2
     assert rec["error"]["code"] == "usage" and rec["runner"]["runtime"] == "ncnn"
     assert rec["runner"]["runtime_version"]
 
