@@ -66,9 +66,11 @@ def main() -> int:
         b = rec.rows[rec.recommended]
         p = rec.rows[rec.fastest_fp32_peer] if rec.fastest_fp32_peer is not None else None
         ratio = rec.ratio
+        fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731 - a missing value is a dash
         print(f"| {model} | {weights} | {b.runtime} {b.recipe.split(':')[0]} | {b.threads} | {b.p50_ms:.2f} | "
-              f"{b.top1_agreement:.3f} | {b.sqnr_db:.1f} | {p.runtime if p else '—'} {p.threads if p else ''}t | "
-              f"{p.p50_ms:.2f} | {ratio:.2f} | {'yes' if ratio is not None and ratio <= GOAL_RATIO else 'no'} | "
+              f"{fmt(b.top1_agreement, '.3f')} | {fmt(b.sqnr_db, '.1f')} | "
+              f"{f'{p.runtime} {p.threads}t' if p else 'none measured'} | {fmt(p.p50_ms if p else None, '.2f')} | "
+              f"{fmt(ratio, '.2f')} | {'yes' if ratio is not None and ratio <= GOAL_RATIO else 'no'} | "
               f"{loaded}/{measured} |", flush=True)
         say(f"{model}: {time.monotonic() - t0:.0f} s")
     print(f"\nfinished {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}")

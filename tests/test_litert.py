@@ -86,9 +86,26 @@ def test_the_default_place_is_found_without_the_variable(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     python = tmp_path / "edgeprobe" / "litert-env" / "bin" / "python"
     python.parent.mkdir(parents=True)
-    python.symlink_to(sys.executable)
+    python.write_text("#!/bin/sh\necho '{\"litert-torch\": \"0.10.0\", \"torch\": \"2.14.1\"}'\n")  # its --versions
+    python.chmod(0o755)
+    lower_litert._versions_of.cache_clear()
     assert lower_litert.converter_python() == str(python) and lower_litert.converter_missing() is None
     assert next(c for c in capabilities.table() if c.format == "tflite").supported
+
+
+def test_a_converter_env_whose_borrowed_torch_is_gone_says_make_it_again(monkeypatch, tmp_path):
+    """.ci/litert-env.sh links the project venv's torch; once that venv is deleted the env imports no torch.
+    Its row said "supported" and every conversion failed with "No module named 'torch'" (and a crash in
+    the error message's own hint, a None version split)."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho '{\"litert-torch\": \"0.10.0\", \"torch\": null}'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv(lower_litert.ENV_VAR, str(fake))
+    lower_litert._versions_of.cache_clear()
+    row = next(c for c in capabilities.table() if c.format == "tflite")
+    assert not row.supported and "cannot import torch" in row.reason and "litert-env.sh" in row.reason
+    assert "the converter environment has torch ?" in lower_litert._torch_differs()  # no crash on a missing version
+    lower_litert._versions_of.cache_clear()
 
 
 def test_capability_row_without_the_runtime(monkeypatch):

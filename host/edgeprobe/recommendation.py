@@ -14,6 +14,7 @@ or run is a row with its error, never a crash; one that was not measured has nul
 from __future__ import annotations
 
 import dataclasses
+import os
 import datetime as _dt
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
@@ -280,6 +281,10 @@ def _build(spec, module, ctx, formats, recipes, eval_ds, eval_samples, ref_acc, 
                 fid = evaluate(art.model_path, module, eval_ds, spec.example_inputs, max_samples=eval_samples)
             except Exception as exc:  # noqa: BLE001 - a converter or recipe that fails is a row with its error
                 msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                if os.environ.get("EDGEPROBE_DEBUG"):
+                    import traceback
+
+                    traceback.print_exc()
                 say(f"{fmt}/{recipe}: {type(exc).__name__}: {msg}")
                 out.append(_Built(dataclasses.replace(base, status="error", error=f"{type(exc).__name__}: {msg}")))
                 continue

@@ -66,9 +66,14 @@ def converter_missing() -> Optional[str]:
     given = os.environ.get(ENV_VAR)
     if given and not (os.path.isfile(given) and os.access(given, os.X_OK)):
         return f"{ENV_VAR}={given} is not an executable python; make the LiteRT converter environment: {_make_env()}"
-    if converter_python() is None:
+    python = converter_python()
+    if python is None:
         return (f"no LiteRT converter environment ({ENV_VAR} is unset and {default_python()} does not exist); "
                 f"make one: {_make_env()}")
+    there = dict(_versions_of(python))
+    if "torch" in there and there["torch"] in (None, "not installed"):  # read, and no torch: dangling links
+        return (f"the LiteRT converter environment {python} cannot import torch (it links the torch of the "
+                f"project venv it was made from, which has moved or been deleted); make it again: {_make_env()}")
     return None
 
 
@@ -96,7 +101,7 @@ def _torch_differs() -> str:
     from importlib import metadata
 
     here = metadata.version("torch").split("+")[0]
-    there = converter_versions().get("converter:torch", "?").split("+")[0]
+    there = str(converter_versions().get("converter:torch") or "?").split("+")[0]  # null: not importable there
     return "" if there == here else f" (the converter environment has torch {there}, this one {here})"
 
 
