@@ -86,14 +86,16 @@ dependencies {
 // that is not a JNI library). -Pedgeprobe.nativeRunner=PATH copies it in; without it the app is
 // built with its in-process runner only, and says so.
 val nativeRunnerDir = layout.projectDirectory.dir("src/main/jniLibs/arm64-v8a")
+val nativeRunnerPath: String? = providers.gradleProperty("edgeprobe.nativeRunner").orNull
 val copyNativeRunner by tasks.registering(Copy::class) {
-    val src = providers.gradleProperty("edgeprobe.nativeRunner")
-    onlyIf { src.isPresent }
-    from(src.map { file(it) }) { rename { "libedgeprobe_runner.so" } }
-    into(nativeRunnerDir)
-    doFirst {
-        val f = file(src.get())
-        require(f.isFile) { "edgeprobe.nativeRunner=$f is not a file: build device_runner/native for arm64 Android first" }
+    enabled = nativeRunnerPath != null
+    nativeRunnerPath?.let { path ->
+        val runner = file(path)
+        from(runner) { rename { "libedgeprobe_runner.so" } }
+        into(nativeRunnerDir)
+        doFirst {
+            require(runner.isFile) { "edgeprobe.nativeRunner=$runner is not a file: build device_runner/native for arm64 Android first" }
+        }
     }
 }
 tasks.named("preBuild") {
