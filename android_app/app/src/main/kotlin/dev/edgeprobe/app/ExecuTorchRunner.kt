@@ -52,7 +52,7 @@ class ExecuTorchRunner(
         val stderr = StringBuffer()
         val worker = Thread({
             result.set(try {
-                measure(argv, stop, stderr)
+                measure(argv, workdir, stop, stderr)
             } catch (e: Throwable) {
                 stderr.append("internal error: ${e.javaClass.simpleName}: ${e.message}\n")
                 Pair(1, "")
@@ -74,12 +74,13 @@ class ExecuTorchRunner(
 
     /** One measurement: (exit code, stdout). Exit codes as PROTOCOL.md: 0 record written, 1 internal
      *  error (record written), 2 usage, 3 the record could not be written. */
-    private fun measure(argv: List<String>, stop: AtomicBoolean, stderr: StringBuffer): Pair<Int, String> {
+    private fun measure(argv: List<String>, workdir: File, stop: AtomicBoolean, stderr: StringBuffer): Pair<Int, String> {
         val args = try {
-            Args.parse(argv)
+            Args.parse(argv, workdir)
         } catch (e: IllegalArgumentException) {
             stderr.append("usage: runner app --model PATH [PROTOCOL.md flags]: ${e.message}\n")
             val out = argv.zipWithNext().firstOrNull { it.first == "--output" }?.second
+                ?.let { if (File(it).isAbsolute) it else File(workdir, it).path }
             if (out != null) {
                 val w = RecordWriter(runnerInfo(), null, null)
                 emit(w.error("usage", e.message ?: "bad arguments"), out, stderr) ?: return Pair(3, "")
@@ -213,7 +214,8 @@ class ExecuTorchRunner(
             private val KNOWN = setOf("model", "vectors", "warmup", "iterations", "min-seconds", "max-iterations", "idle-s",
                 "threads", "rtol", "atol", "method", "output", "etdump", "save-outputs")
 
-            fun parse(argv: List<String>): Args {
+            /** [argv] as PROTOCOL.md's flags; a relative path is the work dir's (the server gives absolute ones). */
+            fun parse(argv: List<String>, workdir: File): Args {
                 val v = HashMap<String, String>()
                 var i = 0
                 while (i < argv.size) {
@@ -225,13 +227,14 @@ class ExecuTorchRunner(
                 val unknown = v.keys.filter { it !in KNOWN && !it.startsWith("split-") }
                 require(unknown.isEmpty()) { "unknown flag(s) ${unknown.joinToString { "--$it" }}" }
                 fun int(k: String, d: Int) = v[k]?.let { it.toIntOrNull() ?: throw IllegalArgumentException("--$k needs an integer, not $it") } ?: d
+                fun path(k: String) = v[k]?.let { if (File(it).isAbsolute) it else File(workdir, it).path }
                 fun num(k: String, d: Double) = v[k]?.let { it.toDoubleOrNull() ?: throw IllegalArgumentException("--$k needs a number, not $it") } ?: d
                 val args = Args(
-                    model = v["model"] ?: throw IllegalArgumentException("--model PATH is required"),
-                    vectors = v["vectors"], warmup = int("warmup", 3), iterations = int("iterations", 20),
+                    model = path("model") ?: throw IllegalArgumentException("--model PATH is required"),
+                    vectors = path("vectors"), warmup = int("warmup", 3), iterations = int("iterations", 20),
                     minSeconds = num("min-seconds", 0.0), maxIterations = int("max-iterations", 0), idleS = num("idle-s", 0.0),
-                    threads = int("threads", 0), method = v["method"] ?: "forward", output = v["output"],
-                    etdump = v["etdump"], saveOutputs = v["save-outputs"], split = v.keys.any { it.startsWith("split-") },
+                    threads = int("threads", 0), method = v["method"] ?: "forward", output = path("output"),
+                    etdump = path("etdump"), saveOutputs = path("save-outputs"), split = v.keys.any { it.startsWith("split-") },
                 )
                 require(args.maxIterations == 0 || args.maxIterations >= args.iterations) {
                     "--max-iterations ${args.maxIterations} is below --iterations ${args.iterations}"
