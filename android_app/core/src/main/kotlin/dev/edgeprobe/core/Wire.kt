@@ -201,7 +201,7 @@ object Wire {
     /** The server's side: challenge, check the client's MAC, prove our own. On failure the client
      *  is told why in one line and AuthError is thrown (the caller closes the connection). */
     fun serverHandshake(conn: Conn, token: String, service: String, info: () -> Map<String, Any?>,
-                        deadlineS: Double = DEFAULT_AUTH_DEADLINE_S) {
+                        deadlineS: Double = DEFAULT_AUTH_DEADLINE_S, onAuthenticated: () -> Unit = {}) {
         val deadlineNs = System.nanoTime() + (deadlineS * 1e9).toLong()
         val serverNonce = newNonce()
         conn.setTimeoutS(deadlineS)
@@ -222,6 +222,7 @@ object Wire {
             refuse(conn, "unauthorized: wrong token")
             throw AuthError("wrong token")
         }
+        onAuthenticated()  // before the reply: a client that has it is no longer counted as unauthenticated
         sendMsg(conn, linkedMapOf("ok" to true, "mac" to authMac(token, "server", service, serverNonce, clientNonce),
             "info" to info()))
     }
@@ -439,9 +440,10 @@ abstract class BoundedServer(
         var authenticated = false
         try {
             conn.socket.tcpNoDelay = true
-            Wire.serverHandshake(conn, token, service, ::info, authDeadlineS)
-            synchronized(lock) { dropPreauth(address) }
-            authenticated = true
+            Wire.serverHandshake(conn, token, service, ::info, authDeadlineS) {
+                synchronized(lock) { dropPreauth(address) }
+                authenticated = true
+            }
             conn.setTimeoutS(idleTimeoutS)
             serveConnection(conn)
         } catch (_: IOException) {

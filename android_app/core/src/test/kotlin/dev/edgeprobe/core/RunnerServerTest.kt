@@ -215,7 +215,7 @@ class RunnerServerTest {
     }
 
     @Test fun aRunnerPastItsTimeoutIsKilled() {
-        val sleeper = script("sleep-runner", "echo started; sleep 30 & wait")
+        val sleeper = script("sleep-runner", "sleep 30 & echo \$!; wait")  // its child: killed with it (ProcessHandle)
         val srv = serve(nativeRunner = sleeper)
         authed(srv).use { c ->
             val t0 = System.nanoTime()
@@ -224,7 +224,10 @@ class RunnerServerTest {
             assertTrue(r.containsKey("exit_code"))
             assertNull(r["exit_code"])
             assertEquals(true, r["timed_out"])
-            assertEquals("started\n", r["stdout"])
+            val child = ProcessHandle.of((r["stdout"] as String).trim().toLong())
+            val t1 = System.nanoTime()
+            while (child.map { it.isAlive }.orElse(false) && System.nanoTime() - t1 < 3e9) Thread.sleep(20)
+            assertFalse(child.map { it.isAlive }.orElse(false), "the runner's child outlived the kill")
             assertTrue(tookS < 5.0, "$tookS")
             assertTrue((r["duration_s"] as Double) >= 0.5)
         }
