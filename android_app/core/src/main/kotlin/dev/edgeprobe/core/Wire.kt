@@ -14,6 +14,7 @@ import java.net.SocketTimeoutException
 import java.security.MessageDigest
 import java.security.SecureRandom
 import java.util.Collections
+import java.util.Locale
 import javax.crypto.Mac
 import javax.crypto.spec.SecretKeySpec
 
@@ -518,12 +519,12 @@ object PyFormat {
                 cp == '\t'.code -> sb.append("\\t")
                 cp == '\n'.code -> sb.append("\\n")
                 cp == '\r'.code -> sb.append("\\r")
-                cp < 0x20 || cp == 0x7f -> sb.append(String.format("\\x%02x", cp))
+                cp < 0x20 || cp == 0x7f -> sb.append(String.format(Locale.ROOT, "\\x%02x", cp))
                 cp < 0x7f -> sb.appendCodePoint(cp)
                 printable(cp) -> sb.appendCodePoint(cp)
-                cp <= 0xff -> sb.append(String.format("\\x%02x", cp))
-                cp <= 0xffff -> sb.append(String.format("\\u%04x", cp))
-                else -> sb.append(String.format("\\U%08x", cp))
+                cp <= 0xff -> sb.append(String.format(Locale.ROOT, "\\x%02x", cp))
+                cp <= 0xffff -> sb.append(String.format(Locale.ROOT, "\\u%04x", cp))
+                else -> sb.append(String.format(Locale.ROOT, "\\U%08x", cp))
             }
         }
         return sb.append(quote).toString()
@@ -616,7 +617,7 @@ object PyJson {
         var i = 0
         val n = b.size
         fun bad(start: Int, end: Int, why: String): Nothing {
-            val what = if (end - start == 1) "byte 0x%02x in position %d".format(b[start].toInt() and 0xff, start)
+            val what = if (end - start == 1) "byte 0x%02x in position %d".format(Locale.ROOT, b[start].toInt() and 0xff, start)
             else "bytes in position $start-${end - 1}"
             throw DecodeError("'utf-8' codec can't decode $what: $why")
         }
@@ -852,7 +853,7 @@ object PyJson {
                 '\t' -> sb.append("\\t")
                 '\b' -> sb.append("\\b")
                 '\u000c' -> sb.append("\\f")
-                else -> if (ch < ' ' || ch > '~') sb.append(String.format("\\u%04x", ch.code)) else sb.append(ch)
+                else -> if (ch < ' ' || ch > '~') sb.append(String.format(Locale.ROOT, "\\u%04x", ch.code)) else sb.append(ch)
             }
         }
         sb.append('"')
