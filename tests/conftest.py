@@ -40,11 +40,13 @@ REAL_PEERS = {
     "postgresql": "a PostgreSQL cluster of its own: initdb and pg_ctl (apt-get install postgresql)",
     "chromium": "Debian's chromium, driven by Playwright (apt-get install chromium)",
     "litert-converter": "the LiteRT converter environment (bash .ci/litert-env.sh; EDGEPROBE_LITERT_PYTHON)",
+    "jvm": "OpenJDK 17 and android_app's core jar (make android-core: kotlinc from npm, junit5, libandroid-json-java)",
 }
 _ALIASES = {"clang": "libfuzzer", "cross": "cross-compiler"}
 _STATS = pytest.StashKey[dict]()  # nodeid -> [kinds, outcome]
 _START = pytest.StashKey[float]()
 _OVER = pytest.StashKey[str]()
+JUNIT_RESULTS = pytest.StashKey[object]()  # tests/test_android_core.py's JUnit run (jvmkit.JUnitRun)
 
 
 def ci_enabled() -> bool:
@@ -136,6 +138,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         return
     if _OVER in config.stash:
         tr.write_sep("=", config.stash[_OVER], red=True)
+    if JUNIT_RESULTS in config.stash:  # the JVM tests of android_app's core, in pytest's summary
+        j = config.stash[JUNIT_RESULTS]
+        tr.write_sep("=", f"android_app core, JUnit 5 on the host JVM: {j.passed} passed, {j.failed} failed, "
+                          f"{j.skipped} skipped", red=bool(j.failed), green=not j.failed)
+        for failure in j.failures:
+            tr.write_line(f"  FAILED {failure}")
     tr.write_sep("=", "real peers" + (" (CI=true: a skip is a failure)" if ci_enabled() else " (CI not set: skips allowed)"))
     if not stats:
         tr.write_line("no test marked real_peer ran")

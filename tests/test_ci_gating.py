@@ -211,11 +211,12 @@ def test_ci_run_installs_then_runs_make_test_with_ci_true(tmp_path):
     apt = (tmp_path / "apt.log").read_text().splitlines()
     assert apt[0].startswith("apt-get update") and apt[1].endswith(
         "install -y -qq adb g++-aarch64-linux-gnu qemu-user-static iproute2 clang libclang-rt-14-dev "
-        "nlohmann-json3-dev postgresql chromium")
+        "nlohmann-json3-dev postgresql chromium openjdk-17-jdk-headless junit5 libandroid-json-java")
     steps = (tmp_path / "make.log").read_text().splitlines()
     assert steps[0] == "CI=true budget=1800 install"  # the project venv first: the converter env borrows its torch
     assert steps[1] == "litert-env PROJECT_PYTHON=.venv/bin/python"
-    assert steps[2].startswith("CI=true budget=1800 test PYTEST_ARGS=--durations=25") and len(steps) == 3
+    assert steps[2] == "CI=true budget=1800 android-core"  # the JVM core's jar before the tests that run it
+    assert steps[3].startswith("CI=true budget=1800 test PYTEST_ARGS=--durations=25") and len(steps) == 4
 
 
 def test_ci_run_passes_a_failing_make_on(tmp_path):

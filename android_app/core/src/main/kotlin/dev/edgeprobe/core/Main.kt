@@ -11,7 +11,8 @@ import kotlin.system.exitProcess
 
 private const val USAGE = "usage: edgeprobe-core serve [--host H] [--port P] [--token-file F] [--workdir W] [--name N] " +
     "[--native-runner PATH] [--max-upload-bytes N] [--max-inflight-bytes N] [--max-disk-bytes N] " +
-    "[--max-connections N] [--auth-timeout-s S] [--idle-timeout-s S] (token: --token-file or \$EDGEPROBE_TOKEN)"
+    "[--max-connections N] [--max-preauth-per-address N] [--auth-timeout-s S] [--idle-timeout-s S] " +
+    "(token: --token-file or \$EDGEPROBE_TOKEN)"
 
 private class UsageError(message: String) : Exception(message)
 
@@ -24,6 +25,7 @@ internal data class ServeOptions(
 private val VALUE_FLAGS = setOf(
     "--host", "--port", "--token-file", "--workdir", "--name", "--native-runner", "--max-upload-bytes",
     "--max-inflight-bytes", "--max-disk-bytes", "--max-connections", "--auth-timeout-s", "--idle-timeout-s",
+    "--max-preauth-per-address",
 )
 
 internal fun parseServe(args: List<String>, env: Map<String, String>): ServeOptions {
@@ -52,8 +54,12 @@ internal fun parseServe(args: List<String>, env: Map<String, String>): ServeOpti
     if (port !in 0..65535) throw UsageError("argument --port: a port in 0..65535, not $port")
     val maxConnections = long("--max-connections", Wire.DEFAULT_MAX_CONNECTIONS.toLong())
     val d = ServerLimits()
+    // the Python server takes this one in its constructor only; a flag here, so the contract test can
+    // hold the JVM server to the same small caps as tests/test_wire_security.py's
+    val maxPreauth = long("--max-preauth-per-address", d.maxPreauthPerAddress.toLong())
     val limits = ServerLimits(
         maxConnections = maxConnections.coerceIn(Int.MIN_VALUE.toLong(), Int.MAX_VALUE.toLong()).toInt(),
+        maxPreauthPerAddress = maxPreauth.coerceIn(Int.MIN_VALUE.toLong(), Int.MAX_VALUE.toLong()).toInt(),
         authDeadlineS = double("--auth-timeout-s", d.authDeadlineS),
         idleTimeoutS = double("--idle-timeout-s", d.idleTimeoutS),
         maxUploadBytes = long("--max-upload-bytes", d.maxUploadBytes),
@@ -61,8 +67,8 @@ internal fun parseServe(args: List<String>, env: Map<String, String>): ServeOpti
         maxDiskBytes = long("--max-disk-bytes", d.maxDiskBytes),
     )
     if (minOf(limits.maxUploadBytes, limits.maxInflightBytes, limits.maxDiskBytes) < 0 || limits.maxConnections < 1 ||
-        !(limits.authDeadlineS > 0) || !(limits.idleTimeoutS > 0)) {
-        throw UsageError("byte limits >= 0, --max-connections >= 1 and timeouts > 0 are required")
+        limits.maxPreauthPerAddress < 1 || !(limits.authDeadlineS > 0) || !(limits.idleTimeoutS > 0)) {
+        throw UsageError("byte limits >= 0, --max-connections >= 1, --max-preauth-per-address >= 1 and timeouts > 0 are required")
     }
     return ServeOptions(got["--host"] ?: "127.0.0.1", port.toInt(), got["--token-file"], got["--workdir"], got["--name"],
         got["--native-runner"] ?: env["EDGEPROBE_NATIVE_RUNNER"], limits)
