@@ -58,6 +58,7 @@ DEFAULT_MAX_DISK_BYTES = 8 << 30
 DRAIN_LIMIT_BYTES = 1 << 20  # a refused push up to this size is read and dropped: the connection stays usable
 OUTPUT_TAIL_BYTES = 64 << 10  # the most of a run's stdout / stderr sent back (its end; JSON-escaped, both fit a 1 MiB header)
 RUNNERS = ("native", "python")
+CLIENT_RUNNERS = ("@native", "@python", "@app")  # what a host may ask for: app is the Android app's runner
 SCRUBBED_ENV = ("EDGEPROBE_TOKEN", "EDGEPROBE_SERVE_TOKEN", "EDGEPROBE_SPLIT_TOKEN")
 
 
@@ -185,10 +186,12 @@ def build_argv(runner: Any, args: Any, confine: Any) -> list[str]:
 
 def request_from_argv(argv: Sequence[str], timeout_s: float) -> dict[str, Any]:
     """The host's side: a runner argv (``["@native", "--model", P, "--warmup", "3", ...]``) as the
-    structured run request. ValueError for anything the protocol cannot say."""
+    structured run request. ``@app`` is the edgeprobe Android app's in-process runner (its core server
+    takes runner "app"; this server refuses it in ``build_argv``). ValueError for anything the
+    protocol cannot say."""
     argv = [str(a) for a in argv]
-    if not argv or argv[0] not in ("@native", "@python"):
-        raise ValueError(f"only the runners can be run over tcp: argv[0] must be @native or @python, "
+    if not argv or argv[0] not in CLIENT_RUNNERS:
+        raise ValueError(f"only the runners can be run over tcp: argv[0] must be @native, @python or @app, "
                          f"not {argv[0] if argv else None!r}")
     args: dict[str, Any] = {}
     rest = argv[1:]

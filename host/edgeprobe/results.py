@@ -84,12 +84,13 @@ class RuntimeBuild:
 
 @dataclass(frozen=True)
 class RunnerInfo:
-    flavor: str  # native | python
+    flavor: str  # native | python | app (the edgeprobe Android app's in-process runner)
     version: str
     runtime: str
     runtime_version: str
     build: Optional[RuntimeBuild] = None  # None: unknown (build_reason says why) or a runner older than the field
     build_reason: Optional[str] = None
+    delegate: Optional[str] = None  # the app runner's ExecuTorch delegate (xnnpack, vulkan, qnn); None: not said
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from edgeprobe.devices.local import LocalTransport
 from edgeprobe.errors import DeviceNotFoundError, UsageError
 from edgeprobe.results import DeviceInfo
 
-FLAVORS = ("native", "python")
+FLAVORS = ("native", "python", "app")  # app: the edgeprobe Android app's in-process ExecuTorch runner (tcp only)
 
 
 class Device:
@@ -31,12 +31,18 @@ class Device:
     def check_runner(self, format: str) -> None:
         """Fail now, before anything is lowered or pushed, if this device cannot run a ``format``
         artifact with its runner (deploying to a phone happens later, in ``runner_argv``)."""
-        if self.runner == "native" and format != "pte":
-            raise UsageError(f"the native runner runs .pte only; a .{format} needs --runner python")
+        if self.runner in ("native", "app") and format != "pte":
+            raise UsageError(f"the {self.runner} runner runs .pte only; a .{format} needs --runner python")
+        if self.runner == "app" and self.transport.kind not in ("tcp", "mock"):
+            raise UsageError("runner app is the edgeprobe Android app's in-process runner: start the app with "
+                             "`edgeprobe app start --device adb:...` and bench the tcp:ADDRESS:PORT it prints")
         if self.transport.kind == "tcp":
-            runtimes = self.transport.info().get("runtimes", "").split(",")
+            runtimes = [r for r in self.transport.info().get("runtimes", "").split(",") if r]
             if self.runner not in runtimes:
-                raise UsageError(f"runner {self.id} offers {','.join(runtimes)}, not the {self.runner} runner")
+                hint = ("; runner app is the edgeprobe Android app's (with its ExecuTorch library)"
+                        if self.runner == "app" else "")
+                raise UsageError(f"runner {self.id} offers {','.join(runtimes) or 'no runtime'}, not the "
+                                 f"{self.runner} runner{hint}")
         elif self.transport.kind == "adb":
             if self.runner != "native":
                 raise UsageError("over ADB only the native runner is deployed; drop --runner python")

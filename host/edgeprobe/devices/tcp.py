@@ -121,8 +121,9 @@ class TcpTransport(TransportBase):
         return bool(self._call({"op": "remove", "path": remote}).get("removed"))
 
     def run(self, argv: Sequence[str], timeout_s: float) -> RunResult:
-        """``argv`` as the measurement flow builds it (``@native``/``@python`` + runner flags), sent
-        as the server's structured run request: the server builds the runner's argv itself."""
+        """``argv`` as the measurement flow builds it (``@native``/``@python``/``@app`` + runner flags),
+        sent as the server's structured run request: the server builds the runner's argv itself. ``@app``
+        is the edgeprobe Android app's in-process runner (registry.Device checks the server lists it)."""
         try:
             request = request_from_argv(argv, timeout_s)
         except ValueError as exc:
@@ -157,7 +158,8 @@ def probe(host: str, port: int, timeout_s: float) -> str:
 
 
 def discover(timeout_s: float = 2.0, interfaces: Optional[Sequence[str]] = None) -> list[dict[str, str]]:
-    """Runners advertised over zeroconf: [{name, host, addresses, port, abi, runtimes, version}].
+    """Runners advertised over zeroconf: [{name, host, addresses, port, abi, runtimes, version, delegates}]
+    (``delegates``: the edgeprobe Android app's ExecuTorch delegates, "" for other servers).
 
     Anyone on the LAN can advertise any name: an entry proves nothing until a connection to it has
     passed the handshake (``open_by_name``)."""
@@ -189,7 +191,7 @@ def discover(timeout_s: float = 2.0, interfaces: Optional[Sequence[str]] = None)
                           "host": info.parsed_addresses()[0], "addresses": ",".join(info.parsed_addresses()),
                           "port": str(info.port),
                           "abi": props.get("abi", ""), "runtimes": props.get("runtimes", ""),
-                          "version": props.get("version", "")})
+                          "version": props.get("version", ""), "delegates": props.get("delegates", "")})
         browser.cancel()
         return found
     finally:
