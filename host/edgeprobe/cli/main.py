@@ -172,6 +172,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
 
         console.print(" ".join(known_names()))
         return 0
+    if args.command == "app":  # the edgeprobe Android app over ADB
+        from edgeprobe.cli import app as app_cli
+
+        return app_cli.run(args, console, err_console)
     if args.command == "farm":
         from edgeprobe.cli import farm as farm_cli
 

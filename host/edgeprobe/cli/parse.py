@@ -43,7 +43,8 @@ def _add_min_seconds(p: argparse.ArgumentParser) -> None:
 
 def _add_measure_args(p: argparse.ArgumentParser, iterations: int, warmup: int) -> None:
     _add_device_args(p, iterations, warmup)
-    p.add_argument("--backend", help="xnnpack (default for pte) | portable | cpu (ptl)")
+    p.add_argument("--backend", help="xnnpack (default for pte) | portable | cpu (ptl) | vulkan (pte, on an "
+                                     "edgeprobe app whose info lists the vulkan delegate)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(b)
     _add_measure_args(b, iterations=20, warmup=3)
     b.add_argument("--format", default="pte", choices=list(FORMATS))
-    b.add_argument("--runner", choices=["native", "python"], help="default: native for pte, python for ptl")
+    b.add_argument("--runner", choices=["native", "python", "app"],
+                   help="default: native for pte, python for ptl; app: the edgeprobe Android app's in-process "
+                        "ExecuTorch runner (a tcp device started by `edgeprobe app start`)")
     _add_min_seconds(b)
     b.add_argument("--no-cache", action="store_true", help="lower again even if a cached artifact exists")
     b.add_argument("--json", metavar="PATH", help="also write the result record to this file")
@@ -160,11 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--top", type=int, help="profile/split: rows to print (default: the original command's)")
     rr.add_argument("--wide", action="store_true", help="sweep/split: print every column")
 
+    from edgeprobe.cli import app as app_cli
     from edgeprobe.cli import farm as farm_cli
     from edgeprobe.cli import report as report_cli
     from edgeprobe.cli import gate as gate_cli
     from edgeprobe.cli import recommend as recommend_cli
 
+    app_cli.add_parser(sub)  # edgeprobe app install|start|stop (the Android app over ADB)
     farm_cli.add_parser(sub)
     recommend_cli.add_parser(sub)
     report_cli.add_parser(sub)
