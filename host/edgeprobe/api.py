@@ -63,6 +63,29 @@ def _artifact_for(model, format: str, backend: Optional[str], input_shape, examp
         weights=weights, use_cache=use_cache, progress=progress)
 
 
+def _target(s: MeasureSession) -> capabilities.TargetDevice:
+    return capabilities.TargetDevice.of(s.id, s.transport.kind, s.transport.info())
+
+
+def _check_device_backend(s: MeasureSession, format: str, backend: Optional[str]) -> None:
+    """A backend the device brings (vulkan): the device must list it, and only its app runner has it."""
+    capabilities.resolve(format, backend, _target(s))
+    if s.runner != "app":
+        raise UsageError(f"--backend {backend} runs in the edgeprobe app's in-process runner (its {backend} "
+                         f"delegate), not the {s.runner} runner: add --runner app")
+
+
+def _artifact_for_device(s: MeasureSession, model, format: str, backend: Optional[str], input_shape, example_inputs,
+                         weights, use_cache: bool, progress: Optional[Progress]) -> Artifact:
+    """``_artifact_for``, lowered for the session's device: a backend that device brings (vulkan on
+    an edgeprobe app that lists it) is allowed, and refused with the reason anywhere else."""
+    if not capabilities.device_dependent(format, backend):
+        return _artifact_for(model, format, backend, input_shape, example_inputs, weights, use_cache, progress)
+    _check_device_backend(s, format, backend)
+    with capabilities.lowering_for(_target(s)):
+        return _artifact_for(model, format, backend, input_shape, example_inputs, weights, use_cache, progress)
+
+
 @records_request("bench")
 def bench(
     model,
@@ -107,14 +130,17 @@ def bench(
                            threads=threads, timeout_s=timeout_s, min_battery_percent=min_battery_percent,
                            max_thermal_status=max_thermal_status, thermal_wait_s=thermal_wait_s, cooldown_s=cooldown_s, affinity=affinity,
                            fixed_performance=fixed_performance, energy_idle_s=idle_s, retries=retries)
-    capabilities.resolve(format, backend)
+    if not capabilities.device_dependent(format, backend):  # a device's delegate (vulkan): once it is open
+        capabilities.resolve(format, backend)
     given = _given_artifact(model)
     fmt = given.manifest.format if given else format
     runner = runner or default_runner(fmt)
     def on(s: MeasureSession) -> BenchResult:
         s.check(fmt)
-        artifact = given or _artifact_for(model, format, backend, input_shape, example_inputs, weights, use_cache,
-                                          progress)
+        artifact = given or _artifact_for_device(s, model, format, backend, input_shape, example_inputs, weights,
+                                                 use_cache, progress)
+        if given is not None and capabilities.device_dependent(fmt, given.manifest.backend):
+            _check_device_backend(s, fmt, given.manifest.backend)  # a vulkan .pte needs a device that runs it
         if progress:
             progress(f"measuring on {s.id} ({s.runner} runner): {warmup} warm-up + {iterations} iterations"
                      + (f", at least {min_seconds:g} s" if min_seconds else ""))

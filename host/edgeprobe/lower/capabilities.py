@@ -8,8 +8,10 @@ so the table imports without those packages and says how to install them.
 from __future__ import annotations
 
 import importlib.util
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Iterator, Mapping, Optional
 
 from edgeprobe.errors import UnsupportedCombinationError
 
@@ -49,6 +51,61 @@ DEFAULT_BACKEND = {"pte": "xnnpack", "ptl": "cpu", "onnx": "cpu", "openvino": "c
 FORMATS = tuple(sorted(DEFAULT_BACKEND))
 
 
+# -- backends a device brings itself ---------------------------------------------------------------
+# A .pte for one of these lowers only for a device that says it runs it: a tcp device (the edgeprobe
+# Android app) whose info lists the delegate in ``delegates``. Elsewhere the row's own reason stands.
+# The value is the module that lowers for it (a row ``requires`` it once the device allows it).
+DEVICE_DELEGATES = {"vulkan": "executorch.backends.vulkan.partitioner.vulkan_partitioner"}
+
+
+@dataclass(frozen=True)
+class TargetDevice:
+    """What a capability decision knows of the device that will run the artifact."""
+
+    id: str
+    transport: str  # the transport's kind: tcp, adb, local, mock
+    delegates: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, device_id: str, transport: str, info: Mapping[str, object]) -> "TargetDevice":
+        """From a transport's ``info()``: ``delegates`` is comma-separated (core's RunnerServer.info)."""
+        raw = str(info.get("delegates") or "")
+        return cls(device_id, transport, frozenset(d.strip() for d in raw.split(",") if d.strip()))
+
+
+_TARGET: ContextVar[Optional[TargetDevice]] = ContextVar("edgeprobe_lowering_target", default=None)
+
+
+@contextmanager
+def lowering_for(device: Optional[TargetDevice]) -> Iterator[None]:
+    """Inside this block ``resolve`` (also the one ``lower`` calls) decides for ``device``: bench
+    lowers for the device it has opened."""
+    token = _TARGET.set(device)
+    try:
+        yield
+    finally:
+        _TARGET.reset(token)
+
+
+def device_dependent(format: str, backend: Optional[str]) -> bool:
+    """Whether (format, backend) is decided by the target device (a delegate it brings)."""
+    return format == "pte" and backend in DEVICE_DELEGATES
+
+
+def for_device(cap: Capability, device: Optional[TargetDevice]) -> Capability:
+    """``cap`` for ``device``: a device-delegate row is supported where a tcp device lists the delegate
+    (then it needs the partitioner's module here); for any other device it keeps its reason and says
+    which delegates that device lists."""
+    if cap.supported or device is None or not device_dependent(cap.format, cap.backend):
+        return cap
+    if device.transport == "tcp" and cap.backend in device.delegates:
+        return replace(cap, supported=True, reason=None, requires=(DEVICE_DELEGATES[cap.backend],),
+                       install="pip install executorch (its wheel carries the partitioner)")
+    listed = ", ".join(sorted(device.delegates)) or "none"
+    return replace(cap, reason=f"{cap.reason}; or bench on an edgeprobe app that lists the {cap.backend} delegate "
+                               f"(its {cap.backend} flavour; {device.id} lists delegates: {listed})")
+
+
 def _missing(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is None
@@ -75,14 +132,16 @@ def table() -> tuple[Capability, ...]:
     return tuple(checked(c) for c in TABLE)
 
 
-def resolve(format: str = "pte", backend: Optional[str] = None) -> Capability:
-    """The table row for (format, backend); raises UnsupportedCombinationError with the reason."""
+def resolve(format: str = "pte", backend: Optional[str] = None, device: Optional[TargetDevice] = None) -> Capability:
+    """The table row for (format, backend) on ``device`` (default: the one of ``lowering_for``, if
+    any); raises UnsupportedCombinationError with the reason."""
     if format not in DEFAULT_BACKEND:
         raise UnsupportedCombinationError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
     backend = backend or DEFAULT_BACKEND[format]
+    device = device if device is not None else _TARGET.get()
     for cap in TABLE:
         if cap.format == format and cap.backend == backend:
-            cap = checked(cap)
+            cap = checked(for_device(cap, device))
             if not cap.supported:
                 raise UnsupportedCombinationError(f"--format {format} --backend {backend} is not available: {cap.reason}")
             return cap

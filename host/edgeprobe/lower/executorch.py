@@ -1,4 +1,4 @@
-"""ExecuTorch target: torch.export -> EXIR edge -> (XNNPACK | portable) -> .pte (+ ETRecord).
+"""ExecuTorch target: torch.export -> EXIR edge -> (XNNPACK | portable | Vulkan) -> .pte (+ ETRecord).
 
 It carries out one recipe step itself (``RECIPES``): ``fp16``. ExecuTorch 1.5.1's XNNPACK
 partitioner has no fp16 switch (its ``ConfigPrecisionType`` is FP32 / static / dynamic quant); it
@@ -37,6 +37,10 @@ def _partitioners(backend: str) -> list:
         return [XnnpackPartitioner()]
     if backend == "portable":
         return []
+    if backend == "vulkan":  # allowed only for a device that runs it (capabilities.DEVICE_DELEGATES)
+        from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner
+
+        return [VulkanPartitioner()]
     raise LoweringError(f"no ExecuTorch partitioner wired for backend {backend!r}")
 
 
