@@ -31,9 +31,18 @@ def _farm(tmp_path: Path, *, launches: int, min_seconds: float = 0.0) -> Path:
     return f
 
 
+def _sigint_as_a_terminal_has_it() -> None:
+    """In the child before exec: SIGINT's default action, as a shell's foreground job has it. A process
+    started with SIGINT ignored keeps it ignored (Python then installs no KeyboardInterrupt handler), and
+    pytest inherits "ignored" when it runs in a background job of a non-interactive shell (`.ci/run &`):
+    every Ctrl-C test then failed with the farm finishing its run as if no Ctrl-C had come."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(farm: Path, db_url: str, run_id: str, log: Path) -> subprocess.Popen:
     return subprocess.Popen([*EP, "run", str(farm), "--db", db_url, "--run-id", run_id],
-                            stdout=subprocess.PIPE, stderr=log.open("ab"), text=True)
+                            stdout=subprocess.PIPE, stderr=log.open("ab"), text=True,
+                            preexec_fn=_sigint_as_a_terminal_has_it)
 
 
 def _wait_for(predicate, timeout_s: float, what: str) -> None:
