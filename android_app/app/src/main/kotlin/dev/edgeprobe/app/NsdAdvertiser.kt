@@ -64,7 +64,8 @@ class NsdAdvertiser(context: Context) : Advertiser {
     companion object {
         /** server.py SERVICE_TYPE "_edgeprobe._tcp.local." as NsdManager writes it (no domain) */
         const val SERVICE_TYPE = "_edgeprobe._tcp"
-        val TXT_KEYS = listOf("name", "abi", "runtimes", "version")
+        // the Python server's TXT keys, plus delegates (which ExecuTorch backends the in-process runner has)
+        val TXT_KEYS = listOf("name", "abi", "runtimes", "version", "delegates")
         private const val TAG = "edgeprobe"
     }
 }

@@ -80,7 +80,7 @@ class RunnerService : Service() {
             .put("runtimes", info["runtimes"]).put("delegates", info["delegates"] ?: JSONObject.NULL).toString() + "\n")
         val a = NsdAdvertiser(this)
         try {
-            a.advertise(name, s.port, info.filterKeys { it in NsdAdvertiser.TXT_KEYS || it == "delegates" })
+            a.advertise(name, s.port, info.filterKeys { it in NsdAdvertiser.TXT_KEYS })
             advertiser = a
         } catch (e: RuntimeException) {
             Log.w(TAG, "not advertised over NSD (${e.message}): give the host tcp:ADDRESS:${s.port}")
