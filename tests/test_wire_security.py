@@ -508,29 +508,34 @@ def test_push_to_dot_regression(tmp_path):
 
 
 def test_disk_quota_and_streamed_pull(tmp_path):
+    with serving(_runner(tmp_path, max_disk_bytes=5 << 19)) as srv:  # 2.5 MiB quota, 1 MiB per push
+        check_disk_quota_and_streamed_pull(srv, tmp_path)
+
+
+def check_disk_quota_and_streamed_pull(srv, tmp_path: Path) -> None:
+    """Against any runner server with a 2.5 MiB quota and 1 MiB per push (also the JVM core's)."""
     from edgeprobe.devices.tcp import TcpTransport
     from edgeprobe.errors import TransportError
 
-    with serving(_runner(tmp_path, max_disk_bytes=5 << 19)) as srv:  # 2.5 MiB quota, 1 MiB per push
-        t = TcpTransport("127.0.0.1", srv.port, TOKEN)
-        blobs = []
-        for i in range(3):
-            f = tmp_path / f"b{i}"
-            f.write_bytes(os.urandom(1_000_000))
-            blobs.append(f)
-        t.push(blobs[0], "jobs/a")
-        t.push(blobs[1], "jobs/b")
-        t.push(blobs[1], "jobs/b")  # replacing a file counts only the difference
-        with pytest.raises(TransportError, match="quota"):
-            t.push(blobs[2], "jobs/c")
-        assert not (srv.workdir / "jobs" / "c").exists()
-        t.remove("jobs/a")
-        t.push(blobs[2], "jobs/c")  # room again
-        t.pull("jobs/c", tmp_path / "c.back")
-        assert (tmp_path / "c.back").read_bytes() == blobs[2].read_bytes()
-        with pytest.raises(TransportError, match="no file"):
-            t.pull("jobs/missing", tmp_path / "x")
-        t.close()
+    t = TcpTransport("127.0.0.1", srv.port, TOKEN)
+    blobs = []
+    for i in range(3):
+        f = tmp_path / f"b{i}"
+        f.write_bytes(os.urandom(1_000_000))
+        blobs.append(f)
+    t.push(blobs[0], "jobs/a")
+    t.push(blobs[1], "jobs/b")
+    t.push(blobs[1], "jobs/b")  # replacing a file counts only the difference
+    with pytest.raises(TransportError, match="quota"):
+        t.push(blobs[2], "jobs/c")
+    assert not (srv.workdir / "jobs" / "c").exists()
+    t.remove("jobs/a")
+    t.push(blobs[2], "jobs/c")  # room again
+    t.pull("jobs/c", tmp_path / "c.back")
+    assert (tmp_path / "c.back").read_bytes() == blobs[2].read_bytes()
+    with pytest.raises(TransportError, match="no file"):
+        t.pull("jobs/missing", tmp_path / "x")
+    t.close()
 
 
 # -- finding 7: argv tricks -----------------------------------------------------------------------

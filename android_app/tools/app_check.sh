@@ -18,16 +18,8 @@ STUBS_SHA256="5e18511ccb7ae519d8c4643408cf16262fa5f20eb1d1a7e97cfe28de16e12008"
 cache="${EDGEPROBE_API_STUBS_CACHE:-$HOME/.cache/edgeprobe/api-stubs}"
 pyi_root="$cache/chaquopy-stubs-android-$STUBS_VERSION"
 
-kotlinc="${KOTLINC:-}"
-if [ -z "$kotlinc" ]; then
-  if command -v kotlinc >/dev/null 2>&1; then kotlinc=kotlinc
-  elif [ -x "$HOME/.cache/edgeprobe/kotlin/node_modules/kotlin-compiler/bin/kotlinc" ]; then
-    kotlinc="$HOME/.cache/edgeprobe/kotlin/node_modules/kotlin-compiler/bin/kotlinc"
-  else
-    echo "app-check: no kotlinc (set KOTLINC, or run 'make android-tools': npm install kotlin-compiler@2.4.20)" >&2
-    exit 1
-  fi
-fi
+# tools/build.sh app-check finds the tools and passes them (run this through it)
+kotlinc="${KOTLINC:?app-check: run it as bash tools/build.sh app-check, which finds kotlinc}"
 json_jar="${JSON_JAR:-/usr/share/java/com.android.json.jar}"
 [ -f "$json_jar" ] || { echo "app-check: $json_jar missing (apt-get install libandroid-json-java, or set JSON_JAR)" >&2; exit 1; }
 [ -f "$out/edgeprobe-core.jar" ] || bash "$here/tools/build.sh" core

@@ -63,6 +63,6 @@ run_tests() {
 case "${1:-}" in
   core) build_core ;;
   test) run_tests ;;
-  app-check) bash "$here/tools/app_check.sh" ;;
+  app-check) KOTLINC="$kotlinc" JSON_JAR="$json_jar" bash "$here/tools/app_check.sh" ;;
   *) echo "usage: build.sh core|test|app-check" >&2; exit 2 ;;
 esac
