@@ -1182,3 +1182,14 @@ def test_elf_comment_refusals(tmp_path):
         path.write_bytes(bad)
         build, reason = build_info.build(str(path))
         assert build is None and reason.startswith(path.name + ": ") and "\n" not in reason, (name, reason)
+
+
+@pytest.mark.parametrize("part", ["device", "manifest", "run"])
+def test_a_bench_result_with_a_null_part_is_refused(part):
+    """Found by test_bench_result_fuzz: `"run": null` was accepted (serde reads a null nested part as
+    "left out"), and the first use of r.run crashed."""
+    data = json.loads(_records(BenchResult, 1)[0])
+    assert BenchResult.from_dict(data).run is not None
+    data[part] = None
+    with pytest.raises(ResultError, match=f"BenchResult.{part}: expected an object, got null"):
+        BenchResult.from_dict(data)

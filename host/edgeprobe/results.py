@@ -351,7 +351,13 @@ class BenchResult:
             raise ResultError(
                 f"result has schema_version {_short(version)}; this edgeprobe reads version {SCHEMA_VERSION}"
             )
-        return from_dict(cls, data)
+        result = from_dict(cls, data)
+        # serde reads a null nested part as "left out"; a bench result without its device, manifest or
+        # run record is not a result (the fuzz test found `"run": null` accepted, then r.run.timing crashed)
+        for name in ("device", "manifest", "run"):
+            if getattr(result, name) is None:
+                raise ResultError(f"BenchResult.{name}: expected an object, got null")
+        return result
 
     @classmethod
     def from_json(cls, text: str) -> "BenchResult":
