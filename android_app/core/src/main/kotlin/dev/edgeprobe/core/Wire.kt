@@ -120,14 +120,12 @@ object Wire {
     }
 
     /** Reads and drops [size] payload bytes (a refused push keeps the connection in sync). */
-    fun discard(conn: Conn, size: Long) {
-        val scratch = ByteArray(minOf(maxOf(size, 1L), CHUNK.toLong()).toInt())
-        var left = size
-        while (left > 0) {
-            val got = conn.read(scratch, 0, minOf(left, scratch.size.toLong()).toInt())
-            if (got <= 0) throw ProtocolError("connection closed with $left of $size payload bytes unsent")
-            left -= got
-        }
+    fun discard(conn: Conn, size: Long) = recvToFile(conn, size, DROP)
+
+    /** An OutputStream that keeps nothing (OutputStream.nullOutputStream is Java 11: not on Android 26). */
+    private val DROP = object : OutputStream() {
+        override fun write(b: Int) {}
+        override fun write(b: ByteArray, off: Int, len: Int) {}
     }
 
     /** [header] then exactly [size] bytes of [input], in chunks. */
