@@ -86,7 +86,7 @@ def _timed_lowering(box: dict) -> Callable[[], Any]:
 
 
 def _timed_executor():
-    from edgeprobe.farm.executor import ThreadExecutor
+    from edgeprobe.farm.executors import ThreadExecutor
 
     class TimedExecutor(ThreadExecutor):
         """Threads, as the default; records each worker's wall seconds."""

@@ -12,7 +12,7 @@ from edgeprobe import errors
 from edgeprobe.devices import Device
 from edgeprobe.devices.mock import MockTransport, ok_record
 from edgeprobe.farm import faults
-from edgeprobe.farm.executor import ThreadExecutor
+from edgeprobe.farm.executors import ThreadExecutor
 from edgeprobe.session import MeasureConfig, MeasureSession
 
 from test_session_mock import _artifact  # noqa: E402 - the same tiny artifact

@@ -76,5 +76,10 @@ class DeviceNotReadyError(EdgeprobeError):
     pass
 
 
+class HostLostError(EdgeprobeError):
+    """The host that holds a device is gone for this run: its Ray node died or left the cluster, the
+    device's actor died, or no live node offers the device (a farm on Ray: ``farm/executors/ray.py``)."""
+
+
 class ResultError(EdgeprobeError):
     pass

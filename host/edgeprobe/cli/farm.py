@@ -32,7 +32,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="device and job lease lifetime, heart-beaten while held (default 120 s)")
     r.add_argument("--lease-wait-s", type=float, default=900.0,
                    help="how long to wait for a device another farm process holds (default 900 s)")
+    r.add_argument("--ray", metavar="ADDRESS",
+                   help="run over a Ray cluster (HEAD:PORT): the devices are those its `farm agent`s offer, each "
+                        "measured by an actor on its own host; this host must be a node of the cluster "
+                        "(pip install 'edgeprobe[ray]'; docs/farm.md)")
+    r.add_argument("--ray-wait-s", type=float, default=60.0,
+                   help="with --ray: how long to wait for agents offering the matrix's devices (default 60 s)")
     db(r)
+    a = fsub.add_parser("agent", help="offer this host's devices to a farm on Ray: join the cluster as a worker "
+                                      "node with one resource per healthy device (runs until Ctrl-C)")
+    a.add_argument("--address", required=True, metavar="RAY_ADDRESS", help="the Ray head's HOST:PORT")
+    a.add_argument("--devices", required=True, metavar="FARM.toml",
+                   help="this host's devices: [[device]] tables (id, labels, token_env) as in a farm file")
+    a.add_argument("--name", help="this host's name in device ids (NAME/DEVICE; default: the hostname)")
+    a.add_argument("--node-ip", help="the address this host's node uses (default: Ray's choice)")
+    a.add_argument("--num-cpus", type=int, default=1,
+                   help="CPUs this node offers Ray (default 1; the device actors themselves take none)")
+    a.add_argument("--object-store-mb", type=int, help="object store size (default: Ray's)")
     s = fsub.add_parser("status", help="jobs per state of a run (default: the latest runs)")
     s.add_argument("run_id", nargs="?")
     db(s)
@@ -57,10 +73,16 @@ def run(args: argparse.Namespace, console, err_console) -> int:
     from edgeprobe.farm import jobs
     from edgeprobe.farm.db.engine import open_db
 
+    if args.farm_command == "agent":
+        from edgeprobe.farm.agent import run_agent
+
+        return run_agent(args.address, args.devices, name=args.name, node_ip=args.node_ip, num_cpus=args.num_cpus,
+                         object_store_mb=args.object_store_mb,
+                         log=lambda m: err_console.print(escape(m), highlight=False))
     if args.farm_command == "run":
         for flag, value, low in (("--max-attempts", args.max_attempts, 1), ("--quarantine-after", args.quarantine_after, 1),
                                  ("--lease-ttl-s", args.lease_ttl_s, 1.0), ("--quarantine-s", args.quarantine_s, 0.0),
-                                 ("--lease-wait-s", args.lease_wait_s, 0.0)):
+                                 ("--lease-wait-s", args.lease_wait_s, 0.0), ("--ray-wait-s", args.ray_wait_s, 0.0)):
             if value < low:
                 raise UsageError(f"{flag} must be >= {low}, got {value}")
     db = open_db(args.db)
@@ -119,17 +141,30 @@ def _run(args: argparse.Namespace, db, console, err_console) -> int:
     from edgeprobe.farm.progress import LiveProgress
     from edgeprobe.farm.scheduler import new_run_id, run_farm
 
-    farm = load_farm(args.farm_file)
+    def log(m: str) -> None:
+        err_console.print(f"[dim]{escape(m)}[/dim]", highlight=False)
+
+    farm = load_farm(args.farm_file, devices_listed=not args.ray)
     run_id = args.run_id or new_run_id()
+    opener, on_ray = None, None
+    if args.ray:
+        from edgeprobe.farm.executors import ray as on_ray
+
+        on_ray.connect(args.ray, log)
+        farm, offered = on_ray.cluster_farm(farm, wait_s=args.ray_wait_s, log=log)
+        opener = on_ray.RayDevices(offered, log=log)
     try:  # a live table per device on a terminal (stderr); the log lines alone when not a terminal
         with LiveProgress(db, run_id, err_console):
             summary = run_farm(farm, db=db, run_id=run_id, max_attempts=args.max_attempts,
                                quarantine_after=args.quarantine_after, quarantine_s=args.quarantine_s,
-                               lease_ttl_s=args.lease_ttl_s, lease_wait_s=args.lease_wait_s,
-                               log=lambda m: err_console.print(f"[dim]{escape(m)}[/dim]", highlight=False))
+                               lease_ttl_s=args.lease_ttl_s, lease_wait_s=args.lease_wait_s, log=log,
+                               **({"opener": opener} if opener else {}))
     except KeyboardInterrupt:  # before any worker started (lowering): run_farm marked the run interrupted
         console.print(f"run {run_id}: interrupted; resume with --run-id {run_id}")
         return 130
+    finally:
+        if opener is not None:
+            opener.shutdown()
     counts = ", ".join(f"{k} {v}" for k, v in summary.counts.items())
     console.print(f"run {summary.run_id}: {counts} in {summary.wall_s:.1f} s ({db.url})")
     for name, error in summary.lowering_errors.items():

@@ -18,6 +18,10 @@ device_not_ready    battery low, too hot (after the run          retry once here
                     hygiene's own bounded thermal wait)         an equivalent device
 host_error          a bug of edgeprobe's (usage record, an      failed, never retried silently
                     unexpected exception)
+host_lost           the device's host is gone (a farm on Ray:   never retried on that device:
+                    its node died, its actor died, or no live   moved to an equivalent device
+                    node offers the device)                     on another host; the device is
+                                                                out of the run
 ==================  ==========================================  ===============================
 
 Infrastructure faults (device_lost, runner_crash, timeout) count towards a device's consecutive
@@ -42,7 +46,8 @@ TIMEOUT = "timeout"
 MODEL_ERROR = "model_error"
 DEVICE_NOT_READY = "device_not_ready"
 HOST_ERROR = "host_error"
-FAULT_CLASSES = (DEVICE_LOST, RUNNER_CRASH, TIMEOUT, MODEL_ERROR, DEVICE_NOT_READY, HOST_ERROR)
+HOST_LOST = "host_lost"
+FAULT_CLASSES = (DEVICE_LOST, RUNNER_CRASH, TIMEOUT, MODEL_ERROR, DEVICE_NOT_READY, HOST_ERROR, HOST_LOST)
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,8 @@ POLICIES: dict[str, Policy] = {
     MODEL_ERROR: Policy(retries_same_device=0, move_to_equivalent=False, infrastructure=False),
     DEVICE_NOT_READY: Policy(retries_same_device=1, move_to_equivalent=True, infrastructure=False),
     HOST_ERROR: Policy(retries_same_device=0, move_to_equivalent=False, infrastructure=False),
+    # not the device's fault (no quarantine streak), and nothing can be retried where it was
+    HOST_LOST: Policy(retries_same_device=0, move_to_equivalent=True, infrastructure=False),
 }
 
 # the runner record's error codes (PROTOCOL.md; session.py adds the three host-side ones)
@@ -98,6 +105,8 @@ def classify_exception(exc: BaseException) -> str:
     """The fault class of an exception raised while preparing or running a job."""
     if isinstance(exc, errors.DeviceNotReadyError):
         return DEVICE_NOT_READY
+    if isinstance(exc, errors.HostLostError):
+        return HOST_LOST
     if isinstance(exc, (errors.TransportError, errors.DeviceNotFoundError, ConnectionError, TimeoutError)):
         return DEVICE_LOST
     if isinstance(exc, (errors.LoweringError, errors.ArtifactError, errors.ModelNotFoundError,

@@ -32,6 +32,7 @@ class DeviceEntry:
     token_env: Optional[str] = None
     line: int = 0
     path: str = "<text>"
+    host: Optional[str] = None  # the agent that offers it, in a farm on Ray (``farm/executors/ray.py``)
 
 
 @dataclass(frozen=True)
@@ -234,31 +235,52 @@ def _recipe(text: str) -> tuple[str, Optional[str]]:
     return "+".join(steps), None
 
 
-def load_farm(path: Union[str, Path]) -> FarmFile:
-    """Read and check the farm file at ``path``."""
+def _read(path: Union[str, Path]) -> str:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise UsageError(f"cannot read farm file {str(path)!r}: {e.strerror or e}") from None
-    return parse_farm(text, str(path))
 
 
-def parse_farm(text: str, path: str = "<text>") -> FarmFile:
-    """Check the farm file ``text`` (``path`` names it in errors)."""
-    c = _Checker(path, text)
+def load_farm(path: Union[str, Path], *, devices_listed: bool = True) -> FarmFile:
+    """Read and check the farm file at ``path`` (``devices_listed=False``: its devices come from
+    elsewhere, a Ray cluster's agents, so its selectors are checked against those later)."""
+    return parse_farm(_read(path), str(path), devices_listed=devices_listed)
+
+
+def _parse(c: "_Checker", text: str, path: str) -> dict:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = _TOML_LINE.search(str(e))
         raise UsageError(f"{path}:{m.group(1) if m else 1}: invalid TOML: {e}") from None
     c.unknown_keys(data, _TOP_KEYS, (), "the farm file")
+    return data
+
+
+def parse_farm(text: str, path: str = "<text>", *, devices_listed: bool = True) -> FarmFile:
+    """Check the farm file ``text`` (``path`` names it in errors)."""
+    c = _Checker(path, text)
+    data = _parse(c, text, path)
     discover = data.get("discover", False)
     if not isinstance(discover, bool):
         raise c.fail(c.lines.of((), "discover"), f"discover must be true or false, got {discover!r}")
     farm = FarmFile(path, _devices(c, data.get("device", [])), _matrix(c, data.get("matrix")), discover)
-    if not discover:  # with discovery on, the runners found later may match what the listed ones don't
+    if not discover and devices_listed:  # with discovery on, the runners found later may match what the listed ones don't
         select(farm)
     return farm
+
+
+def load_devices(path: Union[str, Path]) -> tuple[DeviceEntry, ...]:
+    """The ``[[device]]`` tables of a farm file, checked as :func:`parse_farm` checks them; a
+    ``[matrix]`` may be there (the same file can serve a one-host farm) and is not read. For
+    ``edgeprobe farm agent --devices``: the devices of one host."""
+    text, where = _read(path), str(path)
+    c = _Checker(where, text)
+    devices = _devices(c, _parse(c, text, where).get("device", []))
+    if not devices:
+        raise UsageError(f"{where}: no [[device]] tables: an agent offers the devices its file lists")
+    return devices
 
 
 def _devices(c: _Checker, raw: Any) -> tuple[DeviceEntry, ...]:

@@ -228,6 +228,17 @@ def reassign(db: Database, key: str, device_id: str) -> bool:
                          .values(device_id=device_id).returning(Job.key)).first() is not None
 
 
+def fail_pending(db: Database, run_id: str, device_id: str, *, fault_class: str, error: str,
+                 now: Optional[float] = None) -> int:
+    """The run's pending jobs on ``device_id`` end as failed with ``fault_class`` and ``error`` (no
+    device can take them: its host is gone and it has no equivalent). Returns how many."""
+    now = now or time.time()
+    with db.session() as s:
+        return len(s.execute(update(Job).where(Job.run_id == run_id, Job.device_id == device_id, Job.state == "pending")
+                             .values(state="failed", fault_class=fault_class, error=error, finished_utc=now)
+                             .returning(Job.key)).all())
+
+
 def counts(db: Database, run_id: str) -> dict[str, int]:
     """How many of the run's jobs are in each state (every state present, 0 if none)."""
     with db.reader() as s:

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from edgeprobe.farm import faults, fleet, jobs, leases
-from edgeprobe.farm.executor import Executor, ThreadExecutor
+from edgeprobe.farm.executors import Executor, ThreadExecutor
 from edgeprobe.farm.inventory import DeviceEntry, FarmFile, check_tokens, select
 from edgeprobe.farm.matrix import Settings, artifact_groups, expand
-from edgeprobe.farm.worker import (BUSY, FINISHED, QUARANTINED, Limits, Log, Opener, Worker, open_by_id)
+from edgeprobe.farm.worker import (BUSY, FINISHED, HOST_LOST, QUARANTINED, Limits, Log, Opener, Worker, open_by_id)
 
 EXIT_ALL_MEASURED, EXIT_SOME_FAILED, EXIT_FARM_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -110,12 +110,26 @@ def _wait(handles: list, poll_s: float = 0.2) -> None:
 
 
 def _equivalents(dev: DeviceEntry, devices: list[DeviceEntry], out: set[str], db: Any) -> list[str]:
-    """The other devices with the same (non-empty) labels that can take work now."""
+    """The other devices with the same (non-empty) labels that can take work now, those on other
+    hosts first (a farm on Ray: a job moved off a host that died must not land on that host again)."""
     def usable(d: DeviceEntry) -> bool:
         h = fleet.health(db, d.id)
         return d.id not in out and (h is None or h.status != fleet.QUARANTINED)
 
-    return [d.id for d in devices if d.id != dev.id and d.labels and dict(d.labels) == dict(dev.labels) and usable(d)]
+    same = [d for d in devices if d.id != dev.id and d.labels and dict(d.labels) == dict(dev.labels) and usable(d)]
+    return [d.id for d in sorted(same, key=lambda d: dev.host is not None and d.host == dev.host)]
+
+
+def _move_off(db: Any, run_id: str, dev: DeviceEntry, devices: list[DeviceEntry], out: set[str], why: str) -> int:
+    """A device whose host is gone: its pending jobs to equivalent devices still in the run (round
+    robin), or, with none left, failed with ``why`` (nothing could ever take them: they must not
+    wait for a host that is gone)."""
+    targets = _equivalents(dev, devices, out, db)
+    if not targets:
+        return -jobs.fail_pending(db, run_id, dev.id, fault_class=faults.HOST_LOST,
+                                  error=f"no device of this run can take it: {why}")
+    keys = jobs.pending_keys(db, run_id, dev.id)
+    return sum(jobs.reassign(db, key, targets[i % len(targets)]) for i, key in enumerate(keys))
 
 
 def run_farm(farm: FarmFile, *, db: Any, run_id: Optional[str] = None, max_attempts: int = 3,
@@ -153,6 +167,7 @@ def run_farm(farm: FarmFile, *, db: Any, run_id: Optional[str] = None, max_attem
     by_group_error = {g: errors["/".join(g)] for g, k in keys.items() if k is None}
     executor = executor or ThreadExecutor()
     out: set[str] = set()  # devices done with for this run: busy, quarantined, or their worker failed
+    lost: dict[str, str] = {}  # of those, the devices whose host is gone (a farm on Ray), and why
     notes: list[str] = []
     state = None
     for _round in range(max_attempts + 1):
@@ -188,6 +203,15 @@ def run_farm(farm: FarmFile, *, db: Any, run_id: Optional[str] = None, max_attem
             if outcome != FINISHED:
                 out.add(dev_id)
                 notes.append(f"{dev_id}: {outcome}")
+            if outcome.startswith(HOST_LOST):
+                lost[dev_id] = outcome[len(HOST_LOST):].strip(" ()") or "its host is gone"
+        for dev in devices:  # after the round, so that every device of a host that died is out by now
+            if dev.id in lost:
+                moved = _move_off(db, run_id, dev, devices, out, lost[dev.id])
+                if moved > 0:
+                    say(f"{dev.id}: host lost; {moved} pending job(s) moved to equivalent devices")
+                elif moved < 0:
+                    say(f"{dev.id}: host lost and no equivalent device left; {-moved} pending job(s) failed")
         if state == "interrupted":
             break
     counts = jobs.counts(db, run_id)

@@ -37,6 +37,7 @@ Opener = Callable[[DeviceEntry, str], Any]
 FINISHED, BUSY, QUARANTINED, STOPPED, LEASE_LOST = ("finished", "busy: leased by another farm process",
                                                     "quarantined", "stopped: the run was interrupted",
                                                     "lease lost: expired and taken over")
+HOST_LOST = "host lost"  # a farm on Ray: the device's host is gone; the scheduler moves its jobs
 HEALTH_CHECK_TIMEOUT_S = 120.0
 
 
@@ -120,6 +121,7 @@ class Worker:
     limits: Limits
     log: Log
     opener: Opener = open_by_id
+    last_error: Optional[str] = None  # of the last fault, for the outcome of a worker whose host is gone
 
     def __call__(self) -> str:
         dev = self.device.id
@@ -148,6 +150,8 @@ class Worker:
                 beat.job_key = job.key
                 fault = self._one(job, sessions)
                 beat.job_key = None
+                if fault == faults.HOST_LOST:  # nothing more can run here; the scheduler moves the rest
+                    return f"{HOST_LOST} ({self.last_error})"
                 if fault and faults.POLICIES[fault].infrastructure:
                     streak = fleet.record_fault(self.db, dev, infrastructure=True, lost=fault == faults.DEVICE_LOST)
                     if streak >= self.limits.quarantine_after:
@@ -246,6 +250,7 @@ class Worker:
         return fault
 
     def _after_fault(self, job: Any, fault: str, error: Optional[str], result: Any, what: str) -> None:
+        self.last_error = error
         policy = faults.POLICIES[fault]
         fields = jobs.result_fields(result) if result is not None else {}
         left = job.attempts < self.limits.max_attempts

@@ -1,5 +1,6 @@
 """The executor seam of the farm: run one worker per device, somewhere. ``ThreadExecutor`` runs them
-as threads of this process; a Ray executor (several hosts) implements the same three calls.
+as threads of this process; a farm on Ray (``executors/ray.py``) keeps these
+threads on the driver and sends each measurement to the device's actor through its ``Opener``.
 
 The scheduler hands the executor plain callables and waits on opaque handles; it assumes nothing
 about threads (no shared locks, no thread ids): a worker talks to the others only through the
