@@ -327,3 +327,24 @@ class TestAdbd:
 
 
 __all__ = ["TestAdbd"]
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """``python tests/adbd.py ROOT``: one test adbd in a process of its own (e.g. inside a network
+    namespace: it binds that namespace's loopback). Prints ``{"port": N}`` and serves until stdin
+    closes or SIGTERM."""
+    import json
+    import signal
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.exit("usage: python tests/adbd.py ROOT")
+    signal.signal(signal.SIGTERM, lambda *_a: sys.exit(0))
+    with TestAdbd(Path(args[0])) as adbd:
+        print(json.dumps({"port": adbd.port}), flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()

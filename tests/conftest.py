@@ -41,6 +41,7 @@ REAL_PEERS = {
     "chromium": "Debian's chromium, driven by Playwright (apt-get install chromium)",
     "litert-converter": "the LiteRT converter environment (bash .ci/litert-env.sh; EDGEPROBE_LITERT_PYTHON)",
     "jvm": "OpenJDK 17 and android_app's core jar (make android-core: kotlinc from npm, junit5, libandroid-json-java)",
+    "ray": "a Ray cluster of a head and two agent hosts in network namespaces (root, iproute2; pip install ray)",
 }
 _ALIASES = {"clang": "libfuzzer", "cross": "cross-compiler"}
 _STATS = pytest.StashKey[dict]()  # nodeid -> [kinds, outcome]

@@ -49,6 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--num-cpus", type=int, default=1,
                    help="CPUs this node offers Ray (default 1; the device actors themselves take none)")
     a.add_argument("--object-store-mb", type=int, help="object store size (default: Ray's)")
+    a.add_argument("--temp-dir", help="this node's Ray temp dir (default Ray's /tmp/ray; give each node its own "
+                                      "where several share one filesystem)")
     s = fsub.add_parser("status", help="jobs per state of a run (default: the latest runs)")
     s.add_argument("run_id", nargs="?")
     db(s)
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace, console, err_console) -> int:
         from edgeprobe.farm.agent import run_agent
 
         return run_agent(args.address, args.devices, name=args.name, node_ip=args.node_ip, num_cpus=args.num_cpus,
-                         object_store_mb=args.object_store_mb,
+                         object_store_mb=args.object_store_mb, temp_dir=args.temp_dir,
                          log=lambda m: err_console.print(escape(m), highlight=False))
     if args.farm_command == "run":
         for flag, value, low in (("--max-attempts", args.max_attempts, 1), ("--quarantine-after", args.quarantine_after, 1),

@@ -65,7 +65,7 @@ def inventory(name: str, entries: Sequence[Any], probe: Callable[[Any], Any]) ->
 
 
 def ray_start_argv(address: str, resources: dict[str, float], labels: dict[str, str], *, num_cpus: int,
-                   node_ip: Optional[str], object_store_mb: Optional[int]) -> list[str]:
+                   node_ip: Optional[str], object_store_mb: Optional[int], temp_dir: Optional[str] = None) -> list[str]:
     """``ray start`` joining ``address`` as a worker node, in the foreground (``--block``: the node's
     processes stop when it does)."""
     ray_cli = Path(sys.executable).with_name("ray")
@@ -76,6 +76,8 @@ def ray_start_argv(address: str, resources: dict[str, float], labels: dict[str, 
         argv += ["--node-ip-address", node_ip]
     if object_store_mb:
         argv += ["--object-store-memory", str(object_store_mb * 1024 * 1024)]
+    if temp_dir:
+        argv += ["--temp-dir", temp_dir]
     return argv
 
 
@@ -104,7 +106,8 @@ def _publish(ray: Any, name: str, rows: list[dict], facts: dict, resources: dict
 
 
 def run_agent(address: str, devices_file: str, *, name: Optional[str] = None, node_ip: Optional[str] = None,
-              num_cpus: int = 1, object_store_mb: Optional[int] = None, log: Log = print,
+              num_cpus: int = 1, object_store_mb: Optional[int] = None, temp_dir: Optional[str] = None,
+              log: Log = print,
               probe: Optional[Callable[[Any], Any]] = None) -> int:
     """Start this host's Ray node with its devices and wait until it stops; the node's exit code."""
     from edgeprobe.farm.health import probe as health_probe
@@ -122,7 +125,7 @@ def run_agent(address: str, devices_file: str, *, name: Optional[str] = None, no
         log(f"{name}/{r['id']}: {r['health']}" + ("" if r["healthy"] else " — not offered"))
     resources = {r["resource"]: 1.0 for r in rows if r["healthy"]}
     argv = ray_start_argv(address, resources, host_labels(name), num_cpus=num_cpus, node_ip=node_ip,
-                          object_store_mb=object_store_mb)
+                          object_store_mb=object_store_mb, temp_dir=temp_dir)
     # Ray drains a node for 30 s on SIGTERM (for services behind it); a device host has nothing to drain
     env = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "1", "RAY_USAGE_STATS_ENABLED": "0", **os.environ}
     # its own process group: the node's raylet and helpers are in it, so a stop that times out kills them all

@@ -137,7 +137,8 @@ class DeviceActor:
 
         from edgeprobe.versions import __version__
 
-        return {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(),
+        return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+                "hostname": socket.gethostname(),
                 "pid": os.getpid(), "edgeprobe": __version__, "torch_imported": "torch" in sys.modules}
 
     def measure(self, packed: Mapping[str, Any], config: Any) -> str:
@@ -282,11 +283,13 @@ class RayDevices:
     use where the device's resource is, and the artifacts put in the object store once each."""
 
     def __init__(self, devices: Sequence[ClusterDevice], *, start_timeout_s: float = ACTOR_START_TIMEOUT_S,
-                 reply_grace_s: float = REPLY_GRACE_S, log: Log = lambda _m: None) -> None:
+                 reply_grace_s: float = REPLY_GRACE_S, log: Log = lambda _m: None,
+                 actor_class: type = DeviceActor) -> None:
+        """``actor_class``: DeviceActor, or (benchmarks) a subclass that measures on a mock transport."""
         import ray
 
         self._ray = ray
-        self._remote_actor = ray.remote(DeviceActor)
+        self._remote_actor = ray.remote(actor_class)
         self.devices = {d.id: d for d in devices}
         self.start_timeout_s, self.reply_grace_s, self.log = start_timeout_s, reply_grace_s, log
         self._actors: dict[str, Any] = {}
@@ -325,7 +328,8 @@ class RayDevices:
         with self._lock:
             self._actors[device_id] = actor
             self.facts[device_id] = facts
-        self.log(f"{device_id}: actor started on {facts.get('hostname')} (node {str(facts.get('node_id'))[:12]})")
+        self.log(f"{device_id}: actor started on {facts.get('hostname')} ({facts.get('node_ip')}, "
+                 f"node {str(facts.get('node_id'))[:12]})")
         return actor
 
     def artifact_ref(self, artifact: Any) -> Any:
@@ -383,7 +387,7 @@ class RemoteSession:
             raise
         except (rex.RayActorError, rex.NodeDiedError, rex.ObjectLostError, rex.WorkerCrashedError) as exc:
             self.devices.forget(self.device_id)
-            why = " ".join(str(exc).split())[:200]
+            why = " ".join(str(exc).split())[:400]
             raise HostLostError(f"{self.device_id}: lost its host mid-job ({type(exc).__name__}: {why})") from None
         return BenchResult.from_json(text)
 
