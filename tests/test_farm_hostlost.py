@@ -117,3 +117,69 @@ def test_host_lost_is_its_own_class_and_policy():
     assert faults.classify_exception(errors.HostLostError("x")) == faults.HOST_LOST
     p = faults.POLICIES[faults.HOST_LOST]
     assert p.retries_same_device == 0 and p.move_to_equivalent and not p.infrastructure
+
+
+# ---- the parts of `farm run --ray` / `farm agent` that need no cluster ------------------------------
+
+def test_device_resources_are_ray_names_unique_per_host_and_device():
+    from edgeprobe.farm.executors.ray import device_resource
+
+    names = {device_resource(h, d) for h in ("w1", "w2", "w1 ") for d in ("local", "adb:127.0.0.1:5555", "adb:127.0.0.1_5555")}
+    assert len(names) == 9
+    assert all(n.startswith("edgeprobe_device_") and n.replace("_", "").isalnum() for n in names)
+    assert device_resource("w1", "local") == device_resource("w1", "local")  # stable: the driver recomputes nothing
+
+
+def test_farm_run_with_ray_missing_says_how_to_install_it(tmp_path):
+    import subprocess
+    import sys
+
+    farm = tmp_path / "farm.toml"
+    farm.write_text('[matrix]\nmodels = ["tiny_cnn"]\n')
+    code = ("import sys; sys.modules['ray'] = None\n"  # what an install without the [ray] extra looks like
+            "from edgeprobe.cli.main import main; sys.exit(main())")
+    p = subprocess.run([sys.executable, "-c", code, "farm", "run", str(farm), "--ray", "127.0.0.1:6379",
+                        "--db", f"sqlite:///{tmp_path / 'f.sqlite'}"], capture_output=True, text=True, timeout=120)
+    text = " ".join((p.stdout + p.stderr).split())
+    assert p.returncode == 2 and "pip install 'edgeprobe[ray]'" in text, text
+    assert "Traceback" not in p.stderr
+
+
+def test_a_farm_on_ray_refuses_devices_listed_in_its_own_file(tmp_path):
+    from edgeprobe.errors import UsageError
+    from edgeprobe.farm.executors.ray import cluster_farm
+
+    farm = parse_farm('[[device]]\nid = "local"\n\n[matrix]\nmodels = ["tiny_cnn"]\n', str(tmp_path / "f.toml"))
+    with pytest.raises(UsageError, match="takes its devices from the agents"):
+        cluster_farm(farm, wait_s=0)
+
+
+def test_an_agent_device_file_needs_device_tables_and_may_hold_a_matrix(tmp_path):
+    from edgeprobe.errors import UsageError
+    from edgeprobe.farm.inventory import load_devices
+
+    empty = tmp_path / "empty.toml"
+    empty.write_text('[matrix]\nmodels = ["tiny_cnn"]\n')
+    with pytest.raises(UsageError, match="no \\[\\[device\\]\\] tables"):
+        load_devices(empty)
+    both = tmp_path / "both.toml"
+    both.write_text('[[device]]\nid = "local"\nlabels = { tier = "x86" }\n\n[matrix]\nmodels = ["tiny_cnn"]\n')
+    (d,) = load_devices(both)
+    assert d.id == "local" and dict(d.labels) == {"tier": "x86"}
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[device]]\nid = "local"\ntoken = "secret"\n')
+    with pytest.raises(UsageError, match="bad.toml:3: tokens never go in the farm file"):
+        load_devices(bad)
+
+
+def test_an_agent_offers_only_its_healthy_devices():
+    from edgeprobe.farm.agent import inventory
+    from edgeprobe.farm.health import Probe
+
+    entries = (DeviceEntry("local", {"tier": "x86"}), DeviceEntry("adb:10.0.0.2:5555", {"tier": "phone"}))
+    probes = {"local": Probe(True, "Linux x86_64 host", None, None, None),
+              "adb:10.0.0.2:5555": Probe(False, "", None, None, None, "ConnectionRefusedError: refused")}
+    rows = inventory("w1", entries, lambda e: probes[e.id])
+    assert [r["healthy"] for r in rows] == [True, False]
+    assert rows[1]["health"] == "unreachable: ConnectionRefusedError: refused"
+    assert rows[0]["resource"] != rows[1]["resource"] and rows[0]["labels"] == {"tier": "x86"}
