@@ -42,6 +42,7 @@ AGENT_PREFIX = "agent:"
 ACTOR_START_TIMEOUT_S = 60.0  # a device's actor: placed, its process started, its device not yet opened
 INVENTORY_TIMEOUT_S = 10.0  # an agent's inventory call
 REPLY_GRACE_S = 60.0  # a measurement's reply beyond its own timeout (open, push, hygiene waits)
+UNAVAILABLE_WAIT_S = 90.0  # after ActorUnavailableError: until Ray declares the node dead or the actor answers
 INSTALL_HINT = "pip install 'edgeprobe[ray]'  (Ray on the driver and on every agent host, the same version)"
 
 Log = Callable[[str], None]
@@ -131,6 +132,16 @@ class DeviceActor:
     def __init__(self, local_id: str, token_env: Optional[str]) -> None:
         self.local_id, self.token_env = local_id, token_env
         self.sessions: dict[str, Any] = {}
+        self.artifacts: dict[str, Any] = {}  # cache key -> Artifact in this host's agent cache
+
+    def artifact(self, cache_key: str, boxed_ref: Sequence[Any]) -> Any:
+        """The artifact of ``cache_key``: fetched from the object store (``boxed_ref``: its ref in a
+        list, so Ray does not fetch it for every call) and verified on its first use only."""
+        if cache_key not in self.artifacts:
+            import ray
+
+            self.artifacts[cache_key] = unpack_artifact(ray.get(boxed_ref[0]))
+        return self.artifacts[cache_key]
 
     def ready(self) -> dict:
         import ray
@@ -141,13 +152,13 @@ class DeviceActor:
                 "hostname": socket.gethostname(),
                 "pid": os.getpid(), "edgeprobe": __version__, "torch_imported": "torch" in sys.modules}
 
-    def measure(self, packed: Mapping[str, Any], config: Any) -> str:
+    def measure(self, cache_key: str, boxed_ref: Sequence[Any], config: Any) -> str:
         """The measurement's versioned record as JSON (the driver parses and stores it)."""
         from edgeprobe.devices import default_runner
         from edgeprobe.farm.inventory import DeviceEntry, token_for
         from edgeprobe.session import open_session
 
-        artifact = unpack_artifact(packed)
+        artifact = self.artifact(cache_key, boxed_ref)
         fmt = artifact.manifest.format
         if fmt not in self.sessions:
             entry = DeviceEntry(self.local_id, {}, self.token_env, 0, "agent")
@@ -225,6 +236,13 @@ def alive_resources() -> dict[str, float]:
     return total
 
 
+def node_alive(node_id: str) -> bool:
+    """Whether the GCS lists the node ``node_id`` as alive."""
+    import ray
+
+    return any(n.get("NodeID") == node_id and n.get("Alive") for n in ray.nodes())
+
+
 def read_inventories(log: Log = lambda _m: None) -> list[ClusterDevice]:
     """The devices every live agent offers now (an agent that does not answer is skipped, said)."""
     import ray
@@ -283,8 +301,8 @@ class RayDevices:
     use where the device's resource is, and the artifacts put in the object store once each."""
 
     def __init__(self, devices: Sequence[ClusterDevice], *, start_timeout_s: float = ACTOR_START_TIMEOUT_S,
-                 reply_grace_s: float = REPLY_GRACE_S, log: Log = lambda _m: None,
-                 actor_class: type = DeviceActor) -> None:
+                 reply_grace_s: float = REPLY_GRACE_S, unavailable_wait_s: float = UNAVAILABLE_WAIT_S,
+                 log: Log = lambda _m: None, actor_class: type = DeviceActor) -> None:
         """``actor_class``: DeviceActor, or (benchmarks) a subclass that measures on a mock transport."""
         import ray
 
@@ -292,6 +310,7 @@ class RayDevices:
         self._remote_actor = ray.remote(actor_class)
         self.devices = {d.id: d for d in devices}
         self.start_timeout_s, self.reply_grace_s, self.log = start_timeout_s, reply_grace_s, log
+        self.unavailable_wait_s = unavailable_wait_s
         self._actors: dict[str, Any] = {}
         self._refs: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -372,7 +391,7 @@ class RemoteSession:
 
         ray = self.devices._ray
         actor = self.devices.actor(self.device_id)
-        ref = actor.measure.remote(self.devices.artifact_ref(artifact), config)
+        ref = actor.measure.remote(artifact.manifest.cache_key, [self.devices.artifact_ref(artifact)], config)
         wait_s = config.timeout_s + self.devices.reply_grace_s
         try:
             text = ray.get(ref, timeout=wait_s)
@@ -385,11 +404,40 @@ class RemoteSession:
             if isinstance(cause, BaseException):
                 raise cause from None
             raise
+        except rex.ActorUnavailableError as exc:  # (a RayActorError) Ray has not decided yet: wait until it does
+            raise self._when_decided(actor, exc) from None
         except (rex.RayActorError, rex.NodeDiedError, rex.ObjectLostError, rex.WorkerCrashedError) as exc:
             self.devices.forget(self.device_id)
             why = " ".join(str(exc).split())[:400]
             raise HostLostError(f"{self.device_id}: lost its host mid-job ({type(exc).__name__}: {why})") from None
         return BenchResult.from_json(text)
+
+    def _when_decided(self, actor: Any, first: BaseException) -> Exception:
+        """After Ray's ActorUnavailableError (the connection to the actor broke; the call "may or may
+        not have been executed"), wait until either the node is declared dead (HostLostError: the job
+        moves to another host) or the actor answers again (TransportError: a device_lost fault, the job
+        retried here); neither within ``unavailable_wait_s``: the host is treated as lost."""
+        from ray import exceptions as rex
+
+        ray, d = self.devices._ray, self.devices
+        node_id = d.facts.get(self.device_id, {}).get("node_id")
+        deadline = time.monotonic() + d.unavailable_wait_s
+        while time.monotonic() < deadline:
+            if node_id and not node_alive(node_id):
+                d.forget(self.device_id)
+                return HostLostError(f"{self.device_id}: lost its host mid-job (its Ray node was declared dead)")
+            try:
+                ray.get(actor.ready.remote(), timeout=2.0)
+                return TransportError(f"{self.device_id}: the connection to its actor broke mid-job (the job may or "
+                                      "may not have run; it is measured again and stored once)")
+            except (rex.GetTimeoutError, rex.ActorUnavailableError):
+                time.sleep(0.5)
+            except rex.RayActorError as exc:
+                d.forget(self.device_id)
+                return HostLostError(f"{self.device_id}: lost its host mid-job ({type(exc).__name__})")
+        d.forget(self.device_id)
+        return HostLostError(f"{self.device_id}: no answer from its host for {d.unavailable_wait_s:.0f} s after "
+                             f"{type(first).__name__}")
 
     def close(self) -> None:
         actor = self.devices._actors.get(self.device_id)
