@@ -206,9 +206,12 @@ def run_detect(job_s: float, repeats: int, fast: bool) -> list[dict]:
                 line = p.stdout.readline()
                 if not line:
                     break
-                if not line.startswith("{"):
+                try:  # Ray's own messages (a node marked dead) share the driver's stdout
+                    ev = json.loads(line)
+                except json.JSONDecodeError:
                     continue
-                ev = json.loads(line)
+                if not isinstance(ev, dict) or "m" not in ev:
+                    continue
                 lines.append(ev)
                 if killed is None and ev["m"] == "w1/mock0: measuring":
                     time.sleep(job_s / 3)  # mid-job

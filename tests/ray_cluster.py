@@ -40,8 +40,9 @@ and prefers the head's -- without the IP a driver in w1 attaches to the HEAD's r
 error, but ``get_runtime_context().get_node_id()`` is the head's and an actor pinned to "my node"
 lands on the head and survives ``kill_host("w1")``).
 
-Measured on this machine (2 shared cores, Ray 2.60.0, under ``nice -n 10``; scripts in /tmp/raylab:
-``python /tmp/raylab/exp_death.py {cut|nocut} {fast|default}``, ``pytest /tmp/raylab/test_smoke.py``):
+Measured on this machine (2 shared cores, Ray 2.60.0, under ``nice -n 10``) by one-off experiment
+scripts that are not kept; ``benchmarks/farm_ray.py --only detect`` measures the kill-to-requeue time
+of a farm (docs/benchmarks.md):
 
 * nothing -> head + 2 workers all alive (namespaces, 3 ``ray start``, the check): 7.6-11.2 s (5 runs);
   one more worker later (``start_worker``, alive in the GCS): 2.9-5.2 s; teardown < 1 s.

@@ -18,7 +18,6 @@ One cluster for the module (about 10 s to start here). Real peers: netns, and Ra
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
