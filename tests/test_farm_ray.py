@@ -32,6 +32,14 @@ pytestmark = [pytest.mark.real_peer("ray", "netns")]
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "ray-farm-test-token"
+# an agent host needs neither torch nor executorch's Python package nor the database's (docs/farm.md):
+# the agent process runs with them made unimportable (its device actors are checked in their own process)
+AGENT_WITHOUT_HEAVY_PACKAGES = (
+    "import sys\n"
+    "for m in ('torch', 'torchvision', 'executorch', 'sqlalchemy', 'alembic', 'scipy', 'matplotlib'):\n"
+    "    sys.modules[m] = None\n"
+    "from edgeprobe.cli.main import main\n"
+    "sys.exit(main())\n")
 HOSTS = ("w1", "w2")
 
 
@@ -92,7 +100,7 @@ labels = {{ tier = "board" }}
 token_env = "BOARD_TOKEN"
 ''')
         log = self.agent_logs[host] = d / "agent.log"
-        agent = c.popen(host, [sys.executable, "-m", "edgeprobe", "farm", "agent", "--address", c.address,
+        agent = c.popen(host, [sys.executable, "-c", AGENT_WITHOUT_HEAVY_PACKAGES, "farm", "agent", "--address", c.address,
                                "--devices", str(d / "devices.toml"), "--name", host, "--node-ip", c.host_addr[host],
                                "--num-cpus", "0", "--object-store-mb", "100", "--temp-dir", str(self.root / f"ray-{host}")],
                         env={"BOARD_TOKEN": TOKEN, "EDGEPROBE_ADB_KEY": str(self.root / "adbkey"),

@@ -71,16 +71,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, console, err_console) -> int:
-    from edgeprobe.errors import UsageError
-    from edgeprobe.farm import jobs
-    from edgeprobe.farm.db.engine import open_db
-
-    if args.farm_command == "agent":
+    if args.farm_command == "agent":  # an agent host has no database (and need not have SQLAlchemy): docs/farm.md
         from edgeprobe.farm.agent import run_agent
 
         return run_agent(args.address, args.devices, name=args.name, node_ip=args.node_ip, num_cpus=args.num_cpus,
                          object_store_mb=args.object_store_mb, temp_dir=args.temp_dir,
                          log=lambda m: err_console.print(escape(m), highlight=False))
+    from edgeprobe.errors import UsageError
+    from edgeprobe.farm import jobs
+    from edgeprobe.farm.db.engine import open_db
+
     if args.farm_command == "run":
         for flag, value, low in (("--max-attempts", args.max_attempts, 1), ("--quarantine-after", args.quarantine_after, 1),
                                  ("--lease-ttl-s", args.lease_ttl_s, 1.0), ("--quarantine-s", args.quarantine_s, 0.0),
