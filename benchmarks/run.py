@@ -18,6 +18,9 @@
 9. The device farm (issue 13): scheduler overhead per job on 1000 mock-transport jobs, and a farm
    run vs the same 18 cells one by one with ``api.bench`` on local, a test adbd and a TCP runner,
    interleaved (benchmarks/farm.py), ``--only farm``.
+9b. A farm on Ray (issue 17): per-job overhead through Ray actors on another host vs the local
+    executor on the same mock jobs, and how long a SIGKILLed host takes to notice and requeue, on a
+    cluster in network namespaces (benchmarks/farm_ray.py; root), ``--only farm-ray``.
 10. Regression-gate cost (issue 14): launches ``api.gate`` needs for a verdict on local, identical
     artifacts vs a real 10 % slowdown (benchmarks/gate.py), ``--only gate``.
 11. Peer runtimes (issue 15): every runtime edgeprobe lowers to, MobileNetV2/ResNet18/EfficientNet-B0 at
@@ -74,7 +77,7 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--only", choices=["overhead", "push", "sweep", "split", "split-e2e", "startup", "session",
-                                       "farm", "gate", "peers"],
+                                       "farm", "farm-ray", "gate", "peers"],
                     help="run one section only (overhead: sections 1 and 2)")
     ap.add_argument("--push-size-mb", type=float, default=50)
     ap.add_argument("--push-repeats", type=int, default=3)
@@ -84,7 +87,8 @@ def main() -> int:
               f"{platform.platform()}\n")
         return {"push": push_section, "sweep": sweep_section, "split": split_section,
                 "split-e2e": split_e2e_section, "startup": startup_section,
-                "session": session_section, "farm": farm_section, "gate": gate_section,
+                "session": session_section, "farm": farm_section, "farm-ray": farm_ray_section,
+                "gate": gate_section,
                 "peers": peers_section}[args.only](args)
     threads_list = [int(t) for t in args.threads.split(",")]
     models = args.models.split(",")
@@ -137,8 +141,9 @@ def main() -> int:
     startup_section(args)
     # 8. the shared measurement session
     session_section(args)
-    # 9. the device farm
+    # 9. the device farm, and on Ray
     farm_section(args)
+    farm_ray_section(args)
     # 10. the regression gate's cost
     gate_section(args)
     # 11. peer runtimes
@@ -184,6 +189,16 @@ def session_section(args) -> int:
 
     print("\n## Shared measurement session over the test adbd (interleaved, median of 3)\n")
     print_table(run_session_bench(3, 5, say=lambda m: print(f"  .. {m}", file=sys.stderr, flush=True)))
+    return 0
+
+
+def farm_ray_section(args) -> int:
+    """A farm on Ray (benchmarks/farm_ray.py), in its own process: it builds a cluster in network
+    namespaces (root); without them the section says why and is skipped."""
+    print("\n## Farm on Ray (benchmarks/farm_ray.py --repeats 3)\n", flush=True)
+    p = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "farm_ray.py"),
+                        "--repeats", "3"], capture_output=True, text=True)
+    print(p.stdout if p.returncode == 0 else f"not measured: {(p.stderr or p.stdout).strip().splitlines()[-1:]}")
     return 0
 
 
