@@ -18,9 +18,10 @@ in the head's namespace, as ``farm run --ray`` would on a lab's head host.
    the driver's ``ray.get`` on the running call raises (the actor's death reported), and until the
    job is moved to w2's device (the farm's log line), for the head's health-check settings of the
    tests (``ray_cluster.FAST_HEALTH_CHECK``) and for Ray's defaults. ``--repeats`` kills each.
+   ``--cut``: w1's link is taken down first (a pulled cable: nothing closes its connections).
 
     sudo .venv/bin/python benchmarks/farm_ray.py [--only overhead|detect] [--jobs 200] [--devices 2]
-                                                 [--repeats 3] [--job-s 3]
+                                                 [--repeats 3] [--job-s 3] [--cut]
 
 Prints Markdown tables (paste into docs/benchmarks.md with the command line).
 """
@@ -189,7 +190,7 @@ def run_overhead(jobs: int, n_devices: int, repeats: int) -> dict:
         return json.loads(out.strip().splitlines()[-1])
 
 
-def run_detect(job_s: float, repeats: int, fast: bool) -> list[dict]:
+def run_detect(job_s: float, repeats: int, fast: bool, cut: bool = False) -> list[dict]:
     from edgeprobe.farm.executors.ray import device_resource
     from ray_cluster import ray_cluster
 
@@ -216,14 +217,14 @@ def run_detect(job_s: float, repeats: int, fast: bool) -> list[dict]:
                 if killed is None and ev["m"] == "w1/mock0: measuring":
                     time.sleep(job_s / 3)  # mid-job
                     killed = time.time()
-                    c.kill_host("w1")
+                    c.kill_host("w1", cut_link=cut)
                 elif killed and raised is None and ev["m"].startswith("w1/mock0: raised"):
                     raised = ev["t"] - killed
                 elif killed and moved is None and "w1/mock0" in ev["m"] and "moved to w2/mock1" in ev["m"]:
                     moved = ev["t"] - killed
             p.wait(timeout=120)
             summary = next((e["m"] for e in reversed(lines) if e["m"].startswith("summary")), "no summary")
-            out.append({"fast": fast, "raised_s": raised, "moved_s": moved, "summary": summary})
+            out.append({"fast": fast, "cut": cut, "raised_s": raised, "moved_s": moved, "summary": summary})
             print(f"  kill {k + 1}/{repeats} ({'test' if fast else 'Ray default'} health checks): "
                   f"raised after {raised} s, moved after {moved} s; {summary}", file=sys.stderr)
     return out
@@ -243,6 +244,8 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--job-s", type=float, default=3.0)
+    ap.add_argument("--cut", action="store_true", help="detect: take w1's link down before the kill (a pulled "
+                                                       "cable: no connection is closed, the peers hear nothing)")
     args = ap.parse_args()
     from ray_cluster import ray_available
 
@@ -259,8 +262,10 @@ def main() -> None:
         print(f"| Ray actors on another host | {ray_:.2f} | {', '.join(f'{x:.2f}' for x in r['per_job_ms']['ray'])} |")
         print(f"\nRay adds {ray_ - local:.2f} ms per job ({ray_ / local:.2f}x the local executor's wall per job).")
     if args.only in (None, "detect"):
-        rows = run_detect(args.job_s, args.repeats, fast=True) + run_detect(args.job_s, args.repeats, fast=False)
-        print(f"\n### Noticing a dead host ({args.repeats} kills each, a {args.job_s:g} s mock job running)\n")
+        rows = (run_detect(args.job_s, args.repeats, fast=True, cut=args.cut)
+                + run_detect(args.job_s, args.repeats, fast=False, cut=args.cut))
+        how = "link cut, then SIGKILL" if args.cut else "SIGKILL"
+        print(f"\n### Noticing a dead host ({how}; {args.repeats} kills each, a {args.job_s:g} s mock job running)\n")
         print("| head health checks | kill → ray.get raises (s) | kill → job moved (s) |\n|---|---|---|")
         for fast in (True, False):
             sel = [r for r in rows if r["fast"] == fast]

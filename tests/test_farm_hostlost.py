@@ -150,8 +150,11 @@ def test_a_farm_on_ray_refuses_devices_listed_in_its_own_file(tmp_path):
     from edgeprobe.farm.executors.ray import cluster_farm
 
     farm = parse_farm('[[device]]\nid = "local"\n\n[matrix]\nmodels = ["tiny_cnn"]\n', str(tmp_path / "f.toml"))
-    with pytest.raises(UsageError, match="takes its devices from the agents"):
+    with pytest.raises(UsageError, match="takes its devices from the agents.*remove the \\[\\[device\\]\\] tables"):
         cluster_farm(farm, wait_s=0)
+    discovering = parse_farm('discover = true\n\n[matrix]\nmodels = ["tiny_cnn"]\n', str(tmp_path / "d.toml"))
+    with pytest.raises(UsageError, match="remove discover = true"):
+        cluster_farm(discovering, wait_s=0)
 
 
 def test_an_agent_device_file_needs_device_tables_and_may_hold_a_matrix(tmp_path):

@@ -273,9 +273,10 @@ def cluster_farm(farm: Any, *, wait_s: float, log: Log = lambda _m: None,
 
     from edgeprobe.farm.inventory import DeviceEntry, select
 
-    if farm.devices:
+    if farm.devices or farm.discover:
+        what = "the [[device]] tables" if farm.devices else "discover = true"
         raise UsageError(f"{farm.path}: a farm on Ray takes its devices from the agents (`edgeprobe farm agent "
-                         "--devices HOST.toml` on each host); remove the [[device]] tables or run without --ray")
+                         f"--devices HOST.toml` on each host); remove {what} or run without --ray")
     deadline = time.monotonic() + wait_s
     while True:
         found = read_inventories(log)
