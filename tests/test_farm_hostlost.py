@@ -186,3 +186,63 @@ def test_an_agent_offers_only_its_healthy_devices():
     assert [r["healthy"] for r in rows] == [True, False]
     assert rows[1]["health"] == "unreachable: ConnectionRefusedError: refused"
     assert rows[0]["resource"] != rows[1]["resource"] and rows[0]["labels"] == {"tier": "x86"}
+
+
+class _StubActor:
+    class _M:
+        def remote(self):
+            return "ref"
+
+    ready = _M()
+
+
+class _StubDevices:
+    """What RemoteSession._when_decided reads of RayDevices; ``answers`` is what each ray.get does."""
+
+    def __init__(self, answers, wait_s=5.0):
+        import types
+
+        self.answers, self.forgotten = list(answers), []
+        self.facts = {"w1/d1": {"node_id": "n1"}}
+        self.unavailable_wait_s = wait_s
+
+        def get(_ref, timeout=None):
+            a = self.answers.pop(0) if self.answers else self.answers_default
+            if a is None:
+                raise AssertionError("ray.get called more often than the test expected")
+            if isinstance(a, BaseException):
+                raise a
+            return a
+
+        self.answers_default = None
+        self._ray = types.SimpleNamespace(get=get)
+
+    def forget(self, device_id):
+        self.forgotten.append(device_id)
+
+
+@pytest.mark.parametrize("node_alive, answers, expected, forgotten", [
+    # Ray declares the node dead while we wait: the host is lost, the job moves
+    ([True, False], ["unavailable"], errors.HostLostError, True),
+    # the actor answers again: a connection lost mid-job (device_lost), retried on the same device
+    ([True, True], ["unavailable", {"node_id": "n1"}], errors.TransportError, False),
+    # neither within the wait: treated as lost
+    ("always", ["unavailable"] * 3, errors.HostLostError, True),
+])
+def test_after_actor_unavailable_the_driver_waits_for_rays_decision(monkeypatch, node_alive, answers, expected,
+                                                                    forgotten):
+    pytest.importorskip("ray")
+    from ray import exceptions as rex
+
+    from edgeprobe.farm.executors import ray as on_ray
+
+    alive = iter(node_alive) if node_alive != "always" else None
+    monkeypatch.setattr(on_ray, "node_alive", lambda _n: True if alive is None else next(alive))
+    monkeypatch.setattr(on_ray.time, "sleep", lambda _s: None)
+    devices = _StubDevices([rex.GetTimeoutError() if a == "unavailable" else a for a in answers],
+                           wait_s=0.5 if node_alive == "always" else 60.0)
+    devices.answers_default = rex.GetTimeoutError()
+    session = on_ray.RemoteSession(devices, "w1/d1", "pte")
+    err = session._when_decided(_StubActor(), rex.ActorUnavailableError("may or may not have been executed", None))
+    assert type(err) is expected, err
+    assert bool(devices.forgotten) == forgotten
