@@ -41,6 +41,8 @@ AGENT_WITHOUT_HEAVY_PACKAGES = (
     "from edgeprobe.cli.main import main\n"
     "sys.exit(main())\n")
 HOSTS = ("w1", "w2")
+HEALTH_CHECK = {"health_check_initial_delay_ms": 1000, "health_check_period_ms": 1000,
+                "health_check_timeout_ms": 1000, "health_check_failure_threshold": 5}
 
 
 def _read_json_line(proc: subprocess.Popen, what: str, timeout_s: float = 60.0) -> dict:
@@ -132,7 +134,9 @@ def lab(tmp_path_factory, native_runner):
         pytest.skip(why)
     root = tmp_path_factory.mktemp("rayfarm")
     try:
-        with ray_cluster(prefix="rf") as c:
+        # dead after 5 missed 1 s checks (~5 s): quick enough for the kill test, and a node starved of
+        # CPU for a few seconds (the driver lowering on 2 shared cores) is not declared dead for good
+        with ray_cluster(prefix="rf", system_config=HEALTH_CHECK) as c:
             lab = Lab(c, root, native_runner)
             for host in HOSTS:
                 lab.start_host(host)

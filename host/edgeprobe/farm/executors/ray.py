@@ -267,8 +267,9 @@ def read_inventories(log: Log = lambda _m: None) -> list[ClusterDevice]:
 def cluster_farm(farm: Any, *, wait_s: float, log: Log = lambda _m: None,
                  poll_s: float = 1.0) -> tuple[Any, list[ClusterDevice]]:
     """``(farm, offered)``: ``farm`` with its devices taken from the cluster's agents (the healthy
-    devices they offer, with their labels), and those devices; waits up to ``wait_s`` for the matrix's device selectors to be met (agents may still
-    be joining), then a UsageError naming what is offered."""
+    devices they offer, with their labels), and those devices. Waits up to ``wait_s`` for the
+    matrix's device selectors to be met (agents may still be joining), then a UsageError naming what
+    is offered."""
     import dataclasses
 
     from edgeprobe.farm.inventory import DeviceEntry, select
