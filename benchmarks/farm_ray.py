@@ -61,7 +61,7 @@ def _mock_session(device_id: str, job_s: float = 0.0) -> Any:
 
 def _actor_class(job_s: float) -> type:
     """A DeviceActor that measures on a MockTransport session of its own (on the worker host)."""
-    from edgeprobe.farm.executors.ray import DeviceActor
+    from edgeprobe.farm.executors.ray_actors import DeviceActor
 
     class MockDeviceActor(DeviceActor):
         def measure(self, cache_key: str, boxed_ref: Any, config: Any) -> str:

@@ -238,6 +238,25 @@ def test_a_selector_no_agent_offers_fails_within_its_wait_with_the_reason(lab):
     assert wall_s < 3 + 45, wall_s  # the wait, plus starting Python and joining the cluster
 
 
+def test_a_second_agent_with_a_name_in_use_is_refused_and_leaves_no_node(lab):
+    c, d = lab.c, lab.root / "w3"
+    d.mkdir(exist_ok=True)
+    (d / "devices.toml").write_text('[[device]]\nid = "local"\nlabels = { tier = "x86" }\n')
+    c.add_host("w3")
+    p = c.run("w3", [sys.executable, "-c", AGENT_WITHOUT_HEAVY_PACKAGES, "farm", "agent", "--address", c.address,
+                     "--devices", str(d / "devices.toml"), "--name", "w1", "--node-ip", c.host_addr["w3"],
+                     "--num-cpus", "0", "--object-store-mb", "100", "--temp-dir", str(lab.root / "ray-w3")],
+              timeout=180, capture_output=True, text=True)
+    text = " ".join((p.stdout + p.stderr).split())
+    assert p.returncode == 2 and "agent name 'w1' is taken by another live node" in text, text[-3000:]
+    # w1's own inventory is untouched, and the refused agent's node left the cluster
+    out = c.python("head", "import json, ray; from edgeprobe.farm.executors import ray as r; r.connect(__import__('os')"
+                   ".environ['RAY_ADDRESS']); print(json.dumps([d.id for d in r.read_inventories()]))",
+                   env=lab.driver_env(), timeout=120).stdout.strip().splitlines()[-1]
+    assert set(json.loads(out)) == {dev for host in HOSTS for dev in lab.devices[host].values()}, out
+    c.wait_nodes(dead_hosts=["w3"], timeout_s=60)
+
+
 def test_a_host_killed_mid_run_has_its_jobs_finished_on_the_other_host_each_stored_once(lab):
     db = lab.root / "kill.sqlite"
     farm = lab.farm_file("kill.toml", launches=4, iterations=20, min_seconds=1.0)

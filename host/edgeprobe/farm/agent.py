@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from edgeprobe.errors import UsageError
-from edgeprobe.farm.executors.ray import (AGENT_PREFIX, NAMESPACE, AgentInfo, device_resource, require_ray)
+from edgeprobe.farm.executors.ray import AGENT_PREFIX, NAMESPACE, device_resource, require_ray
+from edgeprobe.farm.executors.ray_actors import AgentInfo
 
 Log = Callable[[str], None]
 NODE_START_TIMEOUT_S = 120.0
@@ -95,10 +96,21 @@ def _publish(ray: Any, name: str, rows: list[dict], facts: dict, resources: dict
     if node_id is None:
         raise UsageError(f"agent {name}: its Ray node did not appear in the cluster")
     actor_name = AGENT_PREFIX + name
-    try:  # an agent restarted on a node that is still up replaces its old inventory
-        ray.kill(ray.get_actor(actor_name, namespace=NAMESPACE), no_restart=True)
-    except ValueError:
-        pass
+    try:
+        old = ray.get_actor(actor_name, namespace=NAMESPACE)
+    except ValueError:  # no agent of this name (or its node is gone)
+        old = None
+    if old is not None:
+        try:
+            held_by = ray.get(old.inventory.remote(), timeout=10.0)["facts"].get("node_id")
+        except Exception:  # noqa: BLE001 - a stuck or dying inventory is replaced
+            held_by = None
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        if held_by and held_by != node_id and held_by in alive:
+            raise UsageError(f"agent name {name!r} is taken by another live node of the cluster; give this host "
+                             "its own --name (device ids are NAME/DEVICE)")
+        ray.kill(old, no_restart=True)  # this agent restarted: its old inventory goes
+    facts = {**facts, "node_id": node_id}
     info = ray.remote(AgentInfo).options(
         name=actor_name, namespace=NAMESPACE, lifetime="detached", num_cpus=0, max_restarts=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)).remote(name, rows, facts)
