@@ -225,6 +225,19 @@ def test_an_agent_measures_without_torch_and_an_unoffered_device_fails_at_once(l
     assert out["ghost_error"] and "no live Ray node offers it" in out["ghost_error"] and out["ghost_s"] < 10, out
 
 
+def test_farm_devices_lists_what_the_agents_offer(lab):
+    p = lab.c.run("head", [sys.executable, "-m", "edgeprobe", "farm", "devices", "--ray", lab.c.address, "--json",
+                           "--db", f"sqlite:///{lab.root / 'devices.sqlite'}"], env=lab.driver_env(), timeout=120,
+                  capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = {r["device"]: r for r in json.loads(p.stdout)}
+    assert set(rows) == {dev for host in HOSTS for dev in lab.devices[host].values()}, rows
+    for host in HOSTS:
+        phone, board = rows[lab.devices[host]["adb"]], rows[lab.devices[host]["tcp"]]
+        assert phone["host"] == host and phone["labels"] == {"tier": "phone"} and phone["reachable"], phone
+        assert "test-adbd" in phone["description"] and board["labels"] == {"tier": "board"}, (phone, board)
+
+
 def test_a_selector_no_agent_offers_fails_within_its_wait_with_the_reason(lab):
     db = lab.root / "none.sqlite"
     t0 = time.monotonic()
@@ -243,12 +256,14 @@ def test_a_second_agent_with_a_name_in_use_is_refused_and_leaves_no_node(lab):
     d.mkdir(exist_ok=True)
     (d / "devices.toml").write_text('[[device]]\nid = "local"\nlabels = { tier = "x86" }\n')
     c.add_host("w3")
+    t0 = time.monotonic()
     p = c.run("w3", [sys.executable, "-c", AGENT_WITHOUT_HEAVY_PACKAGES, "farm", "agent", "--address", c.address,
                      "--devices", str(d / "devices.toml"), "--name", "w1", "--node-ip", c.host_addr["w3"],
                      "--num-cpus", "0", "--object-store-mb", "100", "--temp-dir", str(lab.root / "ray-w3")],
               timeout=180, capture_output=True, text=True)
     text = " ".join((p.stdout + p.stderr).split())
     assert p.returncode == 2 and "agent name 'w1' is taken by another live node" in text, text[-3000:]
+    assert time.monotonic() - t0 < 60, "a name in use is not worth retrying: it must fail at once"
     # w1's own inventory is untouched, and the refused agent's node left the cluster
     out = c.python("head", "import json, ray; from edgeprobe.farm.executors import ray as r; r.connect(__import__('os')"
                    ".environ['RAY_ADDRESS']); print(json.dumps([d.id for d in r.read_inventories()]))",

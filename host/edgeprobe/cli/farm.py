@@ -58,6 +58,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("farm_file", nargs="?", help="probe the devices of this farm file (default: list those the "
                                                 "database knows, without probing)")
     d.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    d.add_argument("--ray", metavar="ADDRESS", help="the devices the agents of this Ray cluster offer, with the "
+                                                    "health each agent found when it started")
     db(d)
     q = fsub.add_parser("quarantine", help="quarantined devices and devices on probation; lift one by hand")
     q.add_argument("--release", metavar="DEVICE", help="lift DEVICE's quarantine now (no health check)")
@@ -183,7 +185,19 @@ def _device_rows(args: argparse.Namespace, db) -> list[dict]:
     from edgeprobe.farm.worker import utc
 
     known = {h.id: h for h in fleet.all_devices(db)}
-    if args.farm_file:
+    ray_health: dict[str, dict] = {}
+    if args.ray:
+        from edgeprobe.errors import UsageError
+        from edgeprobe.farm.executors import ray as on_ray
+
+        if args.farm_file:
+            raise UsageError("farm devices: give a farm file or --ray, not both")
+        on_ray.connect(args.ray)
+        offered = on_ray.read_inventories()
+        entries = [(d.id, dict(d.labels), None) for d in offered]
+        ray_health = {d.id: {"reachable": d.healthy, "description": d.health.removeprefix("ok · ") if d.healthy else "",
+                             "error": None if d.healthy else d.health, "host": d.host} for d in offered}
+    elif args.farm_file:
         from edgeprobe.farm.health import probe
         from edgeprobe.farm.inventory import load_farm
 
@@ -198,7 +212,9 @@ def _device_rows(args: argparse.Namespace, db) -> list[dict]:
                "quarantine_reason": h.quarantine_reason if h else None,
                "consecutive_failures": h.consecutive_failures if h else 0, "suspect": h.suspect if h else False,
                "lease": leases.holder_of(db, dev_id), "last_seen": utc(h.last_seen_utc) if h and h.last_seen_utc else None}
-        if entry is not None:
+        if dev_id in ray_health:  # probed by its agent when the agent started
+            row.update(ray_health[dev_id])
+        elif entry is not None:
             p = probe(entry)
             row.update({"reachable": p.reachable, "description": p.description, "battery_percent": p.battery_percent,
                         "charging": p.charging, "thermal": p.thermal, "error": p.error})

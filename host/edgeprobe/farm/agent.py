@@ -38,6 +38,10 @@ NODE_START_TIMEOUT_S = 120.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 
 
+class NameTaken(UsageError):
+    """Another live node of the cluster runs an agent of this name: not retried."""
+
+
 def _label_value(text: str) -> str:
     """A Ray label value: letters, digits, ``-_.``, starting and ending with a letter or digit, <= 63."""
     v = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-_.")[:63].strip("-_.")
@@ -107,7 +111,7 @@ def _publish(ray: Any, name: str, rows: list[dict], facts: dict, resources: dict
             held_by = None
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
         if held_by and held_by != node_id and held_by in alive:
-            raise UsageError(f"agent name {name!r} is taken by another live node of the cluster; give this host "
+            raise NameTaken(f"agent name {name!r} is taken by another live node of the cluster; give this host "
                              "its own --name (device ids are NAME/DEVICE)")
         ray.kill(old, no_restart=True)  # this agent restarted: its old inventory goes
     facts = {**facts, "node_id": node_id}
@@ -161,7 +165,9 @@ def run_agent(address: str, devices_file: str, *, name: Optional[str] = None, no
                 _publish(ray, name, rows, {"hostname": socket.gethostname(), "pid": os.getpid(), **host_labels(name)},
                          resources)
                 break
-            except UsageError:
+            except NameTaken:
+                raise
+            except UsageError:  # its node is not listed yet
                 if time.monotonic() >= deadline:
                     raise
             except Exception as exc:  # noqa: BLE001 - the node is still starting: ConnectionError, RuntimeError
