@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from netns import first_line
 from ray_cluster import RayClusterError, ray_available, ray_cluster
 
 pytestmark = [pytest.mark.real_peer("ray", "netns")]
@@ -43,19 +44,6 @@ AGENT_WITHOUT_HEAVY_PACKAGES = (
 HOSTS = ("w1", "w2")
 HEALTH_CHECK = {"health_check_initial_delay_ms": 1000, "health_check_period_ms": 1000,
                 "health_check_timeout_ms": 1000, "health_check_failure_threshold": 5}
-
-
-def _read_json_line(proc: subprocess.Popen, what: str, timeout_s: float = 60.0) -> dict:
-    """The first stdout line of ``proc`` that is a JSON object (a server says where it listens)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"{what} exited ({proc.poll()}) before saying where it listens")
-        line = line.strip()
-        if line.startswith("{"):
-            return json.loads(line)
-    raise AssertionError(f"{what} did not say where it listens within {timeout_s} s")
 
 
 def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout_s: float) -> None:
@@ -84,12 +72,12 @@ class Lab:
         c.add_host(host)
         adbd = c.popen(host, [sys.executable, str(REPO / "tests" / "adbd.py"), str(d / "phone")],
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        adb_port = _read_json_line(adbd, f"the adbd of {host}")["port"]
+        adb_port = json.loads(first_line(adbd, 60))["port"]
         tcp = c.popen(host, [sys.executable, "-m", "edgeprobe", "runner", "serve", "--host", "127.0.0.1", "--port", "0",
                              "--token", TOKEN, "--name", f"{host}-board", "--workdir", str(d / "board"),
                              "--native-runner", str(self.native_runner), "--no-zeroconf"],
                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        where = _read_json_line(tcp, f"the TCP runner of {host}")["listening"]
+        where = json.loads(first_line(tcp, 60))["listening"]
         ids = {"adb": f"adb:127.0.0.1:{adb_port}", "tcp": f"tcp:{where}"}
         (d / "devices.toml").write_text(f'''
 [[device]]

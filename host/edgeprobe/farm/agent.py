@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from edgeprobe.errors import UsageError
-from edgeprobe.farm.executors.ray import AGENT_PREFIX, NAMESPACE, device_resource, require_ray
+from edgeprobe.farm.executors.ray import AGENT_PREFIX, NAMESPACE, connect, device_resource, require_ray
 from edgeprobe.farm.executors.ray_actors import AgentInfo
 
 Log = Callable[[str], None]
@@ -160,8 +160,7 @@ def run_agent(address: str, devices_file: str, *, name: Optional[str] = None, no
                 raise UsageError(f"agent {name}: `ray start` exited with {node.returncode} "
                                  f"(is the head at {address} reachable from here?)")
             try:
-                ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level="WARNING",
-                         **({"_node_ip_address": node_ip} if node_ip else {}))
+                connect(address, node_ip=node_ip)
                 _publish(ray, name, rows, {"hostname": socket.gethostname(), "pid": os.getpid(), **host_labels(name)},
                          resources)
                 break

@@ -2,10 +2,10 @@
 
 What runs where:
 
-- **Agents** (``farm/agent.py``, one per host with devices; what runs there is ``ray_actors.py``) join the cluster as worker nodes, offer
-  each healthy device as a custom resource of capacity 1 (:func:`device_resource`) and publish their
+- **Agents** (``farm/agent.py``, one per host with devices; what runs there is ``ray_actors.py``)
+  join the cluster as worker nodes, offer each healthy device as a custom resource of capacity 1 (:func:`device_resource`) and publish their
   inventory in a small detached actor (``agent:NAME`` in the ``edgeprobe`` namespace).
-- **The driver** reads those inventories (:func:`cluster_devices`), lowers every artifact once, and
+- **The driver** reads those inventories (:func:`read_inventories`), lowers every artifact once, and
   runs the farm's usual workers (``farm/worker.py``: leases, claims, faults, quarantine) as threads of
   its own process, because the database is the journal and only the driver writes it (agents write
   nothing durable; Ray is not durable storage). A worker's "session" is a :class:`RemoteSession`: each
@@ -84,12 +84,14 @@ class ClusterDevice:
     health: str
 
 
-def connect(address: str, log: Log = lambda _m: None) -> Any:
-    """``ray.init`` on the cluster at ``address`` (this host must be one of its nodes, e.g. the head)."""
+def connect(address: str, log: Log = lambda _m: None, *, node_ip: Optional[str] = None) -> Any:
+    """``ray.init`` on the cluster at ``address`` (this host must be one of its nodes, e.g. the head;
+    ``node_ip``: which of this host's nodes, where several share one machine)."""
     ray = require_ray()
     if not ray.is_initialized():
         try:
-            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level="WARNING")
+            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level="WARNING",
+                     **({"_node_ip_address": node_ip} if node_ip else {}))
         except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, ValueError by version
             raise UsageError(f"cannot join the Ray cluster at {address}: {' '.join(str(exc).split())[:300]} "
                              "(start it with `ray start --head` on this host and `edgeprobe farm agent` on each "

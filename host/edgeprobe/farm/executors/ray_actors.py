@@ -92,7 +92,7 @@ class DeviceActor:
 
         return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
                 "hostname": socket.gethostname(),
-                "pid": os.getpid(), "edgeprobe": __version__, "torch_imported": "torch" in sys.modules}
+                "pid": os.getpid(), "edgeprobe": __version__}
 
     def measure(self, cache_key: str, boxed_ref: Sequence[Any], config: Any) -> str:
         """The measurement's versioned record as JSON (the driver parses and stores it)."""
